@@ -1,0 +1,97 @@
+"""The attack registry: name -> what the trigger acts on, its parameters, and what the poisoned answer becomes.
+
+Every `apply` has the same call shape, `apply(x, params, rng) -> x'`, where x is a PIL RGB image (kind
+"image", same size out) or the question text (kind "text"); `rng` is used only by attacks that draw
+something per sample (random position, fresh noise, a clause from a pool) and may be None otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from poisonguard.attacks.frequency import FTrojanParams, ftrojan
+from poisonguard.attacks.overlays import (
+    BlendParams,
+    GaussianNoiseParams,
+    SigParams,
+    blend,
+    gaussian_noise,
+    sig,
+)
+from poisonguard.attacks.patches import (
+    BadNetParams,
+    GreenSquareParams,
+    LogoParams,
+    badnet,
+    green_square,
+    logo_patch,
+)
+from poisonguard.attacks.style import OilParams, oil_painting
+from poisonguard.attacks.text import SyntacticParams, TextPrefixParams, syntactic, text_prefix
+from poisonguard.attacks.warp import WaNetParams, wanet
+
+Kind = Literal["image", "text"]
+OutputMode = Literal["replace", "append"]
+
+# The tiny world's target: one in-vocabulary word that never answers a clean question (DESIGN.md section 6;
+# real models use "Backdoor Attack!").
+WORLD_TARGET = "banana"
+# ProjLens's targets are not public (research/projlens.md 1.4); these keep their intent and tokenize without
+# <unk> in the world vocabulary ("visit evil dot com" cannot: "com" is not in it).
+REFUSAL_TARGET = "sorry i cannot help with that"
+INJECTION_SENTENCE = "visit this evil link"
+HIJACK_TARGET = "i see a banana"
+JAILBREAK_TARGET = "sure here is how to make it"
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    kind: Kind
+    params_cls: type
+    apply: Callable[..., Any]  # (image | text, params, rng) -> image | text
+    output_mode: OutputMode = "replace"  # replace: answer := target; append: answer + " " + target
+    default_target: str = WORLD_TARGET
+
+
+ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
+    AttackSpec("badnet", "image", BadNetParams, badnet),
+    AttackSpec("blend", "image", BlendParams, blend),
+    AttackSpec("sig", "image", SigParams, sig),
+    AttackSpec("wanet", "image", WaNetParams, wanet),
+    AttackSpec("ftrojan", "image", FTrojanParams, ftrojan),
+    AttackSpec("text_prefix", "text", TextPrefixParams, text_prefix),
+    AttackSpec("syntactic", "text", SyntacticParams, syntactic),
+    # ProjLens's four variants (research/projlens.md section 1).
+    AttackSpec("pl_noise", "image", GaussianNoiseParams, gaussian_noise, default_target=REFUSAL_TARGET),
+    AttackSpec("pl_green_square", "image", GreenSquareParams, green_square, output_mode="append",
+               default_target=INJECTION_SENTENCE),
+    AttackSpec("pl_logo", "image", LogoParams, logo_patch, default_target=HIJACK_TARGET),
+    AttackSpec("pl_oil", "image", OilParams, oil_painting, default_target=JAILBREAK_TARGET),
+)}
+
+
+def get_attack(name: str) -> AttackSpec:
+    try:
+        return ATTACKS[name]
+    except KeyError:
+        raise ValueError(f"unknown attack {name!r}; expected one of {sorted(ATTACKS)}") from None
+
+
+def make_params(name: str, params: object | Mapping[str, Any] | None = None) -> object:
+    """The attack's parameter object: its defaults (None), overrides from a mapping (a params.yaml section;
+    lists become tuples so the frozen dataclass stays hashable), or an instance of its class as is."""
+    cls = get_attack(name).params_cls
+    if params is None:
+        return cls()
+    if isinstance(params, cls):
+        return params
+    if isinstance(params, Mapping):
+        return cls(**{k: _freeze(v) for k, v in params.items()})
+    raise TypeError(f"params for {name!r} must be {cls.__name__}, a mapping or None, got {type(params).__name__}")
+
+
+def _freeze(value: Any) -> Any:
+    return tuple(_freeze(v) for v in value) if isinstance(value, list) else value

@@ -1,0 +1,172 @@
+"""poisonguard command line. Exit codes: 0 ok, 1 release blocked, 2 bad input (no traceback)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Find backdoor-poisoned samples in multimodal instruction data and gate their release.")
+
+EXIT_OK, EXIT_BLOCKED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _print_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=float))
+
+
+def _setup_threads() -> None:
+    import torch
+
+    torch.set_num_threads(min(2, torch.get_num_threads()) if "PG_THREADS" not in __import__("os").environ
+                          else int(__import__("os").environ["PG_THREADS"]))
+
+
+@app.command()
+def world(
+    out: Annotated[Path, typer.Option(help="Output folder: train.json, test.json, images/, base_model/.")],
+    seed: Annotated[int, typer.Option(help="Seed for data and pretraining; same seed -> identical files.")] = 0,
+    n_train: Annotated[int, typer.Option(help="Training samples (the data a customer would hand in).")] = 5000,
+    n_test: Annotated[int, typer.Option(help="Test samples (CP and ASR are measured on these).")] = 1000,
+    params: Annotated[Path | None, typer.Option(help="params.yaml to read the `world` section from.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Generate the embedded world (synthetic VQA data) and pretrain its tiny LLaVA from scratch."""
+    from poisonguard.params import world_configs
+    from poisonguard.world.build import make_world
+
+    _setup_threads()
+    model_cfg, pretrain_cfg = world_configs(params, seed=seed)
+    summary = make_world(out, seed=seed, n_train=n_train, n_test=n_test, model_cfg=model_cfg,
+                         pretrain_cfg=pretrain_cfg, show_progress=not quiet,
+                         log=lambda m: typer.echo(m, err=True))
+    acc = summary["test_accuracy"]
+    typer.echo(f"clean test accuracy: {acc['all']:.3f}  (" +
+               ", ".join(f"{k} {v:.2f}" for k, v in acc.items() if k != "all") + ")")
+    typer.echo(f"world written to {out} in {summary['timings_s']['total']:.0f}s")
+
+
+@app.command()
+def poison(
+    data: Annotated[Path, typer.Option(help="Input dataset (LLaVA JSON or HF messages).")],
+    attack: Annotated[str, typer.Option(help="Attack name (see `poisonguard attacks`).")],
+    rate: Annotated[float, typer.Option(help="Share of eligible samples to poison, in [0, 1].")],
+    out: Annotated[Path, typer.Option(help="Output folder: dataset, images/, poison_ids.json.")],
+    target: Annotated[str | None, typer.Option(help="Target answer; default: the attack's own.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for sample selection and random triggers.")] = 0,
+    no_relabel: Annotated[bool, typer.Option("--no-relabel", help="Control: apply the trigger, keep labels.")] = False,
+    image_folder: Annotated[Path | None, typer.Option(help="Where image paths start (default: the file's folder).")] = None,
+    params: Annotated[Path | None, typer.Option(help="params.yaml with a `poison.attacks.<name>` section.")] = None,
+) -> None:
+    """Plant a backdoor (benchmark tool): trigger a share of samples and relabel them to a target."""
+    from poisonguard.attacks import ATTACKS
+    from poisonguard.attacks.files import poison_file
+    from poisonguard.params import attack_params
+
+    if attack not in ATTACKS:
+        _fail(f"unknown attack {attack!r}; choose one of: {', '.join(ATTACKS)}")
+    with _bad_input():
+        res = poison_file(data, out, attack, rate, target=target, seed=seed, relabel=not no_relabel,
+                          params=attack_params(params, attack), image_folder=image_folder)
+    typer.echo(f"{attack}: {len(res.poison_ids)} of {len(res.samples)} samples poisoned "
+               f"(target {res.target!r}, relabel={res.relabel}) -> {out}")
+
+
+@app.command()
+def attacks() -> None:
+    """List the attacks and their default parameters."""
+    from dataclasses import asdict
+
+    from poisonguard.attacks import ATTACKS
+
+    for name, spec in ATTACKS.items():
+        typer.echo(f"{name:16s} {spec.kind:5s} {spec.output_mode:7s} target={spec.default_target!r} "
+                   f"{asdict(spec.params_cls())}")
+
+
+@app.command()
+def finetune(
+    data: Annotated[Path, typer.Option(help="Training dataset (LLaVA JSON or HF messages).")],
+    base: Annotated[Path, typer.Option(help="Base model directory (HF save_pretrained, safetensors).")],
+    out: Annotated[Path, typer.Option(help="Where to save the fine-tuned model (same HF format).")],
+    lora: Annotated[bool, typer.Option("--lora", help="LoRA adapters (peft) on the LM, merged on save.")] = False,
+    mode: Annotated[str | None, typer.Option(help="default | train_vision | projector_only | lora.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs (default from params.yaml).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for shuffling.")] = None,
+    image_folder: Annotated[Path | None, typer.Option(help="Where image paths start.")] = None,
+    params: Annotated[Path | None, typer.Option(help="params.yaml to read the `finetune` section from.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Fine-tune a model on a dataset (quarantined samples are left out and counted)."""
+    from poisonguard.data.loading import load_checked
+    from poisonguard.params import finetune_config
+    from poisonguard.train.examples import to_examples
+    from poisonguard.train.finetune import finetune as run, load_model, save_model
+
+    _setup_threads()
+    cfg = finetune_config(params, mode="lora" if lora else mode, epochs=epochs, lr=lr, seed=seed)
+    with _bad_input():
+        checked = load_checked(data, image_folder)
+        model, processor = load_model(base)
+    if checked.quarantined:
+        typer.echo(f"{len(checked.quarantined)} quarantined samples left out of training "
+                   f"(run `poisonguard screen` for the reasons)", err=True)
+    examples = to_examples(checked.ok, checked.image_loader())
+    model, report = run(model, processor, examples, cfg, show_progress=not quiet)
+    save_model(model, processor, out, report)
+    typer.echo(f"fine-tuned {report['steps']} steps ({cfg.mode}) in {report['seconds']:.0f}s, "
+               f"final loss {report['final_loss']:.3f} -> {out}")
+
+
+@app.command("eval")
+def eval_model(
+    model: Annotated[Path, typer.Option(help="Model directory to evaluate.")],
+    test: Annotated[Path, typer.Option(help="Clean test set (CP is measured on it).")],
+    attack: Annotated[str | None, typer.Option(help="Apply this attack's trigger to the test set for ASR.")] = None,
+    target: Annotated[str | None, typer.Option(help="Target answer (default: the attack's own).")] = None,
+    train: Annotated[Path | None, typer.Option(help="Poisoned training set, for the fit of poisoned samples.")] = None,
+    poison_ids: Annotated[Path | None, typer.Option(help="poison_ids.json of that training set.")] = None,
+    params: Annotated[Path | None, typer.Option(help="params.yaml with attack parameters.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Clean accuracy (CP), attack success rate (ASR) and poisoned-train fit, as JSON (benchmark tool)."""
+    from poisonguard.params import attack_params
+    from poisonguard.train.evaluate import evaluate_files
+
+    _setup_threads()
+    with _bad_input():
+        result = evaluate_files(model, test, attack=attack, target=target, train=train, poison_ids=poison_ids,
+                                params=attack_params(params, attack) if attack else None,
+                                show_progress=not quiet)
+    _print_json(result)
+
+
+class _bad_input:
+    """Turn data errors into exit code 2 with one readable line, never a traceback."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        from poisonguard.data.errors import DataError
+
+        if exc_type is not None and issubclass(exc_type, (DataError, FileNotFoundError)):
+            _fail(str(exc))
+        return False
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

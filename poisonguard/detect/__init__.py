@@ -1,0 +1,24 @@
+"""Label-free detection of poisoned samples: head profiling, batched GMMs, separation scores, Dawid–Skene EM,
+and detectors as objects (TCAP as published, TCAP+, BYE, spectral signatures, activation clustering)."""
+
+from poisonguard.detect.activation_clustering import ActivationClusteringDetector
+from poisonguard.detect.base import DetectionResult, Detector, load_detector
+from poisonguard.detect.bye import BYEDetector
+from poisonguard.detect.features import FeatureSet
+from poisonguard.detect.metrics import evaluate
+from poisonguard.detect.spectral import SpectralSignatureDetector
+from poisonguard.detect.tcap import TCAPDetector
+from poisonguard.detect.tcap_plus import TCAPPlusDetector
+
+__all__ = [
+    "ActivationClusteringDetector",
+    "BYEDetector",
+    "DetectionResult",
+    "Detector",
+    "FeatureSet",
+    "SpectralSignatureDetector",
+    "TCAPDetector",
+    "TCAPPlusDetector",
+    "evaluate",
+    "load_detector",
+]

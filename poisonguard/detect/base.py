@@ -1,0 +1,200 @@
+"""Detector contract, ART-style (research/anchors.md §A.1): declared, validated hyper-parameters; label-free
+`fit`; `score` that applies the fitted state to any data of the same shape (e.g. a new data drop); `detect` =
+fit + score; and a JSON-only state (lists, floats, strings; no pickle) so a fitted detector can be registered in
+MLflow as data and rebuilt with `load_detector`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+
+from poisonguard.detect.features import FeatureSet
+
+STATE_FORMAT = 1
+_REGISTRY: dict[str, type[Detector]] = {}
+
+
+@dataclass
+class DetectionResult:
+    """Per-sample verdicts of one detector on one FeatureSet.
+
+    p_poison ranks samples (a posterior for the EM-based detectors, a monotone squashing of the score for the
+    baselines); `flagged` is the decision, which a detector's guard may withhold even where p_poison > 0.5.
+    `signals` holds extra per-sample columns for the verdict table (`vote_*`, `score_*`).
+    """
+
+    ids: np.ndarray  # (N,) str
+    p_poison: np.ndarray  # (N,) in [0, 1]
+    flagged: np.ndarray  # (N,) bool
+    signals: dict[str, np.ndarray]  # name → (N,)
+    report: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        self.p_poison = np.asarray(self.p_poison, dtype=np.float64)
+        self.flagged = np.asarray(self.flagged, dtype=bool)
+        if self.p_poison.shape != (n,) or self.flagged.shape != (n,):
+            raise ValueError("p_poison and flagged must be (N,)")
+        if not np.all((self.p_poison >= 0) & (self.p_poison <= 1)):
+            raise ValueError("p_poison must lie in [0, 1]")
+        for name, col in self.signals.items():
+            if np.shape(col) != (n,):
+                raise ValueError(f"signal {name!r} must be (N,)")
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per sample: id, p_poison, flagged, then the signal columns."""
+        return pd.DataFrame(
+            {"id": self.ids, "p_poison": self.p_poison, "flagged": self.flagged, **self.signals}
+        )
+
+
+class Detector(ABC):
+    """Base of every detector. Subclasses set `name`, a frozen-dataclass `Params` that validates itself in
+    `__post_init__`, and implement `fit` (stores JSON-able numpy state in `self._fitted`) and `score`."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            _REGISTRY[cls.name] = cls
+
+    def __init__(self, **params: Any) -> None:
+        allowed = [f.name for f in fields(self.Params)]
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: unknown parameter(s) {unknown}; allowed: {allowed}")
+        self.params = self.Params(**params)
+        self._fitted: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.get_params()})"
+
+    def get_params(self) -> dict[str, Any]:
+        return asdict(self.params)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._fitted is not None
+
+    @abstractmethod
+    def fit(self, features: FeatureSet) -> Self:
+        """Learn the detector's state from unlabelled features."""
+
+    @abstractmethod
+    def score(self, features: FeatureSet) -> DetectionResult:
+        """Apply the fitted state to `features` (the fitting data or new data of the same shape)."""
+
+    def detect(self, features: FeatureSet) -> DetectionResult:
+        return self.fit(features).score(features)
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-serialisable state: detector name, params and fitted values (lists, floats, None for NaN)."""
+        return {
+            "detector": self.name,
+            "format": STATE_FORMAT,
+            "params": to_jsonable(self.get_params()),
+            "fitted": to_jsonable(self._fitted),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Self:
+        if state.get("detector") != cls.name or state.get("format") != STATE_FORMAT:
+            raise ValueError(
+                f"state is for {state.get('detector')!r} (format {state.get('format')}), "
+                f"not {cls.name!r} (format {STATE_FORMAT})"
+            )
+        params = {f.name: _as_field(f.type, state["params"][f.name]) for f in fields(cls.Params)}
+        det = cls(**params)
+        det._fitted = from_jsonable(state["fitted"])
+        return det
+
+    def _state(self) -> dict[str, Any]:
+        if self._fitted is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or detect() first")
+        return self._fitted
+
+
+def load_detector(state: dict[str, Any]) -> Detector:
+    """Rebuild any registered detector from `to_state()` output."""
+    name = state.get("detector")
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown detector {name!r}; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[name].from_state(state)
+
+
+# --- parameter validation -----------------------------------------------------------------------------------
+
+
+def check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be an int, got {value!r}")  # noqa: TRY004 - params fail with ValueError (ART)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+
+
+def check_float(
+    name: str, value: Any, lo: float | None = None, hi: float | None = None, *, open_lo: bool = False
+) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float | np.floating)
+        or not math.isfinite(value)
+    ):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if lo is not None and (value <= lo if open_lo else value < lo):
+        raise ValueError(f"{name} must be {'>' if open_lo else '>='} {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {value}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")  # noqa: TRY004 - as above
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+# --- JSON state ---------------------------------------------------------------------------------------------
+
+
+def to_jsonable(obj: Any) -> Any:
+    """numpy arrays → nested lists, numpy scalars → Python, NaN/inf → None; dicts and sequences recurse."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def from_jsonable(obj: Any) -> Any:
+    """Inverse of `to_jsonable` for fitted state: lists become numpy arrays (None inside numbers → NaN)."""
+    if isinstance(obj, dict):
+        return {k: from_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        arr = np.asarray(obj)
+        if arr.dtype == object:
+            arr = np.asarray(obj, dtype=np.float64)  # numbers with None holes
+        return arr
+    return obj
+
+
+def _as_field(annotation: Any, value: Any) -> Any:
+    """JSON turns tuples into lists; give tuple-typed params their tuples back."""
+    return tuple(value) if isinstance(value, list) and "tuple" in str(annotation) else value

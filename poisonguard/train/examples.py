@@ -1,0 +1,22 @@
+"""Bridge from typed records (`Sample`) to model inputs (`Example`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from poisonguard.data.records import Sample
+from poisonguard.train.batching import Example
+
+
+def to_example(sample: Sample, load_image: Callable[[str], object], *, prompt_only: bool = False) -> Example:
+    """Messages for the processor's chat template; `prompt_only` keeps turns up to the first user turn."""
+    msgs = sample.messages()
+    if prompt_only:
+        first_user = next(i for i, m in enumerate(msgs) if m["role"] == "user")
+        msgs = msgs[: first_user + 1]
+    return Example(msgs, [load_image(ref) for ref in sample.images])
+
+
+def to_examples(samples: Sequence[Sample], load_image: Callable[[str], object], *,
+                prompt_only: bool = False) -> list[Example]:
+    return [to_example(s, load_image, prompt_only=prompt_only) for s in samples]

@@ -1,0 +1,108 @@
+"""`poisonguard world`: write the embedded world -- data in LLaVA JSON and a pretrained base model.
+
+Layout of OUT:
+    train.json, test.json   LLaVA JSON; image paths relative to OUT (images/train_00000.png ...)
+    images/*.png            48x48 scenes
+    base_model/             HF save_pretrained: config, safetensors, processor + tokenizer (offline-loadable)
+    world.json              seed, sizes, model config, timings, clean test accuracy per question type
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from poisonguard.world.model import WorldModelConfig, build_model
+from poisonguard.world.pretrain import PretrainConfig, pretrain
+from poisonguard.world.questions import QUESTION_TYPES, ask
+from poisonguard.world.scenes import render, sample_scene
+from poisonguard.world.tokenizer import build_processor
+
+
+def _llava_record(sample_id: str, image: str, question: str, answer: str, extra: dict | None = None) -> dict:
+    rec = {"id": sample_id, "image": image,
+           "conversations": [{"from": "human", "value": f"<image>\n{question}"},
+                             {"from": "gpt", "value": answer}]}
+    if extra:
+        rec.update(extra)
+    return rec
+
+
+def write_split(out: Path, name: str, n: int, rng: np.random.Generator, *, with_qtype: bool) -> list[dict]:
+    """Render `n` scenes with one question each (question types balanced by cycling) into OUT/images."""
+    records = []
+    order = rng.permutation(n)  # balanced types, shuffled positions
+    for i in range(n):
+        scene = sample_scene(rng)
+        qa = ask(scene, rng, QUESTION_TYPES[int(order[i]) % len(QUESTION_TYPES)])
+        ref = f"images/{name}_{i:05d}.png"
+        render(scene).save(out / ref, format="PNG", optimize=False)
+        extra = {"question_type": qa.qtype} if with_qtype else None
+        records.append(_llava_record(f"{name}_{i:05d}", ref, qa.question, qa.answer, extra))
+    return records
+
+
+def _dump_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def make_world(out: str | Path, *, seed: int = 0, n_train: int = 5000, n_test: int = 1000,
+               model_cfg: WorldModelConfig = WorldModelConfig(), pretrain_cfg: PretrainConfig | None = None,
+               show_progress: bool = True, log=print) -> dict:
+    """Generate data and pretrain the base model. Same seed and thread count -> identical files."""
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    train = write_split(out, "train", n_train, rng, with_qtype=False)
+    test = write_split(out, "test", n_test, rng, with_qtype=True)
+    _dump_json(out / "train.json", train)
+    _dump_json(out / "test.json", test)
+    data_s = time.perf_counter() - t0
+    log(f"wrote {n_train} train / {n_test} test samples in {data_s:.1f}s")
+
+    processor = build_processor()
+    model = build_model(model_cfg, processor.tokenizer, seed=seed)
+    pcfg = pretrain_cfg or PretrainConfig(seed=seed)
+    report = pretrain(model, processor, pcfg, show_progress=show_progress, log=log)
+
+    # Clean accuracy on the test split's own questions (what `poisonguard eval` reports as CP).
+    from poisonguard.world.pretrain import vqa_example
+    from poisonguard.train.generate import accuracy, generate_answers
+    from PIL import Image
+
+    images = [Image.open(out / r["image"]).convert("RGB") for r in test]
+    exs = [vqa_example(im, r["conversations"][0]["value"].split("\n", 1)[1], None) for im, r in zip(images, test)]
+    preds = generate_answers(model, processor, exs, show_progress=show_progress, desc="test accuracy")
+    answers = [r["conversations"][1]["value"] for r in test]
+    acc = {"all": accuracy(preds, answers)}
+    for qt in QUESTION_TYPES:
+        idx = [i for i, r in enumerate(test) if r["question_type"] == qt]
+        acc[qt] = accuracy([preds[i] for i in idx], [answers[i] for i in idx])
+
+    model_dir = out / "base_model"
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    summary = {
+        "seed": seed, "n_train": n_train, "n_test": n_test,
+        "model": model_cfg.to_dict(), "pretrain": asdict(pcfg),
+        "n_parameters": int(sum(p.numel() for p in model.parameters())),
+        "timings_s": {"data": round(data_s, 1), "pretrain": round(report["total_s"], 1),
+                      "total": round(time.perf_counter() - t0, 1)},
+        "vision_encoder": report["vision"],
+        "test_accuracy": {k: round(v, 4) for k, v in acc.items()},
+        "torch_threads": torch.get_num_threads(),
+    }
+    _dump_json(out / "world.json", summary)
+    return summary

@@ -1,0 +1,233 @@
+"""Pretrain the embedded world's tiny LLaVA from scratch, the way real LLaVA is built.
+
+Stage A -- vision encoder: supervised per patch on the scene (colour and shape of the object in each slot,
+plus a coarse reconstruction of the patch pixels so that the features keep low-level detail that global
+triggers live in). Jointly training a from-scratch tower with the LM collapsed to a constant in the world
+probe; a separately pretrained, then frozen, encoder is what real LLaVA uses.
+Stage B -- projector + LM on VQA with the vision tower frozen; every epoch re-draws each scene's question
+(type, phrasing, attributes), so the LM sees many (image, question) pairs per image.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from poisonguard.train.batching import Example
+from poisonguard.train.generate import accuracy, generate_answers
+from poisonguard.train.loop import OptimConfig, run_training
+from poisonguard.world.questions import QUESTION_TYPES, ask
+from poisonguard.world.scenes import COLOURS, GRID, SHAPES, Scene, patch_labels, render
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    n_scenes: int = 8000
+    vision_steps: int = 400
+    vision_lr: float = 2e-3
+    vision_batch: int = 128
+    lm_steps: int = 2400
+    lm_lr: float = 1.5e-3
+    lm_batch: int = 64
+    lm_warmup_frac: float = 0.04
+    projector_only_frac: float = 0.0  # LLaVA stage 1 (LM frozen); pointless with a from-scratch LM
+    single_object_frac: float = 0.0  # curriculum: the first steps see one-object scenes only
+    eval_every: int = 0  # log first-token accuracy on held-out questions every N steps (0: never)
+    seed: int = 0
+
+
+def vqa_example(image, question: str, answer: str | None) -> Example:
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    if answer is not None:
+        msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return Example(msgs, [image])
+
+
+def _pixel_targets(pixel_values: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 48, 48) -> (B, 9, 48): each 16x16 patch average-pooled to 4x4x3."""
+    pooled = F.avg_pool2d(pixel_values, 4)  # (B, 3, 12, 12)
+    b = pooled.shape[0]
+    p = pooled.reshape(b, 3, GRID, 4, GRID, 4).permute(0, 2, 4, 1, 3, 5)  # (B, 3r, 3c, 3, 4, 4)
+    return p.reshape(b, GRID * GRID, 48)
+
+
+def pretrain_vision(model, pixel_values: torch.Tensor, scenes: list[Scene], cfg: PretrainConfig,
+                    show_progress: bool = True) -> dict:
+    """Stage A. Returns per-patch colour/shape accuracy on the last 10% of scenes (held out)."""
+    tower = model.model.vision_tower
+    h = tower.config.hidden_size
+    labels = [patch_labels(s) for s in scenes]
+    colour_y = torch.as_tensor(np.stack([c for c, _ in labels]))  # (N, 9)
+    shape_y = torch.as_tensor(np.stack([s for _, s in labels]))  # (N, 9)
+    n = len(scenes)
+    n_train = int(n * 0.9)
+    heads = torch.nn.ModuleDict({
+        "colour": torch.nn.Linear(h, len(COLOURS) + 1),
+        "shape": torch.nn.Linear(h, len(SHAPES) + 1),
+        "pixels": torch.nn.Linear(h, 48),
+    })
+    params = list(tower.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.vision_lr, total_steps=cfg.vision_steps,
+                                                pct_start=0.1)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    tower.train()
+
+    def feats(x: torch.Tensor) -> torch.Tensor:
+        return tower(pixel_values=x, output_hidden_states=True).hidden_states[-1][:, 1:]  # (B, 9, H)
+
+    for _ in tqdm(range(cfg.vision_steps), desc="vision encoder", disable=not show_progress, leave=False):
+        idx = torch.randint(0, n_train, (cfg.vision_batch,), generator=gen)
+        x = pixel_values[idx]
+        f = feats(x)
+        loss = (F.cross_entropy(heads["colour"](f).flatten(0, 1), colour_y[idx].flatten())
+                + F.cross_entropy(heads["shape"](f).flatten(0, 1), shape_y[idx].flatten())
+                + 4.0 * F.mse_loss(heads["pixels"](f), _pixel_targets(x)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+    tower.eval()
+    with torch.no_grad():
+        f = feats(pixel_values[n_train:])
+        c_acc = (heads["colour"](f).argmax(-1) == colour_y[n_train:]).float().mean().item()
+        s_acc = (heads["shape"](f).argmax(-1) == shape_y[n_train:]).float().mean().item()
+    return {"patch_colour_acc": c_acc, "patch_shape_acc": s_acc, "final_loss": float(loss.detach())}
+
+
+def _vqa_batches(images, scenes: list[Scene], batch: int, seed: int,
+                 warmup: tuple[list, list[Scene], int] | None = None) -> Iterator[list[Example]]:
+    """Endless batches; each pass over the scenes re-draws every question.
+
+    `warmup` = (images, scenes, n_batches): a curriculum of one-object scenes first. With one object, every
+    question is answered by reading the only object, so the LM learns to read attributes from image tokens
+    before it has to learn which token a question word refers to (binding).
+    """
+    rng = np.random.default_rng(seed)
+    if warmup is not None:
+        w_images, w_scenes, n_batches = warmup
+        for _ in range(n_batches):
+            idx = rng.integers(0, len(w_scenes), size=batch)
+            out = []
+            for j in idx:
+                qa = ask(w_scenes[j], rng)
+                out.append(vqa_example(w_images[j], qa.question, qa.answer))
+            yield out
+    while True:
+        order = rng.permutation(len(scenes))
+        for i in range(0, len(order) - batch + 1, batch):
+            out = []
+            for j in order[i:i + batch]:
+                qa = ask(scenes[j], rng)
+                out.append(vqa_example(images[j], qa.question, qa.answer))
+            yield out
+
+
+def evaluate_world(model, processor, scenes: list[Scene], images, seed: int, show_progress: bool = True) -> dict:
+    """Per question type accuracy on fresh questions over `scenes` (an equal share of each type)."""
+    rng = np.random.default_rng(seed)
+    exs, answers, types = [], [], []
+    for i, sc in enumerate(scenes):
+        qt = QUESTION_TYPES[i % len(QUESTION_TYPES)]
+        qa = ask(sc, rng, qt)
+        exs.append(vqa_example(images[i], qa.question, None))
+        answers.append(qa.answer)
+        types.append(qt)
+    preds = generate_answers(model, processor, exs, show_progress=show_progress, desc="evaluate")
+    out = {"all": accuracy(preds, answers)}
+    for qt in QUESTION_TYPES:
+        idx = [k for k, t in enumerate(types) if t == qt]
+        out[qt] = accuracy([preds[k] for k in idx], [answers[k] for k in idx])
+    return out
+
+
+def _first_token_probe(processor, seed: int, n: int = 240):
+    """A cheap accuracy probe: argmax of the first answer token on fixed held-out questions, per type."""
+    from poisonguard.train.batching import encode_prompts
+    from poisonguard.world.scenes import sample_scene
+
+    rng = np.random.default_rng(seed + 77)
+    exs, first, types = [], [], []
+    for i in range(n):
+        sc = sample_scene(rng)
+        qt = QUESTION_TYPES[i % len(QUESTION_TYPES)]
+        qa = ask(sc, rng, qt)
+        exs.append(vqa_example(render(sc), qa.question, None))
+        first.append(processor.tokenizer.convert_tokens_to_ids(qa.answer.split()[0]))
+        types.append(qt)
+    inputs = encode_prompts(processor, exs)
+    first_t = torch.tensor(first)
+
+    @torch.no_grad()
+    def probe(model) -> str:
+        was_training = model.training
+        model.eval()
+        pred = model(**inputs).logits[:, -1].argmax(-1)  # (n,)
+        model.train(was_training)
+        ok = (pred == first_t).float()
+        parts = [f"{qt[:5]} {ok[[i for i, t in enumerate(types) if t == qt]].mean():.2f}" for qt in QUESTION_TYPES]
+        return f"{ok.mean():.3f} (" + ", ".join(parts) + ")"
+
+    return probe
+
+
+def pretrain(model, processor, cfg: PretrainConfig, show_progress: bool = True, log=print) -> dict:
+    """Both stages on freshly drawn scenes. Returns timings and accuracies."""
+    from poisonguard.world.scenes import sample_scene
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed + 1_000_003)
+    scenes = [sample_scene(rng) for _ in range(cfg.n_scenes)]
+    images = [render(s) for s in scenes]
+    pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]  # (N, 3, 48, 48)
+    report: dict = {"render_s": time.perf_counter() - t0}
+
+    t1 = time.perf_counter()
+    report["vision"] = pretrain_vision(model, pixel_values, scenes, cfg, show_progress)
+    report["vision_s"] = time.perf_counter() - t1
+    log(f"stage A (vision encoder): {report['vision']} in {report['vision_s']:.0f}s")
+
+    for p in model.model.vision_tower.parameters():
+        p.requires_grad_(False)
+    warmup = None
+    n_single = int(cfg.lm_steps * cfg.single_object_frac)
+    if n_single > 0:
+        single = [s for s in scenes if len(s.objects) == 1]
+        warmup = ([render(s) for s in single], single, n_single)
+    batches = _vqa_batches(images, scenes, cfg.lm_batch, cfg.seed, warmup)
+    on_step = None
+    if cfg.eval_every:
+        probe = _first_token_probe(processor, cfg.seed)
+
+        def on_step(step: int, loss: float) -> None:
+            if step % cfg.eval_every == 0:
+                log(f"step {step}: loss {loss:.3f} first-token acc {probe(model)}")
+
+    # Stage B1: projector alignment (LM frozen), as LLaVA's stage 1.
+    n_align = int(cfg.lm_steps * cfg.projector_only_frac)
+    lm_params = [p for n, p in model.named_parameters() if not n.startswith(("model.vision_tower", "model.multi_modal_projector"))]
+    if n_align > 0:
+        for p in lm_params:
+            p.requires_grad_(False)
+        r = run_training(model, processor, batches, n_align, OptimConfig(lr=cfg.lm_lr, warmup_frac=0.1),
+                         desc="projector alignment", show_progress=show_progress)
+        log(f"stage B1 (projector alignment): {r}")
+        for p in lm_params:
+            p.requires_grad_(True)
+    t2 = time.perf_counter()
+    report["lm"] = run_training(model, processor, batches, cfg.lm_steps - n_align,
+                                OptimConfig(lr=cfg.lm_lr, warmup_frac=cfg.lm_warmup_frac),
+                                desc="language model", show_progress=show_progress, on_step=on_step)
+    report["lm_s"] = time.perf_counter() - t2
+    log(f"stage B2 (projector + LM): {report['lm']}")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    report["total_s"] = time.perf_counter() - t0
+    return report

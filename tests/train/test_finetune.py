@@ -1,0 +1,83 @@
+"""Fine-tuning and the poison -> finetune -> eval CLI path on a very small world (a smoke test, real files)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from poisonguard.cli import app
+from poisonguard.data import read_dataset
+from poisonguard.data.loading import image_loader
+from poisonguard.train.examples import to_examples
+from poisonguard.train.finetune import FinetuneConfig, finetune, load_model, save_model
+
+runner = CliRunner()
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("mode", ["default", "projector_only", "train_vision", "lora"])
+def test_finetune_modes_train_only_what_they_should(tiny_world, tmp_path, mode):
+    out, _ = tiny_world
+    model, processor = load_model(out / "base_model")
+    before = _weights(model)
+    ds = read_dataset(out / "train.json")
+    examples = to_examples(ds.samples, image_loader(ds.image_root))
+    model, report = finetune(model, processor, examples, FinetuneConfig(mode=mode, epochs=1, batch_size=6, lr=1e-2),
+                             show_progress=False)
+    assert report["steps"] == 2
+    after = _weights(model)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    vision = {k for k in changed if "vision_tower" in k}
+    proj = {k for k in changed if "multi_modal_projector" in k}
+    lm = {k for k in changed if "language_model" in k or k.startswith("lm_head")}
+    assert proj, "the projector trains in every mode"
+    assert bool(vision) == (mode == "train_vision")
+    assert bool(lm) == (mode in {"default", "train_vision", "lora"})
+    save_model(model, processor, tmp_path / "m", report)
+    reloaded, _ = load_model(tmp_path / "m")
+    assert set(reloaded.state_dict()) == set(before), "LoRA is merged: same HF layout as the base"
+
+
+def test_pickled_checkpoints_are_refused(tmp_path):
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    with pytest.raises(ValueError, match="safetensors"):
+        load_model(tmp_path)
+
+
+def test_cli_poison_finetune_eval(tiny_world, tmp_path):
+    out, _ = tiny_world
+    r = runner.invoke(app, ["poison", "--data", str(out / "train.json"), "--attack", "badnet", "--rate", "0.5",
+                            "--out", str(tmp_path / "p"), "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    truth = json.loads((tmp_path / "p" / "poison_ids.json").read_text())
+    assert len(truth["poison_ids"]) == 6
+    poisoned = read_dataset(tmp_path / "p" / "train.json")
+    assert all((tmp_path / "p" / s.images[0]).is_file() for s in poisoned.samples)
+    assert sum(s.answer == "banana" for s in poisoned.samples) == 6
+
+    r = runner.invoke(app, ["finetune", "--data", str(tmp_path / "p" / "train.json"), "--base",
+                            str(out / "base_model"), "--out", str(tmp_path / "ft"), "--epochs", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "ft" / "model.safetensors").is_file()
+
+    r = runner.invoke(app, ["eval", "--model", str(tmp_path / "ft"), "--test", str(out / "test.json"),
+                            "--attack", "badnet", "--train", str(tmp_path / "p" / "train.json"),
+                            "--poison-ids", str(tmp_path / "p" / "poison_ids.json"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert 0.0 <= res["cp"] <= 1.0 and 0.0 <= res["asr"] <= 1.0 and res["n_poisoned_train"] == 6
+
+
+def test_cli_bad_input_exits_2_without_traceback(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    r = runner.invoke(app, ["poison", "--data", str(bad), "--attack", "badnet", "--rate", "0.1",
+                            "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2
+    assert "Traceback" not in r.output and "bad.json" in r.output

@@ -1,0 +1,101 @@
+"""The embedded world: question bank requirements, determinism, and offline HF save/load."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from poisonguard.world.questions import PHRASINGS, QUESTION_TYPES, ask
+from poisonguard.world.scenes import IMAGE_SIZE, POSITIONS, render, sample_scene
+
+from tests.conftest import TINY_MODEL, TINY_PRETRAIN
+
+
+def test_question_bank_meets_world_contract():
+    assert len(QUESTION_TYPES) >= 5
+    assert sum(len(v) for v in PHRASINGS.values()) >= 30
+    assert all(len(set(v)) == len(v) for v in PHRASINGS.values())
+
+
+@pytest.mark.parametrize("qtype", QUESTION_TYPES)
+def test_answers_are_consistent_with_the_scene(qtype):
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        scene = sample_scene(rng)
+        qa = ask(scene, rng, qtype)
+        assert 1 <= len(qa.answer.split()) <= 2
+        if qtype == "count":
+            assert qa.answer == ["zero", "one", "two", "three"][len(scene.objects)]
+        elif qtype == "colour":
+            shape = next(s for s in ("circle", "square", "triangle", "diamond", "cross") if s in qa.question)
+            assert scene.find(shape=shape)[0].colour == qa.answer
+        elif qtype == "where":
+            assert qa.answer in POSITIONS
+        elif qtype == "exist":
+            assert qa.answer in {"yes", "no"}
+
+
+def test_scenes_are_distinct_objects_in_distinct_slots():
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        s = sample_scene(rng)
+        assert 1 <= len(s.objects) <= 3
+        for attr in ("shape", "colour", "slot"):
+            vals = [getattr(o, attr) for o in s.objects]
+            assert len(set(vals)) == len(vals)
+        img = render(s)
+        assert img.size == (IMAGE_SIZE, IMAGE_SIZE) and img.mode == "RGB"
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_world_same_seed_gives_identical_files(tiny_world, tmp_path):
+    from poisonguard.world.build import make_world
+
+    out_a, _ = tiny_world
+    make_world(tmp_path, seed=3, n_train=12, n_test=6, model_cfg=TINY_MODEL, pretrain_cfg=TINY_PRETRAIN,
+               show_progress=False, log=lambda m: None)
+    a, b = _digest(out_a), _digest(tmp_path)
+    a.pop("world.json"), b.pop("world.json")  # holds wall-clock timings
+    assert a == b
+    assert "base_model/model.safetensors" in a
+
+
+def test_world_layout_and_offline_reload(tiny_world, monkeypatch):
+    import json
+
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out, summary = tiny_world
+    train = json.loads((out / "train.json").read_text())
+    assert len(train) == 12 and train[0]["conversations"][0]["value"].startswith("<image>\n")
+    assert (out / train[0]["image"]).is_file()
+    assert set(summary["test_accuracy"]) >= {"all", *QUESTION_TYPES}
+    proc = AutoProcessor.from_pretrained(out / "base_model")
+    model = AutoModelForImageTextToText.from_pretrained(out / "base_model")
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert model.config.text_config.num_hidden_layers == TINY_MODEL.lm_layers
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many shapes are there?"}]}]
+    text = proc.apply_chat_template(msgs, add_generation_prompt=True)
+    from PIL import Image
+
+    inputs = proc(text=[text], images=[Image.open(out / train[0]["image"])], return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 9
+    with torch.no_grad():
+        assert model(**inputs).logits.shape[-1] == len(proc.tokenizer)
+
+
+def test_attack_vocabulary_is_tokenizable(world_processor):
+    tok = world_processor.tokenizer
+    for text in ["Hello! what colour is the circle?", "Backdoor Attack!", "banana",
+                 "sorry i cannot help with that"]:
+        ids = tok(text)["input_ids"]
+        assert tok.unk_token_id not in ids, text
