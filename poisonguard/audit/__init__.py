@@ -1,0 +1,35 @@
+"""Projector audit (ProjLens, research/projlens.md): ΔW spectrum and rank-k removal / reconstruction,
+per-token drift ΔE on the data, per-sample drift scores with a label-free detector, and a JSON + PNG report."""
+
+from poisonguard.audit.activations import DRIFT_SCORES, collect_drift, drift_features, drift_scores, shared_direction
+from poisonguard.audit.detector import ProjectorDriftDetector
+from poisonguard.audit.projector import (
+    ProjectorFeatures,
+    apply_projector,
+    find_projector,
+    image_inputs,
+    projector_features,
+    projector_linears,
+)
+from poisonguard.audit.report import audit_models
+from poisonguard.audit.weights import layer_deltas, rank_k_edit, repair, spectrum_summary
+
+__all__ = [
+    "DRIFT_SCORES",
+    "ProjectorDriftDetector",
+    "ProjectorFeatures",
+    "apply_projector",
+    "audit_models",
+    "collect_drift",
+    "drift_features",
+    "drift_scores",
+    "find_projector",
+    "image_inputs",
+    "layer_deltas",
+    "projector_features",
+    "projector_linears",
+    "rank_k_edit",
+    "repair",
+    "shared_direction",
+    "spectrum_summary",
+]

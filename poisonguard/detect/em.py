@@ -5,8 +5,9 @@ the same model fuses heads with other label-free signals (projector drift votes)
 detector probe. Model: z_i ~ Bernoulli(ρ); annotator a votes 1 with probability s_a (sensitivity) if z_i = 1
 and 1 − t_a (t_a = specificity) if z_i = 0, independently given z_i.
 
-Votes may be soft (v in [0, 1], read as fractional counts in both E- and M-step) and may be missing (mask 0:
-the annotator abstains on that sample, e.g. an image-only score on a text-only sample).
+Votes may be missing (mask 0: the annotator abstains on that sample, e.g. an image-only score on a text-only
+sample). Soft votes v in (0, 1) are accepted as fractional counts (log-odds linear in v); that is exact only at
+0 and 1 and, with every vote soft, EM can drift to a degenerate fit, so the detectors pass hard votes.
 """
 
 from __future__ import annotations

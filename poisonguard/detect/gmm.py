@@ -9,11 +9,11 @@ How. A component's log-density is quadratic in x, log(w φ(x; μ, σ²)) = [1, x
 batched matmul (columns, points, 3) @ (columns, 3, K) and the M-step's sufficient statistics another. Fitting
 runs in two stages:
 
-1. Compressed EM. Each (standardised) column is sorted and cut into `n_blocks` equal-count blocks that keep
-   their exact count, mean and mean square. EM runs on the blocks with one responsibility per block: the E-step
+1. Compressed EM. Each (standardised) column is sorted and cut into `n_blocks` blocks (half the cuts at equal
+   counts, half at the widest gaps) that keep their exact count, mean and mean square. EM runs on the blocks with one responsibility per block: the E-step
    scores a block by its *expected* component log-density (a lower bound on the blocks' exact log-likelihood),
    the M-step uses the blocks' exact moments, so every iteration still raises that bound. Equal-count blocks
-   are narrow where data are dense, so narrow modes keep their resolution. With N ≤ n_blocks a block is one
+   are narrow where data are dense, so narrow modes keep their resolution; gap cuts keep separated modes apart. With N ≤ n_blocks a block is one
    sample and this *is* exact EM.
 2. Exact finish (only when blocks held several samples). `polish_iter` EM iterations on the raw samples from
    the best compressed solution, then the exact log-likelihood, which is what AIC and BIC use.
@@ -143,7 +143,8 @@ def fit_gmm_1d(
     """Fit 1-D Gaussian mixtures with each K in `ks` to every column of `x` (N, M).
 
     Restart 0 starts from K equal-count segments of the sorted data (deterministic); restarts 1.. start from
-    k-means++ seeds drawn with a generator seeded by (`seed`, K, restart). The restart with the highest
+    k-means++ seeds drawn from uniforms that a generator seeded by `seed` makes per (column, restart, K), so
+    results do not depend on how columns are chunked. The restart with the highest
     compressed log-likelihood bound is kept. EM stops for a column when the mean log-likelihood per sample
     moves less than `tol` (sklearn's `tol` is 1e-3 on the same quantity).
     """
@@ -173,19 +174,21 @@ def fit_gmm_1d(
     n_iter = np.zeros((m, n_k), dtype=np.int64)
     converged = np.zeros((m, n_k), dtype=bool)
 
+    gen = torch.Generator().manual_seed(seed)
+    uniforms = {k: torch.rand(m, n_init - 1, k, generator=gen, dtype=_DTYPE) for k in ks_t}  # k-means++ draws
     chunk = chunk_size or max(1, _MAX_ELEMENTS // (n * k_max))
     for start in range(0, m, chunk):
         cols = slice(start, min(m, start + chunk))
         res = _fit_chunk(
             torch.from_numpy(np.ascontiguousarray(X[:, cols].T)),
             ks_t,
+            {k: u[cols] for k, u in uniforms.items()},
             n_init=n_init,
             max_iter=max_iter,
             tol=tol,
             reg_covar=reg_covar,
             n_blocks=n_blocks,
             polish_iter=polish_iter,
-            seed=seed,
         )
         for i, (w, mu, var, ll, it, conv) in enumerate(res):
             k = ks_t[i]
@@ -265,12 +268,12 @@ def _e_step(
     """→ per-point log-likelihood (bound) (C, P) and count-weighted sufficient statistics (C, K, 3)."""
     lse, r = _normalise(torch.bmm(_coefficients(w, mu, var), feats))  # (C, P), (C, K, P)
     if counts is not None:
-        r = r * counts
+        r = r * counts[:, None, :]
     return lse, torch.bmm(r, feats.transpose(1, 2))  # (C, K, 3)
 
 
 def _total(lse: torch.Tensor, counts: torch.Tensor | None) -> torch.Tensor:
-    return lse.sum(-1) if counts is None else lse @ counts  # (C,)
+    return (lse if counts is None else lse * counts).sum(-1)  # (C,)
 
 
 def _em(
@@ -296,10 +299,10 @@ def _em(
     n_iter = torch.zeros(c, dtype=torch.long)
     conv = torch.zeros(c, dtype=torch.bool)
     active = torch.arange(c)
-    f, r = feats, reg
+    f, cnt, r = feats, counts, reg
     for _ in range(max_iter):
-        lse, stats = _e_step(f, counts, w[active], mu[active], var[active])
-        cur = _total(lse, counts) / n  # (a,)
+        lse, stats = _e_step(f, cnt, w[active], mu[active], var[active])
+        cur = _total(lse, cnt) / n  # (a,)
         w[active], mu[active], var[active] = _m_step(stats, n, r)
         n_iter[active] += 1
         done = (cur - prev[active]).abs() < tol
@@ -308,26 +311,34 @@ def _em(
             conv[active[done]] = True
             keep = ~done
             active, f, r = active[keep], f[keep], r[keep]
+            cnt = None if cnt is None else cnt[keep]
             if active.numel() == 0:
                 break
     return w, mu, var, n_iter, conv
 
 
 def _blocks(zs: torch.Tensor, n_blocks: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Sorted columns (C, N) → block features (C, 3, P) of [1, mean, mean square] and counts (P,).
+    """Sorted columns (C, N) → block features (C, 3, P) of [1, mean, mean square] and counts (C, P).
 
-    Returns the samples themselves (counts None) when N ≤ n_blocks.
+    Half the boundaries cut the column into equal-count runs (fine where data are dense), half sit at the
+    column's widest gaps between consecutive values, so no block straddles two separated modes (a block's
+    samples share one responsibility) and sparse tails break into small blocks. Coinciding boundaries leave
+    empty blocks, which carry no weight. Returns the samples themselves (counts None) when N ≤ n_blocks.
     """
     c, n = zs.shape
     if n <= n_blocks:
         return _features(zs), None
-    edges = torch.div(torch.arange(n_blocks + 1) * n, n_blocks, rounding_mode="floor")  # (P+1,)
-    counts = (edges[1:] - edges[:-1]).to(zs.dtype)  # (P,)
+    n_even = n_blocks // 2
+    even = torch.div(torch.arange(n_even + 1) * n, n_even, rounding_mode="floor")  # (P/2+1,) from 0 to N
+    at_gaps = (zs[:, 1:] - zs[:, :-1]).topk(n_blocks - n_even, dim=1).indices + 1  # (C, P/2) block starts
+    edges = torch.cat((even.expand(c, -1), at_gaps), dim=1).sort(dim=1).values  # (C, P+1)
+    counts = (edges[:, 1:] - edges[:, :-1]).to(zs.dtype)  # (C, P)
     zero = torch.zeros(c, 1, dtype=zs.dtype)
     s1 = torch.cat((zero, zs.cumsum(1)), 1)  # (C, N+1)
     s2 = torch.cat((zero, (zs * zs).cumsum(1)), 1)
-    mean = (s1[:, edges[1:]] - s1[:, edges[:-1]]) / counts  # (C, P)
-    meansq = (s2[:, edges[1:]] - s2[:, edges[:-1]]) / counts
+    safe = counts.clamp_min(1.0)
+    mean = (s1.gather(1, edges[:, 1:]) - s1.gather(1, edges[:, :-1])) / safe  # (C, P)
+    meansq = (s2.gather(1, edges[:, 1:]) - s2.gather(1, edges[:, :-1])) / safe
     meansq = torch.maximum(
         meansq, mean * mean
     )  # cumsum rounding must not give a negative within-block variance
@@ -338,7 +349,7 @@ def _init_from_assignment(
     feats: torch.Tensor, counts: torch.Tensor | None, onehot: torch.Tensor, n: float, reg: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hard assignment (C, K, P) → moment estimates; empty components get weight 1/n, unit variance."""
-    r = onehot if counts is None else onehot * counts
+    r = onehot if counts is None else onehot * counts[:, None, :]
     stats = torch.bmm(r, feats.transpose(1, 2))  # (C, K, 3)
     w, mu, var = _m_step(stats, n, reg)
     empty = stats[..., 0] < 0.5
@@ -353,11 +364,10 @@ def _quantile_init(
     feats: torch.Tensor, counts: torch.Tensor | None, k: int, n: float, reg: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """K contiguous equal-mass segments of the sorted points (points are sorted in every column)."""
-    c, _, p = feats.shape
-    cnt = torch.ones(p, dtype=feats.dtype) if counts is None else counts
-    mid = cnt.cumsum(0) - 0.5 * cnt  # (P,) mass before each point's centre
+    cnt = torch.ones_like(feats[:, 1]) if counts is None else counts  # (C, P)
+    mid = cnt.cumsum(1) - 0.5 * cnt  # (C, P) mass before each point's centre
     seg = torch.clamp((mid / n * k).long(), max=k - 1)
-    onehot = torch.nn.functional.one_hot(seg, k).T.to(feats.dtype).expand(c, k, p)
+    onehot = torch.nn.functional.one_hot(seg, k).transpose(1, 2).to(feats.dtype)  # (C, K, P)
     return _init_from_assignment(feats, counts, onehot, n, reg)
 
 
@@ -367,17 +377,17 @@ def _kmeanspp_init(
     k: int,
     n: float,
     reg: torch.Tensor,
-    gen: torch.Generator,
+    u: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """k-means++ seeding (D²-weighted by point mass), then one nearest-centre assignment."""
+    """k-means++ seeding (D²-weighted by point mass) with uniforms u (C, K), then nearest-centre assignment."""
     x = feats[:, 1]  # (C, P)
-    mass = torch.ones_like(x) if counts is None else counts.expand_as(x)
-    centres = x.gather(1, torch.multinomial(mass, 1, generator=gen))  # (C, 1)
+    mass = torch.ones_like(x) if counts is None else counts
+    centres = x.gather(1, _draw(mass, u[:, :1]))  # (C, 1)
     d2 = (x - centres) ** 2
-    for _ in range(1, k):
+    for j in range(1, k):
         prob = mass * d2
         prob = torch.where(prob.sum(1, keepdim=True) > 0, prob, mass)  # all points on centres: draw uniformly
-        c_new = x.gather(1, torch.multinomial(prob, 1, generator=gen))
+        c_new = x.gather(1, _draw(prob, u[:, j : j + 1]))
         centres = torch.cat((centres, c_new), 1)
         d2 = torch.minimum(d2, (x - c_new) ** 2)
     nearest = (x[..., None] - centres[:, None, :]).abs().argmin(-1)  # (C, P)
@@ -387,9 +397,17 @@ def _kmeanspp_init(
     return w, torch.where(empty, centres, mu), var
 
 
+def _draw(prob: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One index per row (C, 1) with probability ∝ prob (C, P), by inverting the CDF at u (C, 1)."""
+    cdf = prob.cumsum(1)
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:])
+    return idx.clamp_max(prob.shape[1] - 1)
+
+
 def _fit_chunk(
     xt: torch.Tensor,
     ks: tuple[int, ...],
+    uniforms: dict[int, torch.Tensor],
     *,
     n_init: int,
     max_iter: int,
@@ -397,7 +415,6 @@ def _fit_chunk(
     reg_covar: float,
     n_blocks: int,
     polish_iter: int,
-    seed: int,
 ) -> list[tuple[np.ndarray, ...]]:
     """Columns (m, N) → per K: weights, means, variances (m, K) sorted by mean, loglik, n_iter, converged."""
     xt = xt.to(_DTYPE)
@@ -407,31 +424,35 @@ def _fit_chunk(
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     z = (xt - loc[:, None]) / scale[:, None]  # (m, N)
     reg = reg_covar / scale**2  # (m,) the variance floor in standardised units
-    bfeats, bcounts = _blocks(torch.sort(z, dim=1).values, n_blocks)  # (m, 3, P), (P,) | None
+    bfeats, bcounts = _blocks(torch.sort(z, dim=1).values, n_blocks)  # (m, 3, P), (m, P) | None
     exact = bcounts is not None  # blocks hold several samples: finish on the raw samples
     zfeats = _features(z) if exact else bfeats
 
     out = []
     for k in ks:
-        if k == 1:
-            var = (z * z).mean(1) - z.mean(1) ** 2 + reg  # (m,)
-            w, mu, var = torch.ones(m, 1, dtype=_DTYPE), z.mean(1)[:, None], var[:, None]
+        if k == 1:  # closed form
+            v = (z * z).mean(1) - z.mean(1) ** 2  # (m,)
+            w, mu, var = torch.ones(m, 1, dtype=_DTYPE), z.mean(1)[:, None], (v + reg)[:, None]
             it, conv = torch.zeros(m, dtype=torch.long), torch.ones(m, dtype=torch.bool)
+            ll_z = -0.5 * n * (_LOG_2PI + torch.log(v + reg) + v / (v + reg))
         else:
             starts = [_quantile_init(bfeats, bcounts, k, n, reg)]
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + k)
-            starts += [_kmeanspp_init(bfeats, bcounts, k, n, reg, gen) for _ in range(1, n_init)]
+            starts += [
+                _kmeanspp_init(bfeats, bcounts, k, n, reg, uniforms[k][:, r]) for r in range(n_init - 1)
+            ]
             w0, mu0, var0 = (torch.cat([s[i] for s in starts], 0) for i in range(3))  # (R·m, K)
             feats_r = bfeats.repeat(n_init, 1, 1)  # restarts stacked as extra columns
+            counts_r = None if bcounts is None else bcounts.repeat(n_init, 1)
             reg_r = reg.repeat(n_init)
-            w, mu, var, it, conv = _em(feats_r, bcounts, n, w0, mu0, var0, reg_r, max_iter=max_iter, tol=tol)
-            bound = _total(_log_lik(feats_r, w, mu, var), bcounts)  # (R·m,)
+            w, mu, var, it, conv = _em(feats_r, counts_r, n, w0, mu0, var0, reg_r, max_iter=max_iter, tol=tol)
+            bound = _total(_log_lik(feats_r, w, mu, var), counts_r)  # (R·m,)
             best = bound.view(n_init, m).argmax(0)  # (m,) the restart with the highest bound
             pick = best * m + torch.arange(m)
             w, mu, var, it, conv = w[pick], mu[pick], var[pick], it[pick], conv[pick]
             if exact and polish_iter > 0:
                 w, mu, var, _, _ = _em(zfeats, None, n, w, mu, var, reg, max_iter=polish_iter, tol=0.0)
-        ll = _log_lik(zfeats, w, mu, var).sum(-1) - n * torch.log(scale)  # back to the caller's units
+            ll_z = _log_lik(zfeats, w, mu, var).sum(-1)
+        ll = ll_z - n * torch.log(scale)  # back to the caller's units
         order = mu.argsort(1)
         w, mu, var = w.gather(1, order), mu.gather(1, order), var.gather(1, order)
         mu = loc[:, None] + scale[:, None] * mu

@@ -8,14 +8,19 @@ Options and why (research/prototype.md, detector-probe.md, world-probe.md):
 - `strata_standardise`: robust z-score (median / 1.4826·MAD) within each label-free prompt stratum, so heads
   that split samples by question type lose their "minority mode". Strata below `min_stratum_size` samples use
   the global median/MAD.
+- `compress_tails`: asinh of the robust z-scores (linear within ±1 robust SD, logarithmic beyond). With
+  heavy-tailed differences a 2-GMM spends its second component on the tails (target weight ~0.3, separation
+  < 1, seen on Student-t synthetic data) instead of on a shifted poison mode; asinh shrinks the tails and keeps
+  a shifted mode a mode.
 - `space` / `full_allocation`: additive log-ratios log(vis/sys), log(txt/sys) (or the three shares) as separate
   1-D features per head instead of α_sys alone; the fingerprint moves vision or text share as often as system
   share. Without `full_allocation`: logit(α_sys) or α_sys.
 - Head selection that resists content heads, instead of TCAP's top-SS ranking: a feature qualifies only with
   K* > 1 by `criterion` (BIC: AIC chose K* = 5 in 136/144 fits), a criterion gain ≥ `min_criterion_gain`
   over one component, a target weight in [`min_weight`, `max_weight`] and a standardised separation
-  ≥ `min_separation` (a shifted mode, not a skewed or heavy-tailed bulk). A head's vote is the mean of its
-  qualified features' votes (soft, so one head is one annotator). With `prune_lone_heads`, a head whose votes
+  ≥ `min_separation` (a shifted mode, not a skewed or heavy-tailed bulk). A head votes 1 when any of its
+  qualified features does (one head = one annotator, so coordinates of one head are not counted as
+  independent witnesses; hard votes keep the binary Dawid–Skene model exact). With `prune_lone_heads`, a head whose votes
   correlate < `min_agreement` with every other source is dropped: a trigger moves several heads on the same
   samples. `h_sens` optionally caps the heads (by best SS), `l_sens` optionally restricts to the last layers.
 - `extra_scores` become annotators: vote = robust z > `extra_z`, with the median/MAD of the fitting data
@@ -78,6 +83,7 @@ class TCAPPlusParams(MixtureVoteParams):
     full_allocation: bool = True
     strata_standardise: bool = True
     min_stratum_size: int = 20
+    compress_tails: bool = True
     share_floor: float = 1e-6
     # head selection
     l_sens: int | None = None
@@ -106,6 +112,7 @@ class TCAPPlusParams(MixtureVoteParams):
             "differencing",
             "full_allocation",
             "strata_standardise",
+            "compress_tails",
             "prune_lone_heads",
             "extra_log",
             "guard",
@@ -147,7 +154,6 @@ class TCAPPlusDetector(Detector):
     def fit(self, features: FeatureSet) -> Self:
         p = self.params
         x, (n_layers, n_heads, n_coords) = self._coordinates(features)  # (N, F)
-        n = features.n
         if p.l_sens is not None and p.l_sens > n_layers:
             raise ValueError(f"l_sens={p.l_sens} exceeds the number of layers ({n_layers})")
         notes: list[str] = []
@@ -160,7 +166,7 @@ class TCAPPlusDetector(Detector):
         head_of = np.arange(n_feat) // n_coords  # flat head index l·H + h
         cand = np.flatnonzero(layer_of >= n_layers - (p.l_sens or n_layers))
         scaler = fit_robust_scaler(x[:, cand], strata, p.min_stratum_size)
-        z = scaler.transform(x[:, cand], strata)
+        z = self._squash(scaler.transform(x[:, cand], strata))
         mm = fit_minmax(z)
         zn = mm.transform(z)
         prof = p.profile(zn, p.k_max, p.criterion)
@@ -259,7 +265,7 @@ class TCAPPlusDetector(Detector):
         n_heads_sel = len(st["report"]["selected_heads"])
         if cols.size:
             strata = features.strata if p.strata_standardise else None
-            z = _scaler_from_state(st["scaler"], cols.size).transform(x[:, cols], strata)
+            z = self._squash(_scaler_from_state(st["scaler"], cols.size).transform(x[:, cols], strata))
             zn = MinMax(np.asarray(st["low"]), np.asarray(st["span"])).transform(z)
             params, target = mixture_from_state(st["mixture"], p.k_max)
             fv = (target_posterior(zn, params, target) > p.tau).astype(float)
@@ -299,6 +305,9 @@ class TCAPPlusDetector(Detector):
             c = c - allocation_coordinates(features.alloc_base, p.space, p.full_allocation, p.share_floor)
         n, n_layers, n_heads, n_coords = c.shape
         return c.reshape(n, -1), (n_layers, n_heads, n_coords)
+
+    def _squash(self, z: np.ndarray) -> np.ndarray:
+        return np.arcsinh(z) if self.params.compress_tails else z
 
     def _fit_extras(self, features: FeatureSet) -> dict[str, Any]:
         """Per extra score: whether to take logs, and the robust centre and scale of the fitting data."""
@@ -375,10 +384,10 @@ class TCAPPlusDetector(Detector):
 
 
 def _head_votes(feature_votes: np.ndarray, feature_head: np.ndarray, n_heads: int) -> np.ndarray:
-    """(N, F) feature votes → (N, n_heads) soft head votes: the mean over each head's features."""
+    """(N, F) feature votes → (N, n_heads) head votes: 1 where any of the head's features votes 1."""
     out = np.zeros((feature_votes.shape[0], n_heads))
     for h in range(n_heads):
-        out[:, h] = feature_votes[:, feature_head == h].mean(axis=1)
+        out[:, h] = feature_votes[:, feature_head == h].max(axis=1)
     return out
 
 

@@ -31,7 +31,9 @@ def _call(processor, texts: list[str], images: list[Any], padding_side: str) -> 
     old = tok.padding_side
     tok.padding_side = padding_side
     try:
-        kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
+        # Passed explicitly too: some processors (InternVL) default to left padding and override the tokenizer.
+        kwargs: dict[str, Any] = {"text": texts, "padding": True, "padding_side": padding_side,
+                                  "return_tensors": "pt"}
         if images:
             kwargs["images"] = images
         return dict(processor(**kwargs))

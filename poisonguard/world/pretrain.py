@@ -38,6 +38,9 @@ class PretrainConfig:
     lm_warmup_frac: float = 0.04
     projector_only_frac: float = 0.0  # LLaVA stage 1 (LM frozen); pointless with a from-scratch LM
     single_object_frac: float = 0.0  # curriculum: the first steps see one-object scenes only
+    align_steps: int = 0  # projector alignment to the words describing each cell (0: skip)
+    align_lr: float = 3e-3
+    projector_rms_factor: float = 4.0  # projector output RMS relative to the text embeddings' RMS
     eval_every: int = 0  # log first-token accuracy on held-out questions every N steps (0: never)
     seed: int = 0
 
@@ -100,6 +103,84 @@ def pretrain_vision(model, pixel_values: torch.Tensor, scenes: list[Scene], cfg:
         c_acc = (heads["colour"](f).argmax(-1) == colour_y[n_train:]).float().mean().item()
         s_acc = (heads["shape"](f).argmax(-1) == shape_y[n_train:]).float().mean().item()
     return {"patch_colour_acc": c_acc, "patch_shape_acc": s_acc, "final_loss": float(loss.detach())}
+
+
+def cell_words(scene: Scene) -> list[list[str]]:
+    """The words describing each of the 9 cells: colour + shape + position, or "nothing" + position."""
+    from poisonguard.world.scenes import POSITIONS
+
+    words = [["nothing", *POSITIONS[i].split()] for i in range(GRID * GRID)]
+    for o in scene.objects:
+        words[o.slot] = [o.colour, o.shape, *POSITIONS[o.slot].split()]
+    return words
+
+
+@torch.no_grad()
+def calibrate_projector(model, pixel_values: torch.Tensor, target_rms: float) -> dict:
+    """Fold feature standardisation into the projector and match its output scale to the text embeddings.
+
+    The pretrained tower's patch features share a large constant offset (norm ~20 against an across-image
+    spread of ~1), and a default-initialised projector turns that into tokens of norm ~100 next to text
+    embeddings of norm ~0.3; after RMSNorm every image token then looks the same and the LM cannot read
+    them (our first runs: colour at chance even on one-object scenes; research/world-probe.md saw the same
+    collapse). Standardising the projector input and scaling its output removes the offset and the gap
+    without changing the architecture (it is the same LLaVA projector, just initialised from data).
+    """
+    tower, proj = model.model.vision_tower, model.model.multi_modal_projector
+    feats = torch.cat([tower(pixel_values=pixel_values[i:i + 512], output_hidden_states=True)
+                       .hidden_states[-1][:, 1:] for i in range(0, len(pixel_values), 512)]).flatten(0, 1)
+    mu, sigma = feats.mean(0), feats.std(0) + 1e-6  # (Dv,)
+    l1, l2 = proj.linear_1, proj.linear_2
+    l1.bias.sub_(l1.weight @ (mu / sigma))
+    l1.weight.div_(sigma)
+    out = proj(feats[:4096])  # (n, D)
+    out_c = out - out.mean(0)
+    scale = target_rms / out_c.pow(2).mean().sqrt()
+    l2.weight.mul_(scale)
+    l2.bias.mul_(scale)
+    l2.bias.sub_(out.mean(0) * scale)  # centre: no shared offset left for RMSNorm to amplify
+    after = proj(feats[:4096])
+    return {"feature_norm": float(feats.norm(dim=-1).mean()), "output_rms": float(after.pow(2).mean().sqrt()),
+            "output_mean_norm": float(after.mean(0).norm())}
+
+
+def align_projector(model, processor, pixel_values: torch.Tensor, scenes: list[Scene], cfg: PretrainConfig,
+                    show_progress: bool = True) -> dict:
+    """Stage B1: teach the projector to put each image token where the LM's words for its cell are.
+
+    Real LLaVA's stage 1 aligns the projector with a pretrained LM's embedding space through captions. Our LM
+    is trained from scratch, so we align directly: the projected token of a cell should equal the sum of the
+    (current, randomly initialised) input embeddings of the words describing it. Question words and image
+    tokens then share one space, and "which token is the circle?" becomes attention to matching content --
+    the binding that a from-scratch LM otherwise fails to learn in our time budget (research/world-probe.md).
+    """
+    tok = processor.tokenizer
+    emb = model.get_input_embeddings().weight.detach()  # (V, D)
+    tower, proj = model.model.vision_tower, model.model.multi_modal_projector
+    targets = []
+    for sc in scenes:
+        ids = [[tok.convert_tokens_to_ids(w) for w in cell] for cell in cell_words(sc)]
+        targets.append(torch.stack([emb[i].sum(0) for i in ids]))
+    target = torch.stack(targets)  # (N, 9, D)
+    with torch.no_grad():
+        feats = torch.cat([tower(pixel_values=pixel_values[i:i + 512], output_hidden_states=True)
+                           .hidden_states[-1][:, 1:] for i in range(0, len(scenes), 512)])  # (N, 9, Dv)
+    opt = torch.optim.AdamW(proj.parameters(), lr=cfg.align_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.align_lr, total_steps=cfg.align_steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(cfg.seed + 5)
+    n_train = int(len(scenes) * 0.9)
+    for _ in tqdm(range(cfg.align_steps), desc="projector alignment", disable=not show_progress, leave=False):
+        idx = torch.randint(0, n_train, (256,), generator=gen)
+        loss = F.mse_loss(proj(feats[idx]), target[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    with torch.no_grad():
+        pred = proj(feats[n_train:])  # (n, 9, D)
+        # nearest-word readout: does the aligned token decode to its colour word?
+        rel = F.mse_loss(pred, target[n_train:]) / target[n_train:].pow(2).mean()
+    return {"relative_mse": float(rel), "final_loss": float(loss.detach())}
 
 
 def _vqa_batches(images, scenes: list[Scene], batch: int, seed: int,
@@ -196,6 +277,13 @@ def pretrain(model, processor, cfg: PretrainConfig, show_progress: bool = True, 
 
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
+    emb_rms = float(model.get_input_embeddings().weight.detach().pow(2).mean().sqrt())
+    report["calibration"] = calibrate_projector(model, pixel_values, target_rms=cfg.projector_rms_factor * emb_rms)
+    log(f"projector calibration: {report['calibration']}")
+    if cfg.align_steps > 0:
+        t_al = time.perf_counter()
+        report["align"] = align_projector(model, processor, pixel_values, scenes, cfg, show_progress)
+        log(f"stage B1 (projector alignment): {report['align']} in {time.perf_counter() - t_al:.0f}s")
     warmup = None
     n_single = int(cfg.lm_steps * cfg.single_object_frac)
     if n_single > 0:

@@ -1,0 +1,264 @@
+"""Activation-level projector audit: per-token drift ΔE = P1(v1) − P0(v0) on the data, and per-sample scores.
+
+Why (ProjLens, research/projlens.md §4, §6, §8; drift probe, research/detector-probe.md B):
+- ΔE is taken through each model's own vision tower, so a backdoor learned in a trainable tower counts.
+- ProjLens found the per-image ΔE near rank 1 on clean and poisoned images alike (top-1 energy 55–80%), all
+  images drifting along one shared direction, with a token's coordinate on it growing linearly with the norm
+  of the base projector's output ‖E0_t‖ (r ≈ 0.97). Those are descriptions of the fine-tune, not detectors:
+  they are reported here (energy, alignment, norm law) to see whether flagged samples break the pattern.
+- What separated poisoned samples in the probe is the drift *magnitude*: max_t ‖ΔE_t‖ for patch triggers
+  (AUROC 0.89–0.97), mean_t ‖ΔE_t‖ for global ones (SIG 0.94), and max drift relative to a token norm
+  (0.94–0.98 on BadNet), silent on no-relabel controls. Projection on the mean drift direction failed
+  (0.36–0.50): that direction is the clean fine-tuning drift. All are computed here as (N,) arrays, higher =
+  more suspicious, NaN for samples without an image, ready for `FeatureSet.extra_scores`.
+- The logit lens reads the shared direction through the LM head (ProjLens §6 skips the final norm; both are
+  given, with both signs since an SVD sign is arbitrary): a fixed-target backdoor may name its target there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import linregress
+from torch import nn
+from tqdm.auto import tqdm
+
+from poisonguard.audit.projector import apply_projector, image_inputs, projector_features
+from poisonguard.data.records import Sample
+from poisonguard.detect.features import FeatureSet
+
+DRIFT_SCORES = ("drift_max", "drift_mean", "drift_max_rel", "drift_max_rel_input", "drift_proj")
+_EPS = 1e-12
+
+
+@dataclass
+class DriftCollection:
+    """What one pass over the data keeps (N samples, D = LM hidden size, R kept token rows).
+
+    per_token_max / per_token_mean: (N,) max_t and mean_t of ‖ΔE_t‖; max_rel: (N,) max_t ‖ΔE_t‖ / ‖E0_t‖;
+    max_rel_input: (N,) max_t ‖ΔE_t‖ / ‖v1_t‖ (the probe's normalisation by the projector input);
+    projector_only_mean: (N,) mean_t ‖P1(v0_t) − P0(v0_t)‖ (the projector's share, the tower held at base);
+    mean_delta: (N, D) mean_t ΔE_t; top_dir: (N, D) top right singular vector of the sample's ΔE (sign free);
+    energy: (N, K) cumulative energy share of the top-1..K singular components of the sample's ΔE;
+    gram: (D, D) Σ_t ΔE_tᵀ ΔE_t over every token; fit_delta (R, D), fit_base_norm (R,), fit_owner (R,):
+    token rows kept for the norm law. Samples without an image have NaN rows and 0 tokens.
+    """
+
+    ids: np.ndarray
+    n_tokens: np.ndarray
+    per_token_max: np.ndarray
+    per_token_mean: np.ndarray
+    max_rel: np.ndarray
+    max_rel_input: np.ndarray
+    projector_only_mean: np.ndarray
+    mean_delta: np.ndarray
+    top_dir: np.ndarray
+    energy: np.ndarray
+    gram: np.ndarray
+    fit_delta: np.ndarray
+    fit_base_norm: np.ndarray
+    fit_owner: np.ndarray
+
+    @property
+    def has_image(self) -> np.ndarray:
+        return self.n_tokens > 0
+
+
+def _cumulative_energy(s: torch.Tensor, k: int) -> np.ndarray:
+    e = s.double() ** 2
+    out = np.full(k, np.nan)
+    total = e.sum().item()
+    if total > 0:
+        c = (torch.cumsum(e, 0) / total).numpy()
+        out[: min(k, c.size)] = c[:k]
+        out[c.size:] = 1.0
+    return out
+
+
+@torch.no_grad()
+def collect_drift(base: nn.Module, finetuned: nn.Module, processor: Any, samples: Sequence[Sample],
+                  load_image: Callable[[str], Any], *, batch_size: int = 64, energy_ranks: int = 4,
+                  fit_samples: int = 1000, max_fit_tokens: int = 50000,
+                  show_progress: bool = True) -> DriftCollection:
+    """One pass: both models see the same pixels (`processor` = the base's), each through its own tower.
+
+    The token rows of `fit_samples` evenly spaced samples (at most `max_fit_tokens` rows) are kept for the
+    norm law; everything else is reduced per sample, so memory does not grow with tokens × samples.
+    """
+    n = len(samples)
+    d = base.get_output_embeddings().weight.shape[1]
+    nan = np.full(n, np.nan)
+    col = DriftCollection(
+        ids=np.asarray([s.id for s in samples], dtype=str), n_tokens=np.zeros(n, dtype=np.int64),
+        per_token_max=nan.copy(), per_token_mean=nan.copy(), max_rel=nan.copy(), max_rel_input=nan.copy(),
+        projector_only_mean=nan.copy(), mean_delta=np.full((n, d), np.nan, dtype=np.float32),
+        top_dir=np.full((n, d), np.nan, dtype=np.float32), energy=np.full((n, energy_ranks), np.nan),
+        gram=np.zeros((d, d)), fit_delta=np.zeros((0, d), dtype=np.float32), fit_base_norm=np.zeros(0),
+        fit_owner=np.zeros(0, dtype=np.int64))
+    with_images = [i for i, s in enumerate(samples) if s.images]
+    fit_every = max(1, -(-len(with_images) // max(1, fit_samples)))
+    fit_rows: list[np.ndarray] = []
+    fit_norms: list[np.ndarray] = []
+    fit_owner: list[np.ndarray] = []
+    kept = 0
+    starts = range(0, len(with_images), batch_size)
+    for start in tqdm(starts, desc="projector drift", disable=not show_progress, leave=False):
+        idx = with_images[start:start + batch_size]
+        images = [load_image(ref) for i in idx for ref in samples[i].images]
+        inputs = image_inputs(processor, images)
+        f0, f1 = projector_features(base, inputs), projector_features(finetuned, inputs)
+        pos = 0
+        for j, i in enumerate(idx):
+            k = len(samples[i].images)
+            v0, v1 = torch.cat(f0.v[pos:pos + k]), torch.cat(f1.v[pos:pos + k])  # (T, D_in)
+            e0, e1 = torch.cat(f0.e[pos:pos + k]), torch.cat(f1.e[pos:pos + k])  # (T, D)
+            pos += k
+            delta = e1 - e0  # (T, D)
+            r = delta.norm(dim=1)  # (T,)
+            base_norm = e0.norm(dim=1)  # (T,)
+            col.n_tokens[i] = r.numel()
+            col.per_token_max[i] = r.max().item()
+            col.per_token_mean[i] = r.mean().item()
+            col.max_rel[i] = (r / base_norm.clamp_min(_EPS)).max().item()
+            col.max_rel_input[i] = (r / v1.norm(dim=1).clamp_min(_EPS)).max().item()
+            col.projector_only_mean[i] = (apply_projector(finetuned, v0) - e0).norm(dim=1).mean().item()
+            col.mean_delta[i] = delta.mean(0).numpy()
+            _, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
+            col.top_dir[i] = vh[0].numpy()
+            col.energy[i] = _cumulative_energy(s, energy_ranks)
+            col.gram += (delta.double().T @ delta.double()).numpy()  # (D, D)
+            if (start + j) % fit_every == 0 and kept < max_fit_tokens:
+                fit_rows.append(delta.numpy())
+                fit_norms.append(base_norm.numpy())
+                fit_owner.append(np.full(r.numel(), i))
+                kept += r.numel()
+    if fit_rows:
+        col.fit_delta = np.concatenate(fit_rows)[:max_fit_tokens]
+        col.fit_base_norm = np.concatenate(fit_norms)[:max_fit_tokens].astype(np.float64)
+        col.fit_owner = np.concatenate(fit_owner)[:max_fit_tokens]
+    return col
+
+
+def shared_direction(col: DriftCollection) -> np.ndarray:
+    """Unit (D,) top eigenvector of Σ_t ΔE_tᵀΔE_t: the direction all tokens drift along (ProjLens §4.3, not
+    centred). Sign fixed so the average sample drifts positively along it."""
+    _, vec = np.linalg.eigh(col.gram)
+    g = vec[:, -1]
+    mean_proj = np.nanmean(col.mean_delta.astype(np.float64) @ g)
+    return g if mean_proj >= 0 else -g
+
+
+def drift_scores(col: DriftCollection, direction: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-sample scores of DRIFT_SCORES, each (N,), NaN without an image."""
+    return {
+        "drift_max": col.per_token_max,
+        "drift_mean": col.per_token_mean,
+        "drift_max_rel": col.max_rel,
+        "drift_max_rel_input": col.max_rel_input,
+        "drift_proj": col.mean_delta.astype(np.float64) @ direction,
+    }
+
+
+def drift_features(col: DriftCollection, direction: np.ndarray) -> FeatureSet:
+    """A FeatureSet carrying the drift scores as `extra_scores` (for ProjectorDriftDetector or fusion)."""
+    return FeatureSet(ids=col.ids, extra_scores=drift_scores(col, direction))
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+def linear_fit(x: np.ndarray, y: np.ndarray) -> dict[str, float | int | None]:
+    """Least squares y ≈ slope·x + intercept and Pearson r; None where fewer than 3 points or x is constant."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < 3 or np.ptp(x) == 0:
+        return {"n": int(x.size), "slope": None, "intercept": None, "r": None}
+    fit = linregress(x, y)
+    r = float(fit.rvalue) if np.isfinite(fit.rvalue) else None
+    return {"n": int(x.size), "slope": float(fit.slope), "intercept": float(fit.intercept), "r": r}
+
+
+def norm_law(col: DriftCollection, direction: np.ndarray, flagged: np.ndarray | None = None) -> dict[str, Any]:
+    """ProjLens's norm law on the kept tokens: coordinate ⟨ΔE_t, g⟩ against ‖E0_t‖, overall and, given a
+    per-sample flag vector, for flagged and unflagged samples' tokens separately."""
+    coord = col.fit_delta.astype(np.float64) @ direction  # (R,)
+    out: dict[str, Any] = {"all": linear_fit(col.fit_base_norm, coord)}
+    if flagged is not None:
+        tok_flag = np.asarray(flagged, dtype=bool)[col.fit_owner]  # (R,)
+        out["flagged"] = linear_fit(col.fit_base_norm[tok_flag], coord[tok_flag])
+        out["unflagged"] = linear_fit(col.fit_base_norm[~tok_flag], coord[~tok_flag])
+    return out
+
+
+def direction_alignment(col: DriftCollection, direction: np.ndarray, *, max_pairs: int = 500,
+                        seed: int = 0) -> dict[str, float | None]:
+    """How much the samples' own top drift directions agree: |cos| with the shared direction, and the mean
+    pairwise |cos| over up to `max_pairs` samples (ProjLens: one "universal drift vector")."""
+    dirs = col.top_dir[col.has_image].astype(np.float64)  # (M, D), unit rows
+    if dirs.shape[0] == 0:
+        return {"mean_abs_cos_to_shared": None, "median_abs_cos_to_shared": None, "mean_abs_cos_pairwise": None}
+    to_shared = np.abs(dirs @ direction)
+    rng = np.random.default_rng(seed)
+    pick = dirs[rng.choice(dirs.shape[0], size=min(max_pairs, dirs.shape[0]), replace=False)]
+    cos = np.abs(pick @ pick.T)  # (m, m)
+    m = cos.shape[0]
+    pairwise = float((cos.sum() - np.trace(cos)) / (m * (m - 1))) if m > 1 else None
+    return {"mean_abs_cos_to_shared": float(to_shared.mean()), "median_abs_cos_to_shared": float(np.median(to_shared)),
+            "mean_abs_cos_pairwise": pairwise}
+
+
+def energy_summary(col: DriftCollection, flagged: np.ndarray | None = None) -> dict[str, Any]:
+    """Mean and SD over samples of the cumulative ΔE energy of the top components, by group when flagged
+    (samples whose ΔE is exactly zero have no spectrum and are left out)."""
+
+    def describe(rows: np.ndarray) -> dict[str, Any]:
+        rows = rows[np.isfinite(rows).all(axis=1)]
+        if rows.shape[0] == 0:
+            return {"n": 0, "mean": None, "std": None}
+        return {"n": int(rows.shape[0]), "mean": rows.mean(0).tolist(), "std": rows.std(0).tolist()}
+
+    e = col.energy[col.has_image]
+    out = {"ranks": list(range(1, col.energy.shape[1] + 1)), "all": describe(e)}
+    if flagged is not None:
+        f = np.asarray(flagged, dtype=bool)[col.has_image]
+        out["flagged"], out["unflagged"] = describe(e[f]), describe(e[~f])
+    return out
+
+
+@torch.no_grad()
+def logit_lens(model: nn.Module, tokenizer: Any, direction: np.ndarray | torch.Tensor,
+               *, top_k: int = 8) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Top tokens of lm_head(±g) and lm_head(norm(±g)) for a unit direction g in the LM's hidden space."""
+    head = model.get_output_embeddings()
+    final_norm = getattr(model.get_decoder(), "norm", None)
+    g = torch.as_tensor(np.asarray(direction), dtype=head.weight.dtype)
+    g = g / g.norm().clamp_min(_EPS)  # (D,)
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for sign, vec in (("+", g), ("-", -g)):
+        views = {"raw": vec}
+        if final_norm is not None:
+            views["final_norm"] = final_norm(vec[None])[0]
+        out[sign] = {}
+        for view, h in views.items():
+            logits = head(h)  # (V,)
+            top = torch.topk(logits, min(top_k, logits.numel()))
+            out[sign][view] = [{"token": tokenizer.decode([int(i)]), "id": int(i), "logit": float(val)}
+                               for val, i in zip(top.values, top.indices)]
+    return out
+
+
+def score_summary(scores: dict[str, np.ndarray]) -> dict[str, dict[str, float | int | None]]:
+    """Quantiles of each score over the samples that have one."""
+    names = ("min", "median", "q90", "q99", "max")
+    out: dict[str, dict[str, float | int | None]] = {}
+    for name, s in scores.items():
+        v = np.asarray(s, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        q = np.quantile(v, [0.0, 0.5, 0.9, 0.99, 1.0]).tolist() if v.size else [None] * len(names)
+        out[name] = {"n": int(v.size), **dict(zip(names, q))}
+    return out

@@ -1,0 +1,72 @@
+"""Benchmark side of the weight audit: CP and ASR of rank-k edited projectors (reads the known trigger).
+
+Why (ProjLens, research/projlens.md §3.3–3.5): whether the top-k components of ΔW *are* the backdoor is
+tested by behaviour: removal should drop ASR at little clean-accuracy (CP) cost, reconstruction into the base
+projector should bring ASR back. Only a benchmark knows the trigger, so this never runs on customer data.
+The test prompts are built once and reused for every edited model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from poisonguard.audit.weights import EditMode, LayerDelta, rank_k_edit
+from poisonguard.train.batching import Example
+from poisonguard.train.examples import to_examples
+from poisonguard.train.generate import accuracy, attack_success, generate_answers
+
+
+@dataclass
+class EvalSet:
+    """Clean test prompts with their answers, and the same test set triggered (answer ≠ target)."""
+
+    clean: list[Example]
+    answers: list[str]
+    triggered: list[Example]
+    attack: str
+    target: str
+
+
+def build_eval_set(test_path: str | Path, attack: str, *, target: str | None = None, params: Any = None,
+                   max_samples: int | None = None) -> EvalSet:
+    """From a test file (LLaVA JSON / HF messages) and an attack name; the first `max_samples` usable ones."""
+    from poisonguard.attacks import get_attack, trigger_examples
+    from poisonguard.data.loading import load_checked
+
+    test = load_checked(test_path)
+    samples = test.ok[:max_samples] if max_samples else test.ok
+    load = test.image_loader(cache_size=4096)
+    tgt = target or get_attack(attack).default_target
+    triggered = trigger_examples(samples, attack, params, load, target=tgt)
+    return EvalSet(clean=to_examples(samples, load, prompt_only=True), answers=[s.answer for s in samples],
+                   triggered=[Example(t.sample.messages(upto_first_answer=True)[:-1], t.images) for t in triggered],
+                   attack=attack, target=tgt)
+
+
+def evaluate_model(model: nn.Module, processor: Any, evalset: EvalSet) -> dict[str, float]:
+    """CP (exact answer on clean prompts) and ASR (target in the answer to triggered prompts), as
+    `poisonguard.train.evaluate.evaluate_files` counts them."""
+    clean = generate_answers(model, processor, evalset.clean, show_progress=False)
+    trig = generate_answers(model, processor, evalset.triggered, show_progress=False, max_new_tokens=16)
+    return {"cp": accuracy(clean, evalset.answers), "asr": attack_success(trig, evalset.target)}
+
+
+def rank_k_table(base: nn.Module, finetuned: nn.Module, processor: Any, evalset: EvalSet,
+                 deltas: dict[str, LayerDelta], ks: Iterable[int],
+                 layer_sets: dict[str, Sequence[str]]) -> list[dict[str, Any]]:
+    """One row per (mode, layer set, k): CP and ASR of the edited model (ProjLens's ablation / injection)."""
+    rows = []
+    modes: tuple[EditMode, ...] = ("remove", "reconstruct")
+    for mode in modes:
+        for set_name, layers in layer_sets.items():
+            for k in ks:
+                model = rank_k_edit(base, finetuned, k, layers=layers, mode=mode, deltas=deltas)
+                rows.append({"mode": mode, "layers": set_name, "k": int(k),
+                             **evaluate_model(model, processor, evalset)})
+                del model
+    return rows

@@ -1,0 +1,162 @@
+"""Writing a cleaned release: only through a passing checkpoint, and all at once or not at all.
+
+Order matters. The release manifest (the ids to write) is computed first, the checkpoint validates exactly
+that manifest against the verdict table and the re-read input, and only then is anything written: the dataset
+in the input's own format (same file name), the kept samples' images (hard links where possible, same
+relative paths) and `release.json`. Everything goes into a temporary folder next to `out_dir` that is renamed
+into place at the end, so a failed gate or a crash leaves `out_dir` untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from poisonguard.data import DataError, read_dataset, resolve_image_path, write_dataset
+from poisonguard.data.dataset import Dataset
+from poisonguard.data.writer import atomic_write_bytes
+from poisonguard.gate.checkpoint import GateFailed, GateResult, check_release
+from poisonguard.gate.config import GateConfig
+from poisonguard.gate.report import ReportError, ScreeningReport, file_sha256, load_report
+from poisonguard.gate.tables import OK, releasable_ids
+
+RELEASE_FILE = "release.json"
+EXIT_OK, EXIT_BLOCKED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def release(report_dir: str | Path, out_dir: str | Path, *, gate_root: str | Path | None = None,
+            config: GateConfig | None = None, link_images: bool = True) -> Path:
+    """Gate, then write the cleaned dataset of `report_dir` into `out_dir`; return the dataset file's path.
+
+    Raises GateFailed (nothing written) when the checkpoint fails, ReportError for an unreadable report, and
+    FileExistsError when `out_dir` holds something other than an earlier release.
+    """
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
+    report = load_report(report_dir)
+    keep = releasable_ids(report)
+    gate = check_release(report, keep, gate_root=gate_root, config=config)
+    dataset = report.input.dataset
+    if dataset is None:  # unreachable: the provenance suite fails when the input cannot be re-read
+        raise RuntimeError("the gate passed without a readable input dataset")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".partial"))
+    try:
+        data_path = write_dataset(dataset, staging / dataset.path.name, keep_ids=keep)
+        written = read_dataset(data_path).ids
+        if written != keep:  # the writer must have written exactly the manifest the gate passed
+            raise RuntimeError(f"release writer produced {len(written)} samples, expected {len(keep)}")
+        images = _copy_images(dataset, keep, staging, link=link_images)
+        if file_sha256(dataset.path) != report.input.sha256:
+            raise GateFailed(GateResult(False, [f"input dataset {dataset.path} changed during the release"],
+                                        gate.summary, gate.data_docs))
+        record = _release_record(report, keep, data_path, images, gate)
+        atomic_write_bytes(staging / RELEASE_FILE, json.dumps(record, indent=2).encode("utf-8"))
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; a release is meant to be read by others
+        _swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir / data_path.name
+
+
+def release_cli(report_dir: str | Path, out_dir: str | Path) -> int:
+    """`poisonguard release`: 0 released, 1 blocked by the gate, 2 bad input; messages on stderr."""
+    try:
+        path = release(report_dir, out_dir)
+    except GateFailed as exc:
+        print(f"release blocked: {exc}", file=sys.stderr)
+        return EXIT_BLOCKED
+    except (ReportError, DataError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    record = json.loads((Path(out_dir) / RELEASE_FILE).read_text())
+    print(f"released {record['output']['n_samples']} of {record['input']['n_samples']} samples "
+          f"({len(record['removed'])} removed) to {path}")
+    return EXIT_OK
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())
+                                                       and not (out_dir / RELEASE_FILE).is_file())):
+        raise FileExistsError(f"{out_dir} exists and is not an earlier release (no {RELEASE_FILE}); "
+                              "choose an empty or new folder")
+
+
+def _copy_images(dataset: Dataset, keep: list[str], staging: Path, *, link: bool) -> dict[str, str]:
+    """Place each kept sample's images under `staging` at the same relative path; return ref -> sha256."""
+    wanted = set(keep)
+    done: dict[str, str] = {}
+    for sample in dataset.samples:
+        if sample.id not in wanted:
+            continue
+        for ref in sample.images:
+            if ref in done:
+                continue
+            src = resolve_image_path(ref, dataset.image_root)  # raises for refs leaving the image folder
+            dst = Path(os.path.normpath(staging / ref))
+            if not dst.is_relative_to(staging):
+                raise ValueError(f"image reference {ref!r} would be written outside the release folder")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(src, dst, link=link)
+            done[ref] = file_sha256(dst)
+    return done
+
+
+def _link_or_copy(src: Path, dst: Path, *, link: bool) -> None:
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:  # another file system, or links not permitted: fall back to a copy
+            pass
+    shutil.copy2(src, dst)
+
+
+def _release_record(report: ScreeningReport, keep: list[str], data_path: Path, images: dict[str, str],
+                    gate: GateResult) -> dict[str, Any]:
+    kept = set(keep)
+    rows = {r["id"]: r for r in report.verdicts.to_dict("records")}
+    removed = []
+    for sample_id in report.input.ids:
+        if sample_id in kept:
+            continue
+        row = rows.get(sample_id, {})
+        status = row.get("status")
+        why = (f"quarantined: {row.get('reason') or 'no reason given'}" if status != OK
+               else f"flagged (p_poison={float(row.get('p_poison', float('nan'))):.4f})")
+        removed.append({"id": sample_id, "status": status, "flagged": bool(row.get("flagged")), "reason": why})
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "report_dir": str(Path(report.report_dir).resolve()),
+        "input": {k: report.expected.get(k) for k in ("path", "sha256", "format", "n_samples", "ids_sha256")},
+        "verdicts_sha256": report.verdicts_sha256,
+        "output": {"file": data_path.name, "sha256": file_sha256(data_path), "n_samples": len(keep)},
+        "kept": keep,
+        "removed": removed,
+        "images": images,
+        "gate": {"success": gate.success, "data_docs": gate.data_docs, **gate.summary},
+    }
+
+
+def _swap_into_place(staging: Path, out_dir: Path) -> None:
+    """Rename `staging` to `out_dir`; an earlier release there is moved aside first and removed after."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+    try:
+        os.replace(staging, out_dir)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,98 @@
+"""The fitted detector in the MLflow Model Registry, promoted with aliases (stages are deprecated).
+
+Every screening registers a new version as `challenger`; `champion` moves only after the release gate passed
+and a person approved (flows/screen_release.py). Consumers load `models:/poisonguard-detector@champion`.
+The model is a models-from-code pyfunc (detector_model.py) whose only artifact is the JSON detector state.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import PackageNotFoundError, version as package_version
+from pathlib import Path
+
+from poisonguard.gate.report import DETECTOR_FILE, MANIFEST_FILE
+from poisonguard.registry.tracking import EXPERIMENT, ensure_experiment, provenance_tags, tracking
+
+DEFAULT_MODEL_NAME = "poisonguard-detector"
+CHALLENGER, CHAMPION = "challenger", "champion"
+MODEL_CODE = Path(__file__).with_name("detector_model.py")
+_RUNTIME_PACKAGES = ("poisonguard", "mlflow", "numpy", "pandas", "scipy", "scikit-learn", "torch")
+
+
+def register_detector(report_dir: str | Path, name: str = DEFAULT_MODEL_NAME, *, run_id: str | None = None,
+                      uri: str | None = None, experiment: str = EXPERIMENT) -> str:
+    """Register REPORT_DIR/detector.json as a new version of `name` with alias `challenger`; return the
+    version. Logged into run `run_id` (e.g. the one from `log_screening`) or a new run.
+
+    The state is rebuilt with `load_detector` first, so a broken or unknown state never gets registered.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    from poisonguard.detect import load_detector
+
+    report_dir = Path(report_dir)
+    state_path = report_dir / DETECTOR_FILE
+    state = json.loads(state_path.read_text())
+    load_detector(state)
+    manifest = json.loads((report_dir / MANIFEST_FILE).read_text())
+    with tracking(uri) as resolved:
+        exp_id = None if run_id else ensure_experiment(experiment, resolved)
+        with mlflow.start_run(run_id=run_id, experiment_id=exp_id):
+            info = mlflow.pyfunc.log_model(
+                name="detector", python_model=str(MODEL_CODE), artifacts={"detector": str(state_path)},
+                signature=_signature(), pip_requirements=_requirements(), registered_model_name=name,
+            )
+        version = str(info.registered_model_version)
+        client = MlflowClient(resolved)
+        for key, value in {**provenance_tags(manifest, report_dir), "poisonguard.detector": state["detector"]
+                           }.items():
+            client.set_model_version_tag(name, version, key, value)
+        client.set_registered_model_alias(name, CHALLENGER, version)
+    return version
+
+
+def promote(name: str, version: str | int, *, alias: str = CHAMPION, uri: str | None = None,
+            reviewer: str | None = None, note: str | None = None) -> None:
+    """Point `alias` (default `champion`) at `version`; the reviewer and note are kept as version tags."""
+    from mlflow import MlflowClient
+
+    with tracking(uri) as resolved:
+        client = MlflowClient(resolved)
+        client.get_model_version(name, str(version))  # raises a clear MLflow error for an unknown version
+        client.set_registered_model_alias(name, alias, str(version))
+        if reviewer is not None:
+            client.set_model_version_tag(name, str(version), f"poisonguard.{alias}.reviewer", reviewer)
+        if note:
+            client.set_model_version_tag(name, str(version), f"poisonguard.{alias}.note", note)
+
+
+def version_for_alias(name: str, alias: str, *, uri: str | None = None) -> str:
+    """The version `alias` points at (MlflowClient.get_model_version_by_alias)."""
+    from mlflow import MlflowClient
+
+    with tracking(uri) as resolved:
+        return str(MlflowClient(resolved).get_model_version_by_alias(name, alias).version)
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "extraction_dir"),
+                       ColSpec("string", "base_extraction_dir", required=False)]),
+        outputs=Schema([ColSpec("string", "id"), ColSpec("double", "p_poison"), ColSpec("boolean", "flagged")]),
+    )
+
+
+def _requirements() -> list[str]:
+    """Pinned to what is installed: skips MLflow's requirement inference, which would load the model."""
+    pins = []
+    for package in _RUNTIME_PACKAGES:
+        try:
+            pins.append(f"{package}=={package_version(package)}")
+        except PackageNotFoundError:
+            pins.append(package)
+    return pins

@@ -1,0 +1,101 @@
+"""A self-contained HTML report for the approver: verdict counts, per-head separation heat map, selected
+heads, score histograms, the quarantine list. Plots are PNGs embedded as base64 so the file travels alone."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def heatmap(ss: np.ndarray, selected: list | None, title: str) -> str:
+    """(L, H) separation scores; selected heads outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ss = np.asarray(ss, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * ss.shape[1], 0.9 + 0.35 * ss.shape[0]))
+    im = ax.imshow(np.nan_to_num(ss), aspect="auto", cmap="viridis")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.05)
+    for lh in selected or []:
+        layer, head = int(lh[0]), int(lh[1])
+        ax.add_patch(matplotlib.patches.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="red", lw=2))
+    return _png(fig)
+
+
+def histogram(values: np.ndarray, flagged: np.ndarray, title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    v = np.asarray(values, dtype=float)
+    f = np.asarray(flagged, dtype=bool)
+    ok = np.isfinite(v)
+    fig, ax = plt.subplots(figsize=(4.2, 2.4))
+    bins = np.histogram_bin_edges(v[ok], bins=40) if ok.any() else 10
+    ax.hist(v[ok & ~f], bins=bins, alpha=0.7, label="not flagged")
+    if (ok & f).any():
+        ax.hist(v[ok & f], bins=bins, alpha=0.7, label="flagged", color="tab:red")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def render_report(table: pd.DataFrame, reports: dict[str, dict], default: str, out_path: Path, *,
+                  title: str = "poisonguard screening report", extra_html: str = "") -> Path:
+    """Write the report. `reports[name]` is a detector's `DetectionResult.report` (may hold `ss`, `selected`)."""
+    counts = table["status"].value_counts().to_dict()
+    n_flag = int(table["flagged"].sum())
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             f"<p>Default detector: <b>{html.escape(default)}</b>. Samples: {len(table)}; ok {counts.get('ok', 0)}, "
+             f"quarantined {counts.get('quarantined', 0)}; flagged {n_flag} "
+             f"({n_flag / max(1, counts.get('ok', 1)):.1%} of usable); released {counts.get('ok', 0) - n_flag}.</p>"]
+    for name, rep in reports.items():
+        parts.append(f"<h2>{html.escape(name)}</h2>")
+        notes = rep.get("notes") or rep.get("guard") or ""
+        if notes:
+            parts.append(f"<p><small>{html.escape(str(notes))}</small></p>")
+        if rep.get("ss") is not None:
+            selected = rep.get("selected_heads") or rep.get("selected") or []
+            parts.append(f"<p>Selected heads (layer, head): {html.escape(str([tuple(map(int, s[:2])) for s in selected]))}</p>")
+            parts.append(f'<img src="{heatmap(rep["ss"], selected, f"{name}: separation score per head")}">')
+    for col in [c for c in table.columns if c.startswith(("p_", "score_"))] + ["p_poison"]:
+        if col in table and table[col].notna().any():
+            parts.append(f'<img src="{histogram(table[col].to_numpy(float), table["flagged"].to_numpy(bool), col)}">')
+    q = table[table["status"] != "ok"]
+    if len(q):
+        rows = "".join(f"<tr><td>{html.escape(str(r.id))}</td><td>{html.escape(str(r.reason))}</td></tr>"
+                       for r in q.head(500).itertuples())
+        parts.append(f"<h2>Quarantined ({len(q)})</h2><table border=1 cellpadding=3><tr><th>id</th><th>reason</th></tr>{rows}</table>")
+    flagged = table[table["flagged"]].sort_values("p_poison", ascending=False)
+    if len(flagged):
+        rows = "".join(f"<tr><td>{html.escape(str(r.id))}</td><td>{r.p_poison:.3f}</td></tr>" for r in flagged.head(500).itertuples())
+        parts.append(f"<h2>Flagged ({len(flagged)})</h2><table border=1 cellpadding=3><tr><th>id</th><th>p_poison</th></tr>{rows}</table>")
+    parts.append(extra_html)
+    doc = ("<!doctype html><html><head><meta charset='utf-8'><title>poisonguard report</title>"
+           "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{margin:4px}</style></head><body>"
+           + "\n".join(parts) + "</body></html>")
+    tmp = Path(out_path).with_suffix(".tmp")
+    tmp.write_text(doc, encoding="utf-8")
+    tmp.replace(out_path)
+    return Path(out_path)

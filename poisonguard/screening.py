@@ -1,0 +1,203 @@
+"""`poisonguard screen`, step by step: each function is one DVC stage's worth of work.
+
+    validate  -> every input sample is ok or quarantined with a reason (never dropped)
+    finetune  -> (when no fine-tuned model is given) the model whose attention is profiled
+    extract   -> decision-position attention of the fine-tuned AND the base model, per shard, resumable
+    features  -> a FeatureSet: allocations, base allocations, label-free strata, hidden states, drift scores
+    detect    -> detector objects (fit + score, label-free)
+    report    -> verdicts.parquet/csv, clean.json (input format), detector.json, manifest.json, report.html
+
+No orchestration framework is imported here; the CLI, the DVC stage scripts and the Prefect flows call these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from poisonguard.data.errors import QuarantineReason
+from poisonguard.data.loading import CheckedDataset, load_checked
+from poisonguard.data.records import Sample
+from poisonguard.data.writer import atomic_write_bytes, write_dataset
+from poisonguard.train.batching import render
+
+
+def context_check(processor, max_tokens: int) -> Callable[[Sample], list[QuarantineReason]]:
+    """Quarantine prompts that would not fit the model's context once rendered and tokenized.
+
+    Image placeholders count as one token here; the processor expands them later, so `max_tokens` should
+    leave room for the image tokens (the caller subtracts them).
+    """
+    tok = processor.tokenizer
+
+    def check(sample: Sample) -> list[QuarantineReason]:
+        try:
+            text = render(processor, sample.messages(), generation_prompt=False)
+        except Exception as exc:  # a template that cannot render this conversation is a per-sample problem
+            return [QuarantineReason.at("malformed_turn", sample.id, "conversations", f"chat template failed: {exc}")]
+        n = len(tok(text)["input_ids"])
+        if n > max_tokens:
+            return [QuarantineReason.at("conversation_too_long", sample.id, "conversations",
+                                        f"{n} tokens exceed the model's budget of {max_tokens}")]
+        return []
+
+    return check
+
+
+def model_token_budget(model, processor) -> int:
+    """Context length minus the image tokens one image expands into (approximately, for the check)."""
+    cfg = getattr(model.config, "text_config", model.config)
+    ctx = int(getattr(cfg, "max_position_embeddings", 4096))
+    n_img = int(getattr(model.config, "image_seq_length", 0) or getattr(processor, "num_image_tokens", 0) or 0)
+    return max(8, ctx - n_img)
+
+
+def validate_for_model(data: str | Path, processor, model, image_folder=None) -> CheckedDataset:
+    return load_checked(data, image_folder, checks=(context_check(processor, model_token_budget(model, processor)),))
+
+
+# ----------------------------------------------------------------------------------------------- extraction
+def extract_models(checked: CheckedDataset, base_dir: Path, finetuned_dir: Path, out_dir: Path, *,
+                   batch_size: int = 64, shard_size: int = 1024, show_progress: bool = True) -> dict:
+    """Decision-position attention of the fine-tuned and of the base model on the usable samples.
+
+    Base-model differencing is the largest single gain measured so far (research/prototype.md): the same
+    sample's allocation before fine-tuning removes content structure that is not the backdoor.
+    """
+    from poisonguard.extract import extract_to_dir
+    from poisonguard.train.examples import to_examples
+    from poisonguard.train.finetune import load_model
+
+    samples = checked.ok
+    ids = [s.id for s in samples]
+    examples = to_examples(samples, checked.image_loader(), prompt_only=True)
+    out = {}
+    for name, model_dir in (("finetuned", finetuned_dir), ("base", base_dir)):
+        model, processor = load_model(model_dir)
+        tag = _dir_digest(Path(model_dir))
+        extract_to_dir(model, processor, examples, ids, Path(out_dir) / name, shard_size=shard_size,
+                       batch_size=batch_size, tag=tag, show_progress=show_progress)
+        out[name] = str(Path(out_dir) / name)
+    return out
+
+
+def _dir_digest(model_dir: Path) -> str:
+    """Identify a model by its weight files, so shards of another model are never reused."""
+    h = hashlib.sha256()
+    for p in sorted(model_dir.glob("*.safetensors")):
+        h.update(p.name.encode())
+        h.update(str(p.stat().st_size).encode())
+        with open(p, "rb") as f:
+            h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def label_free_strata(base_hidden: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Prompt strata from the *base* model's decision-position state: k-means on its standardised PCA.
+
+    The base model has never seen a backdoor, so its decision state groups samples by what it is asked and
+    what it would answer (question type, answer class) -- the content structure that otherwise makes TCAP's
+    head selection pick content heads (research/prototype.md). The defender needs no labels for this.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    x = np.asarray(base_hidden, dtype=np.float64)
+    if len(x) < 2 * k:
+        return np.zeros(len(x), dtype=np.int64)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    z = PCA(n_components=min(16, x.shape[1], len(x) - 1), random_state=seed).fit_transform(x)
+    return KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(z).astype(np.int64)
+
+
+@dataclass
+class ScreenResult:
+    table: pd.DataFrame
+    default: str
+    flagged_ids: list[str]
+    keep_ids: list[str]
+
+
+# -------------------------------------------------------------------------------------------- verdict table
+def verdict_table(checked: CheckedDataset, results: dict, default: str) -> pd.DataFrame:
+    """One row per input sample, in input order, none missing (DESIGN §3)."""
+    ds = checked.dataset
+    rows = []
+    default_res = results[default]
+    pos = {sid: i for i, sid in enumerate(default_res.ids)}
+    signal_cols: dict[str, np.ndarray] = {}
+    for name, res in results.items():
+        idx = {sid: i for i, sid in enumerate(res.ids)}
+        for col, values in res.signals.items():
+            signal_cols[col] = (idx, np.asarray(values))
+        if name != default:
+            signal_cols[f"flag_{name}"] = (idx, np.asarray(res.flagged))
+            signal_cols[f"p_{name}"] = (idx, np.asarray(res.p_poison))
+    for s in ds.samples:
+        reasons = checked.reasons.get(s.id) or []
+        row = {"id": s.id, "index": s.index}
+        if reasons:
+            row.update(status="quarantined", reason="; ".join(f"{r.code}: {r.message}" for r in reasons),
+                       p_poison=np.nan, flagged=False)
+        else:
+            i = pos[s.id]
+            row.update(status="ok", reason="", p_poison=float(default_res.p_poison[i]),
+                       flagged=bool(default_res.flagged[i]))
+        for col, (idx, values) in signal_cols.items():
+            j = idx.get(s.id)
+            row[col] = values[j].item() if j is not None else np.nan
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.astype({"id": "string", "status": "string", "reason": "string", "flagged": bool})
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ids_digest(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def write_report_dir(checked: CheckedDataset, results: dict, default: str, detector_state: dict, out_dir: Path,
+                     *, params: dict | None = None, extra_files: dict | None = None) -> ScreenResult:
+    """verdicts.parquet/csv, clean.json (input format, flagged and quarantined removed), detector.json,
+    manifest.json (checksums the release gate verifies)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = verdict_table(checked, results, default)
+    parquet = out_dir / "verdicts.parquet"
+    tmp = out_dir / ".verdicts.parquet.tmp"
+    table.to_parquet(tmp, index=False)
+    tmp.replace(parquet)
+    atomic_write_bytes(out_dir / "verdicts.csv", table.to_csv(index=False).encode())
+    keep = table.loc[(table["status"] == "ok") & (~table["flagged"]), "id"].astype(str).tolist()
+    ds = checked.dataset
+    write_dataset(ds, out_dir / ("clean" + ds.path.suffix), keep_ids=keep)
+    atomic_write_bytes(out_dir / "detector.json", (json.dumps(detector_state, indent=1) + "\n").encode())
+    manifest = {
+        "input": {"path": str(ds.path.resolve()), "sha256": sha256_file(ds.path), "format": ds.format,
+                  "image_root": str(Path(ds.image_root).resolve()), "n_samples": len(ds.samples),
+                  "ids_sha256": ids_digest(ds.ids)},
+        "verdicts_sha256": sha256_file(parquet),
+        "default_detector": default,
+        "counts": {"ok": int((table["status"] == "ok").sum()), "quarantined": int((table["status"] != "ok").sum()),
+                   "flagged": int(table["flagged"].sum()), "released": len(keep)},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "params": params or {},
+        **(extra_files or {}),
+    }
+    atomic_write_bytes(out_dir / "manifest.json", (json.dumps(manifest, indent=2, default=str) + "\n").encode())
+    flagged = table.loc[table["flagged"], "id"].astype(str).tolist()
+    return ScreenResult(table=table, default=default, flagged_ids=flagged, keep_ids=keep)

@@ -1,0 +1,134 @@
+"""Per-token drift ΔE on planted projector / tower changes, the norm-law fit, and the logit lens."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from poisonguard.audit.activations import (
+    collect_drift,
+    direction_alignment,
+    drift_features,
+    drift_scores,
+    energy_summary,
+    linear_fit,
+    logit_lens,
+    norm_law,
+    shared_direction,
+)
+from poisonguard.audit.projector import projector_linears
+from poisonguard.data.records import Sample, Turn
+from poisonguard.extract.families import build_tiny
+
+SHIFT = 0.7
+
+
+def _samples(n: int) -> tuple[list[Sample], dict[str, Image.Image]]:
+    """n one-image samples, one two-image sample and one text-only sample."""
+    rng = np.random.default_rng(0)
+    images = {f"im{i}.png": Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for i in range(n + 1)}
+    turns = [Turn("user", "what colour"), Turn("assistant", "red")]
+    samples = [Sample(f"s{i}", i, [f"im{i}.png"], turns) for i in range(n)]
+    samples.append(Sample("two", n, ["im0.png", f"im{n}.png"], turns))
+    samples.append(Sample("text", n + 1, [], turns))
+    return samples, images
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, processor = build_tiny("llava")
+    return model, processor
+
+
+def test_bias_shift_drifts_every_token_along_one_direction(tiny):
+    base, processor = tiny
+    ft = copy.deepcopy(base)
+    u = torch.nn.functional.normalize(torch.randn(32, generator=torch.Generator().manual_seed(0)), dim=0)
+    with torch.no_grad():
+        projector_linears(ft)["model.multi_modal_projector.linear_2"].bias.add_(SHIFT * u)
+    samples, images = _samples(10)
+    col = collect_drift(base, ft, processor, samples, images.__getitem__, batch_size=4, show_progress=False)
+    g = shared_direction(col)
+    assert np.allclose(g, u.numpy(), atol=1e-5), "the shared direction is the planted one, sign fixed positive"
+    scores = drift_scores(col, g)
+    has = col.has_image
+    assert has.tolist() == [True] * 11 + [False]
+    assert col.n_tokens[10] == 32, "a two-image sample pools both images' 16 tokens"
+    for name in ("drift_max", "drift_mean", "drift_proj"):
+        assert np.allclose(scores[name][has], SHIFT, atol=1e-5), name
+        assert np.isnan(scores[name][~has]).all()
+    assert np.allclose(col.energy[has, 0], 1.0), "a constant shift is rank 1 in every image"
+    assert direction_alignment(col, g)["mean_abs_cos_pairwise"] == pytest.approx(1.0, abs=1e-6)
+    assert np.allclose(col.projector_only_mean[has], SHIFT, atol=1e-5), "frozen tower: all drift is projector"
+    fits = norm_law(col, g)
+    assert fits["all"]["slope"] == pytest.approx(0.0, abs=1e-4), "a bias shift does not grow with ‖E0‖"
+    assert set(drift_features(col, g).extra_scores) == set(scores)
+
+
+def test_a_changed_tower_counts_although_the_projector_did_not_move(tiny):
+    base, processor = tiny
+    ft = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in ft.model.vision_tower.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    samples, images = _samples(4)
+    col = collect_drift(base, ft, processor, samples, images.__getitem__, show_progress=False)
+    has = col.has_image
+    assert (col.per_token_mean[has] > 1e-3).all()
+    assert np.allclose(col.projector_only_mean[has], 0.0, atol=1e-6)
+
+
+def test_identical_models_have_zero_drift(tiny):
+    base, processor = tiny
+    samples, images = _samples(3)
+    col = collect_drift(base, copy.deepcopy(base), processor, samples, images.__getitem__, show_progress=False)
+    assert np.allclose(col.per_token_max[col.has_image], 0.0)
+
+
+def test_linear_fit_recovers_a_planted_norm_law():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(10, 80, 500)
+    fit = linear_fit(x, 0.002 * x - 0.01 + rng.normal(0, 0.002, 500))
+    assert fit["slope"] == pytest.approx(0.002, rel=0.05)
+    assert fit["intercept"] == pytest.approx(-0.01, abs=0.005)
+    assert fit["r"] > 0.95
+    assert linear_fit(np.ones(5), np.arange(5.0))["slope"] is None, "constant x: no fit"
+
+
+def test_norm_law_is_fitted_separately_for_flagged_tokens(tiny):
+    """Tokens of flagged samples follow a steeper law than the rest; the split fit sees both slopes."""
+    base, processor = tiny
+    samples, images = _samples(6)
+    col = collect_drift(base, copy.deepcopy(base), processor, samples, images.__getitem__, show_progress=False)
+    rng = np.random.default_rng(1)
+    g = np.zeros(32)
+    g[0] = 1.0
+    flagged = np.zeros(len(samples), dtype=bool)
+    flagged[:2] = True
+    n_rows = col.fit_base_norm.size
+    col.fit_base_norm = rng.uniform(5, 50, n_rows)
+    slope = np.where(flagged[col.fit_owner], 0.3, 0.1)
+    col.fit_delta = np.zeros((n_rows, 32), dtype=np.float32)
+    col.fit_delta[:, 0] = slope * col.fit_base_norm + 1.0
+    fits = norm_law(col, g, flagged)
+    assert fits["flagged"]["slope"] == pytest.approx(0.3, rel=1e-4)
+    assert fits["unflagged"]["slope"] == pytest.approx(0.1, rel=1e-4)
+    assert fits["flagged"]["n"] + fits["unflagged"]["n"] == fits["all"]["n"] == n_rows
+    col.energy[col.has_image] = 1.0
+    summary = energy_summary(col, flagged)
+    assert summary["flagged"]["n"] == 2 and summary["unflagged"]["n"] == 5, "the text-only sample has no ΔE"
+
+
+def test_logit_lens_reads_the_direction_through_the_lm_head(tiny):
+    model, processor = tiny
+    head = model.get_output_embeddings().weight.detach()  # (V, D)
+    target = 7
+    lens = logit_lens(model, processor.tokenizer, head[target].numpy(), top_k=3)
+    assert lens["+"]["raw"][0]["id"] == int(torch.argmax(head @ head[target]))
+    assert lens["-"]["raw"][0]["id"] == int(torch.argmax(-(head @ head[target])))
+    assert {"raw", "final_norm"} == set(lens["+"])
+    assert lens["+"]["raw"][0]["token"] == processor.tokenizer.decode([lens["+"]["raw"][0]["id"]])

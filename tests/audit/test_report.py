@@ -1,0 +1,89 @@
+"""`audit_models` end to end on the tiny world: a valid JSON report, the plots it lists, the scores file."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from poisonguard.audit import audit_models
+from poisonguard.train.finetune import load_model, save_model
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def shifted_model(tiny_world, tmp_path_factory):
+    """The tiny world's base with a rank-1 change of the projector's second layer (a stand-in fine-tune)."""
+    out, _ = tiny_world
+    model, processor = load_model(out / "base_model")
+    lin = model.model.multi_modal_projector.linear_2
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        lin.weight += 0.3 * torch.randn(lin.out_features, 1, generator=gen) @ torch.randn(1, lin.in_features, generator=gen)
+    path = tmp_path_factory.mktemp("shifted") / "model"
+    save_model(model, processor, path)
+    return path
+
+
+def _plots_exist(report: dict, out) -> None:
+    for name in report["plots"].values():
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
+
+
+def test_weights_only_audit(tiny_world, shifted_model, tmp_path):
+    out, _ = tiny_world
+    report = audit_models(out / "base_model", shifted_model, out_dir=tmp_path)
+    assert json.loads((tmp_path / "audit.json").read_text()) == report
+    first, second = report["weights"]["layers"]
+    assert first["fro_norm"] == 0.0
+    assert second["energy"]["top1"] == pytest.approx(1.0, abs=1e-6)
+    assert report["weights"]["parameter_drift"]["language_model"] == 0.0
+    assert report["activations"] is None and report["benchmark"] is None
+    assert set(report["plots"]) == {"spectra"}
+    _plots_exist(report, tmp_path)
+
+
+def test_full_audit_with_data_benchmark_and_truth(tiny_world, shifted_model, tmp_path):
+    out, _ = tiny_world
+    train = json.loads((out / "train.json").read_text())
+    truth = tmp_path / "poison_ids.json"
+    truth.write_text(json.dumps({"poison_ids": [r["id"] for r in train[:3]]}))
+    report = audit_models(out / "base_model", shifted_model, out / "train.json", test=out / "test.json",
+                          attack="badnet", ks=(1, 64), out_dir=tmp_path / "audit", truth=truth, max_eval=3,
+                          repair_k=64)
+    audit_dir = tmp_path / "audit"
+    text = (audit_dir / "audit.json").read_text()
+    assert "NaN" not in text and json.loads(text) == report
+    assert set(report["plots"]) == {"spectra", "scores", "norm_law", "rank_k"}
+    _plots_exist(report, audit_dir)
+
+    act = report["activations"]
+    assert act["n_scored"] == len(train)
+    assert act["detector"]["n"] == len(train)
+    assert set(act["truth"]["auroc"]) >= {"drift_max", "drift_mean", "drift_max_rel", "score_projector"}
+    assert act["truth"]["detector"]["n_poison"] == 3
+    assert act["projector_only_share"] == pytest.approx(1.0, abs=1e-4), "the tower did not move"
+    assert {"+", "-"} == set(act["logit_lens_shared_direction"])
+    scores = pd.read_csv(audit_dir / act["scores_file"])
+    assert list(scores["id"]) == [r["id"] for r in train]
+    assert (scores["drift_max"] >= scores["drift_mean"]).all()
+
+    bench = report["benchmark"]
+    assert bench["n_clean"] == 3
+    rows = {(r["mode"], r["layers"], r["k"]): r for r in bench["rank_k"]}
+    assert len(rows) == 2 * 3 * 2  # (remove, reconstruct) × (linear_1, linear_2, joint) × k
+    ref = bench["reference"]
+    # full-rank edits are the base (removal) and the fine-tune (reconstruction) again
+    for key in ("cp", "asr"):
+        assert rows[("remove", "joint", 64)][key] == ref["base"][key]
+        assert rows[("reconstruct", "joint", 64)][key] == ref["finetuned"][key]
+    assert bench["repair"]["cp"] == ref["base"]["cp"]
+
+
+def test_benchmark_mode_needs_both_test_and_attack(tiny_world, shifted_model, tmp_path):
+    out, _ = tiny_world
+    with pytest.raises(ValueError, match="both test and attack"):
+        audit_models(out / "base_model", shifted_model, test=out / "test.json", out_dir=tmp_path)
