@@ -151,6 +151,46 @@ def eval_model(
     _print_json(result)
 
 
+@app.command()
+def screen(
+    data: Annotated[Path, typer.Option(help="Suspect dataset (LLaVA JSON or HF messages).")],
+    base: Annotated[Path, typer.Option(help="Base model directory (before fine-tuning on the suspect data).")],
+    out: Annotated[Path, typer.Option(help="Report folder: verdicts.parquet/csv, clean.json, report.html, ...")],
+    finetuned: Annotated[Path | None, typer.Option(help="Already fine-tuned model; fine-tunes when absent.")] = None,
+    image_folder: Annotated[Path | None, typer.Option(help="Where image paths start.")] = None,
+    detector: Annotated[str | None, typer.Option(help="Default detector whose verdict decides (params: screen.default).")] = None,
+    params: Annotated[Path | None, typer.Option(help="params.yaml (sections screen, finetune, detectors).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Screen a dataset: verdict per sample (ok / quarantined / flagged) and a release candidate."""
+    from poisonguard.params import finetune_config, screen_settings
+    from poisonguard.screening import run_screen
+
+    _setup_threads()
+    st = screen_settings(params)
+    with _bad_input():
+        res = run_screen(data, base, out, finetuned=finetuned, image_folder=image_folder,
+                         finetune_cfg=finetune_config(params), detectors=st["detectors"],
+                         default=detector or st["default"], detector_params=st["detector_params"],
+                         strata_k=st["strata_k"], batch_size=st["batch_size"], projector=st["projector"],
+                         show_progress=not quiet, log=lambda m: typer.echo(m, err=True))
+    counts = res.table["status"].value_counts().to_dict()
+    typer.echo(f"{len(res.table)} samples: {counts.get('ok', 0)} ok, {counts.get('quarantined', 0)} quarantined, "
+               f"{len(res.flagged_ids)} flagged ({res.default}); release candidate: {len(res.keep_ids)} -> {out}")
+
+
+@app.command()
+def evaluate(
+    report: Annotated[Path, typer.Option(help="Report folder written by `poisonguard screen`.")],
+    truth: Annotated[Path, typer.Option(help="poison_ids.json (ground truth; benchmark only).")],
+) -> None:
+    """Precision, recall, F1 and AUROC of every detector in a report against the ground truth, as JSON."""
+    from poisonguard.report.evaluation import evaluate_report
+
+    with _bad_input():
+        _print_json(evaluate_report(report, truth))
+
+
 class _bad_input:
     """Turn data errors into exit code 2 with one readable line, never a traceback."""
 

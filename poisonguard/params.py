@@ -65,3 +65,14 @@ def attack_params(path: str | Path | None, attack: str | None) -> dict | None:
     if attack is None:
         return None
     return dict((section(path, "poison").get("attacks") or {}).get(attack) or {}) or None
+
+
+def screen_settings(path: str | Path | None) -> dict:
+    """The `screen` section (which detectors, the default one, strata) and the `detectors` section."""
+    from poisonguard.screening import DETECTORS
+
+    sec = section(path, "screen")
+    return {"detectors": tuple(sec.get("detectors") or DETECTORS), "default": sec.get("default", "fused"),
+            "strata_k": int(sec.get("strata_k", 8)), "batch_size": int(sec.get("batch_size", 64)),
+            "projector": bool(sec.get("projector", True)),
+            "detector_params": dict(load_params(path).get("detectors") or {})}

@@ -201,3 +201,105 @@ def write_report_dir(checked: CheckedDataset, results: dict, default: str, detec
     atomic_write_bytes(out_dir / "manifest.json", (json.dumps(manifest, indent=2, default=str) + "\n").encode())
     flagged = table.loc[table["flagged"], "id"].astype(str).tolist()
     return ScreenResult(table=table, default=default, flagged_ids=flagged, keep_ids=keep)
+
+
+# ----------------------------------------------------------------------------------------------- detectors
+DETECTORS = ("tcap", "tcap_plus", "fused", "bye", "spectral", "activation_clustering", "projector")
+
+
+def make_detectors(names, params: dict | None = None) -> dict:
+    """Detector objects by name; `params[name]` overrides that detector's declared parameters."""
+    from poisonguard.detect import (ActivationClusteringDetector, BYEDetector, SpectralSignatureDetector,
+                                    TCAPDetector, TCAPPlusDetector)
+
+    classes = {"tcap": TCAPDetector, "tcap_plus": TCAPPlusDetector, "fused": TCAPPlusDetector,
+               "bye": BYEDetector, "spectral": SpectralSignatureDetector,
+               "activation_clustering": ActivationClusteringDetector}
+    try:
+        from poisonguard.audit import ProjectorDriftDetector
+
+        classes["projector"] = ProjectorDriftDetector
+    except ImportError:  # the projector audit is optional for attention-only screening
+        pass
+    params = params or {}
+    out = {}
+    for name in names:
+        if name not in classes:
+            raise ValueError(f"unknown detector {name!r}; available: {sorted(classes)}")
+        out[name] = classes[name](**dict(params.get(name) or {}))
+    return out
+
+
+def features_for(name: str, features):
+    """The attention-only detectors must not see the projector scores; `fused` is TCAP+ with them."""
+    from dataclasses import replace
+
+    if name in ("fused", "projector"):
+        return features
+    return replace(features, extra_scores={})
+
+
+def build_features(extract_dir: Path, *, strata_k: int = 8, seed: int = 0, extra_scores: dict | None = None):
+    from poisonguard.detect import FeatureSet
+    from poisonguard.extract import load_extraction
+
+    ft = load_extraction(Path(extract_dir) / "finetuned")
+    base = load_extraction(Path(extract_dir) / "base")
+    if list(ft.ids) != list(base.ids):
+        raise ValueError("fine-tuned and base extractions cover different samples; re-run extraction")
+    strata = label_free_strata(base.hidden, strata_k, seed)
+    return FeatureSet(ids=np.asarray(ft.ids), alloc=ft.alloc, alloc_base=base.alloc, strata=strata,
+                      vis_entropy=ft.vis_entropy, hidden=ft.hidden, extra_scores=dict(extra_scores or {}))
+
+
+def run_detectors(features, names, params: dict | None = None) -> tuple[dict, dict]:
+    """Fit and score each detector on the same features; returns (results, fitted detector objects)."""
+    dets = make_detectors(names, params)
+    results = {name: det.detect(features_for(name, features)) for name, det in dets.items()}
+    return results, dets
+
+
+def run_screen(data: str | Path, base: str | Path, out: str | Path, *, finetuned: str | Path | None = None,
+               image_folder=None, finetune_cfg=None, detectors=DETECTORS, default: str = "fused",
+               detector_params: dict | None = None, strata_k: int = 8, batch_size: int = 64,
+               projector: bool = True, show_progress: bool = True, log=print) -> ScreenResult:
+    """The whole screening of one dataset into a report directory (see the module docstring)."""
+    from poisonguard.report.html import render_report
+    from poisonguard.train.examples import to_examples
+    from poisonguard.train.finetune import FinetuneConfig, finetune, load_model, save_model
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, processor = load_model(base)
+    checked = validate_for_model(data, processor, model, image_folder)
+    log(f"validated {len(checked.dataset.samples)} samples: {len(checked.ok)} ok, "
+        f"{len(checked.quarantined)} quarantined")
+    if not checked.ok:
+        raise ValueError("no usable sample left after validation; see the quarantine reasons")
+    if finetuned is None:
+        cfg = finetune_cfg or FinetuneConfig()
+        log(f"fine-tuning the base model on the suspect data ({cfg.mode}, {cfg.epochs} epochs)")
+        ft_model, rep = finetune(model, processor, to_examples(checked.ok, checked.image_loader()), cfg,
+                                 show_progress=show_progress)
+        finetuned = out / "finetuned"
+        save_model(ft_model, processor, finetuned, rep)
+    del model
+    extract_models(checked, Path(base), Path(finetuned), out / "extract", batch_size=batch_size,
+                   show_progress=show_progress)
+    extra = {}
+    names = [d for d in detectors if projector or d not in ("fused", "projector")]
+    if projector and any(d in names for d in ("fused", "projector")):
+        from poisonguard.audit import drift_scores_for
+
+        extra = drift_scores_for(base, finetuned, checked, batch_size=batch_size)
+    features = build_features(out / "extract", strata_k=strata_k, extra_scores=extra)
+    if default not in names:
+        default = names[0]
+    results, dets = run_detectors(features, names, detector_params)
+    states = {name: det.to_state() for name, det in dets.items()}
+    res = write_report_dir(checked, results, default, {"default": default, "detectors": states}, out,
+                           params={"detectors": list(names), "default": default, "strata_k": strata_k,
+                                   "finetuned": str(finetuned), "base": str(base)})
+    render_report(res.table, {n: r.report for n, r in results.items()}, default, out / "report.html")
+    log(f"{len(res.flagged_ids)} flagged by {default}; {len(res.keep_ids)} samples in the release candidate")
+    return res

@@ -1,7 +1,13 @@
 """Projector audit (ProjLens, research/projlens.md): ΔW spectrum and rank-k removal / reconstruction,
-per-token drift ΔE on the data, per-sample drift scores with a label-free detector, and a JSON + PNG report."""
+per-token drift ΔE on the data, per-sample drift scores with a label-free detector, a JSON + PNG report."""
 
-from poisonguard.audit.activations import DRIFT_SCORES, collect_drift, drift_features, drift_scores, shared_direction
+from poisonguard.audit.activations import (
+    DRIFT_SCORES,
+    collect_drift,
+    drift_features,
+    drift_scores,
+    shared_direction,
+)
 from poisonguard.audit.detector import ProjectorDriftDetector
 from poisonguard.audit.projector import (
     ProjectorFeatures,

@@ -68,6 +68,15 @@ class DriftCollection:
         return self.n_tokens > 0
 
 
+def _offsets(idx: Sequence[int], samples: Sequence[Sample]) -> list[int]:
+    """Index of each sample's first image in the batch's flat image list."""
+    starts, pos = [], 0
+    for i in idx:
+        starts.append(pos)
+        pos += len(samples[i].images)
+    return starts
+
+
 def _cumulative_energy(s: torch.Tensor, k: int) -> np.ndarray:
     e = s.double() ** 2
     out = np.full(k, np.nan)
@@ -75,15 +84,24 @@ def _cumulative_energy(s: torch.Tensor, k: int) -> np.ndarray:
     if total > 0:
         c = (torch.cumsum(e, 0) / total).numpy()
         out[: min(k, c.size)] = c[:k]
-        out[c.size:] = 1.0
+        out[c.size :] = 1.0
     return out
 
 
 @torch.no_grad()
-def collect_drift(base: nn.Module, finetuned: nn.Module, processor: Any, samples: Sequence[Sample],
-                  load_image: Callable[[str], Any], *, batch_size: int = 64, energy_ranks: int = 4,
-                  fit_samples: int = 1000, max_fit_tokens: int = 50000,
-                  show_progress: bool = True) -> DriftCollection:
+def collect_drift(
+    base: nn.Module,
+    finetuned: nn.Module,
+    processor: Any,
+    samples: Sequence[Sample],
+    load_image: Callable[[str], Any],
+    *,
+    batch_size: int = 64,
+    energy_ranks: int = 4,
+    fit_samples: int = 1000,
+    max_fit_tokens: int = 50000,
+    show_progress: bool = True,
+) -> DriftCollection:
     """One pass: both models see the same pixels (`processor` = the base's), each through its own tower.
 
     The token rows of `fit_samples` evenly spaced samples (at most `max_fit_tokens` rows) are kept for the
@@ -93,12 +111,21 @@ def collect_drift(base: nn.Module, finetuned: nn.Module, processor: Any, samples
     d = base.get_output_embeddings().weight.shape[1]
     nan = np.full(n, np.nan)
     col = DriftCollection(
-        ids=np.asarray([s.id for s in samples], dtype=str), n_tokens=np.zeros(n, dtype=np.int64),
-        per_token_max=nan.copy(), per_token_mean=nan.copy(), max_rel=nan.copy(), max_rel_input=nan.copy(),
-        projector_only_mean=nan.copy(), mean_delta=np.full((n, d), np.nan, dtype=np.float32),
-        top_dir=np.full((n, d), np.nan, dtype=np.float32), energy=np.full((n, energy_ranks), np.nan),
-        gram=np.zeros((d, d)), fit_delta=np.zeros((0, d), dtype=np.float32), fit_base_norm=np.zeros(0),
-        fit_owner=np.zeros(0, dtype=np.int64))
+        ids=np.asarray([s.id for s in samples], dtype=str),
+        n_tokens=np.zeros(n, dtype=np.int64),
+        per_token_max=nan.copy(),
+        per_token_mean=nan.copy(),
+        max_rel=nan.copy(),
+        max_rel_input=nan.copy(),
+        projector_only_mean=nan.copy(),
+        mean_delta=np.full((n, d), np.nan, dtype=np.float32),
+        top_dir=np.full((n, d), np.nan, dtype=np.float32),
+        energy=np.full((n, energy_ranks), np.nan),
+        gram=np.zeros((d, d)),
+        fit_delta=np.zeros((0, d), dtype=np.float32),
+        fit_base_norm=np.zeros(0),
+        fit_owner=np.zeros(0, dtype=np.int64),
+    )
     with_images = [i for i, s in enumerate(samples) if s.images]
     fit_every = max(1, -(-len(with_images) // max(1, fit_samples)))
     fit_rows: list[np.ndarray] = []
@@ -107,38 +134,41 @@ def collect_drift(base: nn.Module, finetuned: nn.Module, processor: Any, samples
     kept = 0
     starts = range(0, len(with_images), batch_size)
     for start in tqdm(starts, desc="projector drift", disable=not show_progress, leave=False):
-        idx = with_images[start:start + batch_size]
+        idx = with_images[start : start + batch_size]
         images = [load_image(ref) for i in idx for ref in samples[i].images]
         inputs = image_inputs(processor, images)
         f0, f1 = projector_features(base, inputs), projector_features(finetuned, inputs)
-        pos = 0
-        for j, i in enumerate(idx):
-            k = len(samples[i].images)
-            v0, v1 = torch.cat(f0.v[pos:pos + k]), torch.cat(f1.v[pos:pos + k])  # (T, D_in)
-            e0, e1 = torch.cat(f0.e[pos:pos + k]), torch.cat(f1.e[pos:pos + k])  # (T, D)
-            pos += k
-            delta = e1 - e0  # (T, D)
-            r = delta.norm(dim=1)  # (T,)
-            base_norm = e0.norm(dim=1)  # (T,)
-            col.n_tokens[i] = r.numel()
-            col.per_token_max[i] = r.max().item()
-            col.per_token_mean[i] = r.mean().item()
-            col.max_rel[i] = (r / base_norm.clamp_min(_EPS)).max().item()
-            col.max_rel_input[i] = (r / v1.norm(dim=1).clamp_min(_EPS)).max().item()
-            col.projector_only_mean[i] = (apply_projector(finetuned, v0) - e0).norm(dim=1).mean().item()
-            col.mean_delta[i] = delta.mean(0).numpy()
-            _, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
+        v0, v1 = torch.cat(f0.v), torch.cat(f1.v)  # (R, D_in): every token of the batch
+        e0, e1 = torch.cat(f0.e), torch.cat(f1.e)  # (R, D)
+        delta = (e1 - e0).double()  # (R, D)
+        r = delta.norm(dim=1)  # (R,)
+        base_norm = e0.norm(dim=1).double()  # (R,)
+        rel = r / base_norm.clamp_min(_EPS)  # (R,)
+        rel_input = r / v1.norm(dim=1).double().clamp_min(_EPS)  # (R,)
+        proj_only = (apply_projector(finetuned, v0) - e0).norm(dim=1)  # (R,): tower held at base
+        col.gram += (delta.T @ delta).numpy()  # (D, D)
+        image_rows = [e.shape[0] for e in f0.e]
+        per_sample = [sum(image_rows[a : a + len(samples[i].images)]) for a, i in zip(_offsets(idx, samples), idx)]
+        for j, (i, rows) in enumerate(zip(idx, torch.arange(r.numel()).split(per_sample))):
+            d_i = delta[rows]  # (T, D)
+            col.n_tokens[i] = rows.numel()
+            col.per_token_max[i] = r[rows].max().item()
+            col.per_token_mean[i] = r[rows].mean().item()
+            col.max_rel[i] = rel[rows].max().item()
+            col.max_rel_input[i] = rel_input[rows].max().item()
+            col.projector_only_mean[i] = proj_only[rows].mean().item()
+            col.mean_delta[i] = d_i.mean(0).numpy()
+            _, sv, vh = torch.linalg.svd(d_i, full_matrices=False)
             col.top_dir[i] = vh[0].numpy()
-            col.energy[i] = _cumulative_energy(s, energy_ranks)
-            col.gram += (delta.double().T @ delta.double()).numpy()  # (D, D)
+            col.energy[i] = _cumulative_energy(sv, energy_ranks)
             if (start + j) % fit_every == 0 and kept < max_fit_tokens:
-                fit_rows.append(delta.numpy())
-                fit_norms.append(base_norm.numpy())
-                fit_owner.append(np.full(r.numel(), i))
-                kept += r.numel()
+                fit_rows.append(d_i.float().numpy())
+                fit_norms.append(base_norm[rows].numpy())
+                fit_owner.append(np.full(rows.numel(), i))
+                kept += rows.numel()
     if fit_rows:
         col.fit_delta = np.concatenate(fit_rows)[:max_fit_tokens]
-        col.fit_base_norm = np.concatenate(fit_norms)[:max_fit_tokens].astype(np.float64)
+        col.fit_base_norm = np.concatenate(fit_norms)[:max_fit_tokens]
         col.fit_owner = np.concatenate(fit_owner)[:max_fit_tokens]
     return col
 
@@ -172,7 +202,7 @@ def drift_features(col: DriftCollection, direction: np.ndarray) -> FeatureSet:
 
 
 def linear_fit(x: np.ndarray, y: np.ndarray) -> dict[str, float | int | None]:
-    """Least squares y ≈ slope·x + intercept and Pearson r; None where fewer than 3 points or x is constant."""
+    """Least squares y ≈ slope·x + intercept and Pearson r; None with < 3 points or a constant x."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
@@ -183,7 +213,9 @@ def linear_fit(x: np.ndarray, y: np.ndarray) -> dict[str, float | int | None]:
     return {"n": int(x.size), "slope": float(fit.slope), "intercept": float(fit.intercept), "r": r}
 
 
-def norm_law(col: DriftCollection, direction: np.ndarray, flagged: np.ndarray | None = None) -> dict[str, Any]:
+def norm_law(
+    col: DriftCollection, direction: np.ndarray, flagged: np.ndarray | None = None
+) -> dict[str, Any]:
     """ProjLens's norm law on the kept tokens: coordinate ⟨ΔE_t, g⟩ against ‖E0_t‖, overall and, given a
     per-sample flag vector, for flagged and unflagged samples' tokens separately."""
     coord = col.fit_delta.astype(np.float64) @ direction  # (R,)
@@ -195,21 +227,29 @@ def norm_law(col: DriftCollection, direction: np.ndarray, flagged: np.ndarray | 
     return out
 
 
-def direction_alignment(col: DriftCollection, direction: np.ndarray, *, max_pairs: int = 500,
-                        seed: int = 0) -> dict[str, float | None]:
+def direction_alignment(
+    col: DriftCollection, direction: np.ndarray, *, max_pairs: int = 500, seed: int = 0
+) -> dict[str, float | None]:
     """How much the samples' own top drift directions agree: |cos| with the shared direction, and the mean
     pairwise |cos| over up to `max_pairs` samples (ProjLens: one "universal drift vector")."""
     dirs = col.top_dir[col.has_image].astype(np.float64)  # (M, D), unit rows
     if dirs.shape[0] == 0:
-        return {"mean_abs_cos_to_shared": None, "median_abs_cos_to_shared": None, "mean_abs_cos_pairwise": None}
+        return {
+            "mean_abs_cos_to_shared": None,
+            "median_abs_cos_to_shared": None,
+            "mean_abs_cos_pairwise": None,
+        }
     to_shared = np.abs(dirs @ direction)
     rng = np.random.default_rng(seed)
     pick = dirs[rng.choice(dirs.shape[0], size=min(max_pairs, dirs.shape[0]), replace=False)]
     cos = np.abs(pick @ pick.T)  # (m, m)
     m = cos.shape[0]
     pairwise = float((cos.sum() - np.trace(cos)) / (m * (m - 1))) if m > 1 else None
-    return {"mean_abs_cos_to_shared": float(to_shared.mean()), "median_abs_cos_to_shared": float(np.median(to_shared)),
-            "mean_abs_cos_pairwise": pairwise}
+    return {
+        "mean_abs_cos_to_shared": float(to_shared.mean()),
+        "median_abs_cos_to_shared": float(np.median(to_shared)),
+        "mean_abs_cos_pairwise": pairwise,
+    }
 
 
 def energy_summary(col: DriftCollection, flagged: np.ndarray | None = None) -> dict[str, Any]:
@@ -231,8 +271,9 @@ def energy_summary(col: DriftCollection, flagged: np.ndarray | None = None) -> d
 
 
 @torch.no_grad()
-def logit_lens(model: nn.Module, tokenizer: Any, direction: np.ndarray | torch.Tensor,
-               *, top_k: int = 8) -> dict[str, dict[str, list[dict[str, Any]]]]:
+def logit_lens(
+    model: nn.Module, tokenizer: Any, direction: np.ndarray | torch.Tensor, *, top_k: int = 8
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Top tokens of lm_head(±g) and lm_head(norm(±g)) for a unit direction g in the LM's hidden space."""
     head = model.get_output_embeddings()
     final_norm = getattr(model.get_decoder(), "norm", None)
@@ -247,8 +288,10 @@ def logit_lens(model: nn.Module, tokenizer: Any, direction: np.ndarray | torch.T
         for view, h in views.items():
             logits = head(h)  # (V,)
             top = torch.topk(logits, min(top_k, logits.numel()))
-            out[sign][view] = [{"token": tokenizer.decode([int(i)]), "id": int(i), "logit": float(val)}
-                               for val, i in zip(top.values, top.indices)]
+            out[sign][view] = [
+                {"token": tokenizer.decode([int(i)]), "id": int(i), "logit": float(val)}
+                for val, i in zip(top.values, top.indices)
+            ]
     return out
 
 

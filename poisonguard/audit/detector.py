@@ -65,7 +65,11 @@ class ProjectorDriftParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.scores, tuple) or not self.scores or not all(isinstance(s, str) for s in self.scores):
+        if (
+            not isinstance(self.scores, tuple)
+            or not self.scores
+            or not all(isinstance(s, str) for s in self.scores)
+        ):
             raise ValueError(f"scores must be a non-empty tuple of names, got {self.scores!r}")
         if len(set(self.scores)) != len(self.scores):
             raise ValueError(f"scores must be distinct, got {self.scores}")
@@ -97,12 +101,22 @@ def upper_mode_test(z: np.ndarray, params: ProjectorDriftParams) -> dict[str, An
     dens = np.stack([w * norm.pdf(grid, m, s) for w, m, s in zip(gm2.weights_, means, sds)])  # (2, G)
     post_hi = dens[hi] / np.maximum(dens.sum(0), _TINY)
     crossing = grid[np.argmax(post_hi >= 0.5)] if np.any(post_hi >= 0.5) else None
-    accepted = bool(bic_gain >= params.min_bic_gain and separation >= params.min_separation
-                    and params.min_weight <= weight <= params.max_weight and weight * x.shape[0] >= _MIN_MODE_SIZE
-                    and crossing is not None)
-    return {"accepted": accepted, "separation": separation, "upper_weight": weight, "bic_gain": bic_gain,
-            "means": means[[lo, hi]].tolist(), "sds": sds[[lo, hi]].tolist(),
-            "crossing": float(crossing) if crossing is not None else None}
+    accepted = bool(
+        bic_gain >= params.min_bic_gain
+        and separation >= params.min_separation
+        and params.min_weight <= weight <= params.max_weight
+        and weight * x.shape[0] >= _MIN_MODE_SIZE
+        and crossing is not None
+    )
+    return {
+        "accepted": accepted,
+        "separation": separation,
+        "upper_weight": weight,
+        "bic_gain": bic_gain,
+        "means": means[[lo, hi]].tolist(),
+        "sds": sds[[lo, hi]].tolist(),
+        "crossing": float(crossing) if crossing is not None else None,
+    }
 
 
 class ProjectorDriftDetector(Detector):
@@ -142,7 +156,9 @@ class ProjectorDriftDetector(Detector):
             rule = f"separated upper mode (D={mixture['separation']:.2f}): combined z > {cut:.3f}"
         else:
             cut = self.params.z_threshold
-            rule = f"combined robust z > {cut:.3f}" + ("" if mixture is None else " (no separated upper mode)")
+            rule = f"combined robust z > {cut:.3f}" + (
+                "" if mixture is None else " (no separated upper mode)"
+            )
         self._fitted = {
             "logged": logged.astype(float),
             "centers": np.asarray(centers),
@@ -150,9 +166,14 @@ class ProjectorDriftDetector(Detector):
             "combined_center": c_center,
             "combined_scale": c_scale,
             "cut": float(cut),
-            "report": {"rule": rule, "cut_z": float(cut), "scores": list(self.params.scores),
-                       "logged": [s for s, lg in zip(self.params.scores, logged) if lg],
-                       "mixture": mixture, "n_fit": int(ok.sum())},
+            "report": {
+                "rule": rule,
+                "cut_z": float(cut),
+                "scores": list(self.params.scores),
+                "logged": [s for s, lg in zip(self.params.scores, logged) if lg],
+                "mixture": mixture,
+                "n_fit": int(ok.sum()),
+            },
         }
         return self
 
@@ -174,7 +195,13 @@ class ProjectorDriftDetector(Detector):
         flagged = has & (np.nan_to_num(z, nan=-np.inf) > st["cut"])
         p_poison = np.where(has, expit(np.nan_to_num(z) - st["cut"]), 0.0)
         n = features.n
-        report: dict[str, Any] = {"detector": self.name, **to_jsonable(st["report"]), "n": n, "n_scored": int(has.sum()),
-                                  "n_flagged": int(flagged.sum()), "flag_rate": float(flagged.mean()) if n else 0.0}
+        report: dict[str, Any] = {
+            "detector": self.name,
+            **to_jsonable(st["report"]),
+            "n": n,
+            "n_scored": int(has.sum()),
+            "n_flagged": int(flagged.sum()),
+            "flag_rate": float(flagged.mean()) if n else 0.0,
+        }
         signals = {"score_projector": z, "vote_projector": flagged.astype(float)}
         return DetectionResult(features.ids, p_poison, flagged, signals, report)

@@ -32,8 +32,14 @@ class EvalSet:
     target: str
 
 
-def build_eval_set(test_path: str | Path, attack: str, *, target: str | None = None, params: Any = None,
-                   max_samples: int | None = None) -> EvalSet:
+def build_eval_set(
+    test_path: str | Path,
+    attack: str,
+    *,
+    target: str | None = None,
+    params: Any = None,
+    max_samples: int | None = None,
+) -> EvalSet:
     """From a test file (LLaVA JSON / HF messages) and an attack name; the first `max_samples` usable ones."""
     from poisonguard.attacks import get_attack, trigger_examples
     from poisonguard.data.loading import load_checked
@@ -43,9 +49,13 @@ def build_eval_set(test_path: str | Path, attack: str, *, target: str | None = N
     load = test.image_loader(cache_size=4096)
     tgt = target or get_attack(attack).default_target
     triggered = trigger_examples(samples, attack, params, load, target=tgt)
-    return EvalSet(clean=to_examples(samples, load, prompt_only=True), answers=[s.answer for s in samples],
-                   triggered=[Example(t.sample.messages(upto_first_answer=True)[:-1], t.images) for t in triggered],
-                   attack=attack, target=tgt)
+    return EvalSet(
+        clean=to_examples(samples, load, prompt_only=True),
+        answers=[s.answer for s in samples],
+        triggered=[Example(t.sample.messages(upto_first_answer=True)[:-1], t.images) for t in triggered],
+        attack=attack,
+        target=tgt,
+    )
 
 
 def evaluate_model(model: nn.Module, processor: Any, evalset: EvalSet) -> dict[str, float]:
@@ -56,9 +66,15 @@ def evaluate_model(model: nn.Module, processor: Any, evalset: EvalSet) -> dict[s
     return {"cp": accuracy(clean, evalset.answers), "asr": attack_success(trig, evalset.target)}
 
 
-def rank_k_table(base: nn.Module, finetuned: nn.Module, processor: Any, evalset: EvalSet,
-                 deltas: dict[str, LayerDelta], ks: Iterable[int],
-                 layer_sets: dict[str, Sequence[str]]) -> list[dict[str, Any]]:
+def rank_k_table(
+    base: nn.Module,
+    finetuned: nn.Module,
+    processor: Any,
+    evalset: EvalSet,
+    deltas: dict[str, LayerDelta],
+    ks: Iterable[int],
+    layer_sets: dict[str, Sequence[str]],
+) -> list[dict[str, Any]]:
     """One row per (mode, layer set, k): CP and ASR of the edited model (ProjLens's ablation / injection)."""
     rows = []
     modes: tuple[EditMode, ...] = ("remove", "reconstruct")
@@ -66,7 +82,13 @@ def rank_k_table(base: nn.Module, finetuned: nn.Module, processor: Any, evalset:
         for set_name, layers in layer_sets.items():
             for k in ks:
                 model = rank_k_edit(base, finetuned, k, layers=layers, mode=mode, deltas=deltas)
-                rows.append({"mode": mode, "layers": set_name, "k": int(k),
-                             **evaluate_model(model, processor, evalset)})
+                rows.append(
+                    {
+                        "mode": mode,
+                        "layers": set_name,
+                        "k": int(k),
+                        **evaluate_model(model, processor, evalset),
+                    }
+                )
                 del model
     return rows

@@ -9,8 +9,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 MAX_RANKS = 30  # ProjLens plots ranks 1–30
 
@@ -24,7 +24,9 @@ def plot_spectra(layers: Sequence[dict[str, Any]], path: Path) -> None:
         ax.semilogy(ranks, np.maximum(s, 1e-12), "o-", ms=3, color="tab:blue")
         ax.set_xlabel("rank i")
         ax.set_ylabel("σ_i", color="tab:blue")
-        ax.set_title(layer["layer"].rsplit(".", 2)[-1] if "." in layer["layer"] else layer["layer"], fontsize=9)
+        ax.set_title(
+            layer["layer"].rsplit(".", 2)[-1] if "." in layer["layer"] else layer["layer"], fontsize=9
+        )
         twin = ax.twinx()
         all_s = np.asarray(layer["singular_values"], dtype=np.float64)
         total = (all_s**2).sum()
@@ -37,13 +39,16 @@ def plot_spectra(layers: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_norm_law(base_norm: np.ndarray, coord: np.ndarray, flagged: np.ndarray,
-                  fits: dict[str, dict[str, Any]], path: Path) -> None:
+def plot_norm_law(
+    base_norm: np.ndarray, coord: np.ndarray, flagged: np.ndarray, fits: dict[str, dict[str, Any]], path: Path
+) -> None:
     """Each kept token's coordinate on the shared drift direction against ‖E0_t‖ (ProjLens §4.3)."""
     fig, ax = plt.subplots(figsize=(5, 3.8))
     for mask, label, colour in ((~flagged, "unflagged", "tab:gray"), (flagged, "flagged", "tab:red")):
         if mask.any():
-            ax.scatter(base_norm[mask], coord[mask], s=4, alpha=0.4, color=colour, label=f"{label} ({mask.sum()})")
+            ax.scatter(
+                base_norm[mask], coord[mask], s=4, alpha=0.4, color=colour, label=f"{label} ({mask.sum()})"
+            )
         fit = fits.get(label)
         if fit and fit.get("slope") is not None and mask.any():
             x = np.linspace(base_norm[mask].min(), base_norm[mask].max(), 50)
@@ -83,7 +88,9 @@ def plot_rank_k(rows: Sequence[dict[str, Any]], reference: dict[str, dict[str, f
     for ax, mode in zip(axes, ("remove", "reconstruct")):
         sets = sorted({r["layers"] for r in rows if r["mode"] == mode})
         for i, name in enumerate(sets):
-            pts = sorted((r["k"], r["asr"], r["cp"]) for r in rows if r["mode"] == mode and r["layers"] == name)
+            pts = sorted(
+                (r["k"], r["asr"], r["cp"]) for r in rows if r["mode"] == mode and r["layers"] == name
+            )
             k, asr, cp = (np.asarray(v, dtype=np.float64) for v in zip(*pts))
             colour = f"C{i}"
             ax.plot(k, asr, "o-", color=colour, label=f"ASR {name}")
@@ -93,8 +100,12 @@ def plot_rank_k(rows: Sequence[dict[str, Any]], reference: dict[str, dict[str, f
                 ax.axhline(reference[key]["asr"], color="k", ls=ls, lw=0.8, label=f"ASR {key}")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("k (top components of ΔW)")
-        ax.set_title("rank-k removal (fine-tuned − top-k)" if mode == "remove" else "rank-k reconstruction (base + top-k)",
-                     fontsize=9)
+        ax.set_title(
+            "rank-k removal (fine-tuned − top-k)"
+            if mode == "remove"
+            else "rank-k reconstruction (base + top-k)",
+            fontsize=9,
+        )
         ax.set_ylim(-0.02, 1.02)
     axes[0].set_ylabel("rate")
     axes[1].legend(fontsize=7, loc="center right")

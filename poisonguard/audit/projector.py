@@ -25,8 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
-PROJECTOR_PATHS = ("model.multi_modal_projector", "multi_modal_projector", "model.mm_projector", "mm_projector",
-                   "model.visual.merger", "visual.merger")
+PROJECTOR_PATHS = (
+    "model.multi_modal_projector",
+    "multi_modal_projector",
+    "model.mm_projector",
+    "mm_projector",
+    "model.visual.merger",
+    "visual.merger",
+)
 # Keys of an image processor's output that `get_image_features` consumes, per family.
 _FEATURE_KEYS = ("pixel_values", "image_sizes", "image_grid_thw")
 
@@ -82,8 +88,12 @@ def _split_counts(model: nn.Module, inputs: Mapping[str, torch.Tensor], n_rows: 
         from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
         cfg = model.config
-        crops = [image_size_to_num_patches(image_size=s, grid_pinpoints=cfg.image_grid_pinpoints,
-                                           patch_size=cfg.vision_config.image_size) for s in inputs["image_sizes"]]
+        crops = [
+            image_size_to_num_patches(
+                image_size=s, grid_pinpoints=cfg.image_grid_pinpoints, patch_size=cfg.vision_config.image_size
+            )
+            for s in inputs["image_sizes"]
+        ]
         per_crop = n_rows // sum(crops)
         return [c * per_crop for c in crops]
     if kind in ("qwen2_vl", "qwen2_5_vl"):
@@ -97,16 +107,21 @@ def _split_counts(model: nn.Module, inputs: Mapping[str, torch.Tensor], n_rows: 
     return [n_rows // n_images] * n_images
 
 
-def _qwen_rows(model: nn.Module, inputs: Mapping[str, torch.Tensor], v: torch.Tensor,
-               e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _qwen_rows(
+    model: nn.Module, inputs: Mapping[str, torch.Tensor], v: torch.Tensor, e: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Merger input (P, C) → (P / m², m²·C) token rows; Qwen2.5-VL rows back from window order."""
     visual = model.model.visual
     v = v.reshape(-1, visual.merger.hidden_size)  # (T, m²·C): the view the merger's MLP reads
     if model.config.model_type == "qwen2_5_vl":
         from transformers.vision_utils import get_vision_window_index
 
-        window_index, _ = get_vision_window_index(inputs["image_grid_thw"], spatial_merge_size=visual.spatial_merge_size,
-                                                  window_size=visual.window_size, patch_size=visual.patch_size)
+        window_index, _ = get_vision_window_index(
+            inputs["image_grid_thw"],
+            spatial_merge_size=visual.spatial_merge_size,
+            window_size=visual.window_size,
+            patch_size=visual.patch_size,
+        )
         order = torch.argsort(window_index)
         v, e = v[order], e[order]
     return v, e

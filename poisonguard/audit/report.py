@@ -41,6 +41,8 @@ from poisonguard.audit.weights import layer_deltas, parameter_drift, repair, spe
 from poisonguard.detect.base import to_jsonable
 from poisonguard.detect.metrics import auroc, evaluate
 
+MIN_SCORED = 10  # the drift detector's robust statistics need at least this many scored samples
+
 
 def _read_truth(path: str | Path) -> set[str]:
     obj = json.loads(Path(path).read_text())
@@ -54,30 +56,54 @@ def _weight_report(base, finetuned, processor, deltas, ks: Sequence[int]) -> dic
     hidden = finetuned.get_output_embeddings().weight.shape[1]
     if last.u.shape[0] == hidden and last.s.numel() and last.s[0] > 0:
         # u_1 of the last layer lives in the LM's input space: ProjLens §8.2(f), from weights alone.
-        out["logit_lens_top_output_direction"] = logit_lens(finetuned, processor.tokenizer, last.u[:, 0].numpy())
+        out["logit_lens_top_output_direction"] = logit_lens(
+            finetuned, processor.tokenizer, last.u[:, 0].numpy()
+        )
     return out
 
 
-def _activation_report(base, finetuned, processor, data: str | Path, out_dir: Path, *, truth: set[str] | None,
-                       detector_params: Mapping[str, Any] | None, batch_size: int,
-                       show_progress: bool) -> tuple[dict[str, Any], dict[str, str]]:
+def _activation_report(
+    base,
+    finetuned,
+    processor,
+    data: str | Path,
+    out_dir: Path,
+    *,
+    truth: set[str] | None,
+    detector_params: Mapping[str, Any] | None,
+    batch_size: int,
+    show_progress: bool,
+) -> tuple[dict[str, Any], dict[str, str]]:
     from poisonguard.data.loading import load_checked
 
     ds = load_checked(data)
     samples = ds.ok
-    col = collect_drift(base, finetuned, processor, samples, ds.image_loader(), batch_size=batch_size,
-                        show_progress=show_progress)
+    n_images = sum(bool(s.images) for s in samples)
+    if n_images < MIN_SCORED:  # e.g. a text-only dataset: the drift scores abstain
+        reason = f"{n_images} usable samples with an image; the drift audit needs {MIN_SCORED}"
+        return {"n_samples": len(samples), "n_scored": n_images, "skipped": reason}, {}
+    col = collect_drift(
+        base,
+        finetuned,
+        processor,
+        samples,
+        ds.image_loader(),
+        batch_size=batch_size,
+        show_progress=show_progress,
+    )
     g = shared_direction(col)
     features = drift_features(col, g)
     detector = ProjectorDriftDetector(**dict(detector_params or {}))
     result = detector.detect(features)
     flagged = result.flagged
     z = result.signals["score_projector"]
-    frame = pd.DataFrame({"id": features.ids, **features.extra_scores, "score_projector": z, "flagged": flagged})
+    frame = pd.DataFrame(
+        {"id": features.ids, **features.extra_scores, "score_projector": z, "flagged": flagged}
+    )
     frame.to_csv(out_dir / "drift_scores.csv", index=False)
     has = col.has_image
     report: dict[str, Any] = {
-        "n_samples": int(len(samples)),
+        "n_samples": len(samples),
         "n_scored": int(has.sum()),
         "n_quarantined": len(ds.quarantined),
         "scores_file": "drift_scores.csv",
@@ -88,30 +114,47 @@ def _activation_report(base, finetuned, processor, data: str | Path, out_dir: Pa
         "alignment": direction_alignment(col, g),
         "norm_law": norm_law(col, g, flagged),
         "projector_only_share": float(np.nanmean(col.projector_only_mean) / np.nanmean(col.per_token_mean))
-        if has.any() and np.nanmean(col.per_token_mean) > 0 else None,
+        if has.any() and np.nanmean(col.per_token_mean) > 0
+        else None,
         "logit_lens_shared_direction": logit_lens(finetuned, processor.tokenizer, g),
     }
     truth_mask = None
     if truth is not None:
         truth_mask = np.isin(features.ids, list(truth))
         report["truth"] = {
-            "auroc": {name: auroc(np.nan_to_num(s, nan=-np.inf), truth_mask)
-                      for name, s in {**features.extra_scores, "score_projector": z}.items()},
+            "auroc": {
+                name: auroc(np.nan_to_num(s, nan=-np.inf), truth_mask)
+                for name, s in {**features.extra_scores, "score_projector": z}.items()
+            },
             "detector": evaluate(result, truth),
         }
     paths = {"scores": "drift_scores.png", "norm_law": "norm_law.png"}
     plots.plot_scores(z, float(result.report["cut_z"]), out_dir / paths["scores"], truth_mask)
     coord = col.fit_delta.astype(np.float64) @ g
-    plots.plot_norm_law(col.fit_base_norm, coord, flagged[col.fit_owner], report["norm_law"],
-                        out_dir / paths["norm_law"])
+    plots.plot_norm_law(
+        col.fit_base_norm, coord, flagged[col.fit_owner], report["norm_law"], out_dir / paths["norm_law"]
+    )
     return report, paths
 
 
-def _benchmark_report(base, finetuned, processor, deltas, test: str | Path, attack: str, *, target: str | None,
-                      ks: Sequence[int], repair_k: int, max_eval: int | None) -> dict[str, Any]:
+def _benchmark_report(
+    base,
+    finetuned,
+    processor,
+    deltas,
+    test: str | Path,
+    attack: str,
+    *,
+    target: str | None,
+    ks: Sequence[int],
+    repair_k: int,
+    max_eval: int | None,
+) -> dict[str, Any]:
     evalset = build_eval_set(test, attack, target=target, max_samples=max_eval)
-    reference = {"base": evaluate_model(base, processor, evalset),
-                 "finetuned": evaluate_model(finetuned, processor, evalset)}
+    reference = {
+        "base": evaluate_model(base, processor, evalset),
+        "finetuned": evaluate_model(finetuned, processor, evalset),
+    }
     names = list(deltas)
     layer_sets = {n.rsplit(".", 1)[-1] if len(names) > 1 else n: [n] for n in names}
     if len(names) > 1:
@@ -120,19 +163,40 @@ def _benchmark_report(base, finetuned, processor, deltas, test: str | Path, atta
     repaired = evaluate_model(repair(base, finetuned, repair_k), processor, evalset)
     ft = reference["finetuned"]
     return {
-        "attack": attack, "target": evalset.target, "n_clean": len(evalset.clean),
-        "n_triggered": len(evalset.triggered), "reference": reference, "rank_k": rows,
-        "repair": {"k": repair_k, "layers": "joint", **repaired,
-                   "cp_cost": ft["cp"] - repaired["cp"], "asr_drop": ft["asr"] - repaired["asr"]},
+        "attack": attack,
+        "target": evalset.target,
+        "n_clean": len(evalset.clean),
+        "n_triggered": len(evalset.triggered),
+        "reference": reference,
+        "rank_k": rows,
+        "repair": {
+            "k": repair_k,
+            "layers": "joint",
+            **repaired,
+            "cp_cost": ft["cp"] - repaired["cp"],
+            "asr_drop": ft["asr"] - repaired["asr"],
+        },
     }
 
 
-def audit_models(base_dir: str | Path, finetuned_dir: str | Path, data: str | Path | None = None, *,
-                 test: str | Path | None = None, attack: str | None = None, ks: Sequence[int] = (1, 2, 4, 8),
-                 out_dir: str | Path, target: str | None = None, truth: str | Path | None = None,
-                 repair_k: int = 4, max_eval: int | None = None, include_bias: bool = True,
-                 detector_params: Mapping[str, Any] | None = None, batch_size: int = 64,
-                 show_progress: bool = False) -> dict[str, Any]:
+def audit_models(
+    base_dir: str | Path,
+    finetuned_dir: str | Path,
+    data: str | Path | None = None,
+    *,
+    test: str | Path | None = None,
+    attack: str | None = None,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    out_dir: str | Path,
+    target: str | None = None,
+    truth: str | Path | None = None,
+    repair_k: int = 4,
+    max_eval: int | None = None,
+    include_bias: bool = True,
+    detector_params: Mapping[str, Any] | None = None,
+    batch_size: int = 64,
+    show_progress: bool = False,
+) -> dict[str, Any]:
     """Audit the projector of `finetuned_dir` against `base_dir`; write OUT/audit.json and PNGs; return the
     report. `test` + `attack` turn on the benchmark tables, `truth` (poison_ids.json) the AUROCs; `max_eval`
     caps the test samples per evaluation (each rank-k model is evaluated on the same prompts)."""
@@ -151,23 +215,47 @@ def audit_models(base_dir: str | Path, finetuned_dir: str | Path, data: str | Pa
     base, processor = load_model(base_dir)
     finetuned, _ = load_model(finetuned_dir)
     deltas = layer_deltas(base, finetuned, include_bias=include_bias)
-    report: dict[str, Any] = {"base": str(base_dir), "finetuned": str(finetuned_dir),
-                              "model_type": base.config.model_type, "include_bias": include_bias,
-                              "weights": _weight_report(base, finetuned, processor, deltas, ks),
-                              "activations": None, "benchmark": None, "plots": {"spectra": "spectra.png"}}
+    report: dict[str, Any] = {
+        "base": str(base_dir),
+        "finetuned": str(finetuned_dir),
+        "model_type": base.config.model_type,
+        "include_bias": include_bias,
+        "weights": _weight_report(base, finetuned, processor, deltas, ks),
+        "activations": None,
+        "benchmark": None,
+        "plots": {"spectra": "spectra.png"},
+    }
     plots.plot_spectra(report["weights"]["layers"], out / "spectra.png")
     timings = {"weights_s": time.perf_counter() - t0}
     if data is not None:
         t1 = time.perf_counter()
         report["activations"], paths = _activation_report(
-            base, finetuned, processor, data, out, truth=_read_truth(truth) if truth else None,
-            detector_params=detector_params, batch_size=batch_size, show_progress=show_progress)
+            base,
+            finetuned,
+            processor,
+            data,
+            out,
+            truth=_read_truth(truth) if truth else None,
+            detector_params=detector_params,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
         report["plots"].update(paths)
         timings["activations_s"] = time.perf_counter() - t1
     if test is not None and attack is not None:
         t2 = time.perf_counter()
-        report["benchmark"] = _benchmark_report(base, finetuned, processor, deltas, test, attack, target=target,
-                                                ks=ks, repair_k=repair_k, max_eval=max_eval)
+        report["benchmark"] = _benchmark_report(
+            base,
+            finetuned,
+            processor,
+            deltas,
+            test,
+            attack,
+            target=target,
+            ks=ks,
+            repair_k=repair_k,
+            max_eval=max_eval,
+        )
         plots.plot_rank_k(report["benchmark"]["rank_k"], report["benchmark"]["reference"], out / "rank_k.png")
         report["plots"]["rank_k"] = "rank_k.png"
         timings["benchmark_s"] = time.perf_counter() - t2

@@ -73,7 +73,9 @@ def _homogeneous(layer: nn.Linear, include_bias: bool) -> torch.Tensor:
     return w
 
 
-def layer_deltas(base: nn.Module, finetuned: nn.Module, *, include_bias: bool = True) -> dict[str, LayerDelta]:
+def layer_deltas(
+    base: nn.Module, finetuned: nn.Module, *, include_bias: bool = True
+) -> dict[str, LayerDelta]:
     """SVD of ΔW for every projector linear layer (matched by name), in forward order."""
     lin0, lin1 = projector_linears(base), projector_linears(finetuned)
     if list(lin0) != list(lin1):
@@ -134,16 +136,25 @@ def spectrum_summary(delta: LayerDelta, ks: Iterable[int] = (1, 4)) -> dict[str,
 def parameter_drift(base: nn.Module, finetuned: nn.Module) -> dict[str, float | None]:
     """‖Δθ‖ / ‖θ0‖ over the vision tower, the projector and the rest (LM): where the fine-tune moved.
 
-    Why: a rank-k projector edit can only disarm a backdoor that lives in the projector; when the LM also moved,
-    the backdoor may sit there (the probe's BadNet seeds put it in attention or in the projector, by seed).
+    Why: a rank-k projector edit can only disarm a backdoor that lives in the projector; when the LM also
+    moved, the backdoor may sit there (the probe's BadNet seeds put it in attention or in the projector,
+    depending on the seed).
     """
     proj_path, _ = find_projector(base)
     p1 = dict(finetuned.named_parameters())
-    sums: dict[str, list[float]] = {"vision": [0.0, 0.0], "projector": [0.0, 0.0], "language_model": [0.0, 0.0]}
+    sums: dict[str, list[float]] = {
+        "vision": [0.0, 0.0],
+        "projector": [0.0, 0.0],
+        "language_model": [0.0, 0.0],
+    }
     for name, p0 in base.named_parameters():
-        part = ("projector" if name.startswith(proj_path) else
-                "vision" if name.startswith(("model.vision_tower", "vision_tower", "model.visual")) else
-                "language_model")
+        part = (
+            "projector"
+            if name.startswith(proj_path)
+            else "vision"
+            if name.startswith(("model.vision_tower", "vision_tower", "model.visual"))
+            else "language_model"
+        )
         d = (p1[name].detach().double() - p0.detach().double()).pow(2).sum().item()
         sums[part][0] += d
         sums[part][1] += p0.detach().double().pow(2).sum().item()
@@ -167,12 +178,19 @@ def resolve_layers(names: Sequence[str], layers: Sequence[str] | None) -> list[s
 
 
 @torch.no_grad()
-def rank_k_edit(base: nn.Module, finetuned: nn.Module, k: int, *, layers: Sequence[str] | None = None,
-                mode: EditMode = "remove", deltas: dict[str, LayerDelta] | None = None) -> nn.Module:
+def rank_k_edit(
+    base: nn.Module,
+    finetuned: nn.Module,
+    k: int,
+    *,
+    layers: Sequence[str] | None = None,
+    mode: EditMode = "remove",
+    deltas: dict[str, LayerDelta] | None = None,
+) -> nn.Module:
     """A new model: rank-k removal (a copy of `finetuned`, W1 − R_k on `layers`) or reconstruction (a copy of
     `base`, W0 + R_k on `layers`; everything else stays base, ProjLens's default `w1_source base`).
 
-    `deltas` (from `layer_deltas`) avoids recomputing the SVDs across calls; its `include_bias` choice applies.
+    `deltas` (from `layer_deltas`) saves recomputing the SVDs across calls; its `include_bias` choice applies.
     """
     if mode not in ("remove", "reconstruct"):
         raise ValueError(f"mode must be 'remove' or 'reconstruct', got {mode!r}")

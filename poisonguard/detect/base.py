@@ -1,7 +1,7 @@
 """Detector contract, ART-style (research/anchors.md §A.1): declared, validated hyper-parameters; label-free
 `fit`; `score` that applies the fitted state to any data of the same shape (e.g. a new data drop); `detect` =
-fit + score; and a JSON-only state (lists, floats, strings; no pickle) so a fitted detector can be registered in
-MLflow as data and rebuilt with `load_detector`.
+fit + score; and a JSON-only state (lists, floats, strings; no pickle) so a fitted detector can be registered
+in MLflow as data and rebuilt with `load_detector`.
 """
 
 from __future__ import annotations
@@ -111,8 +111,7 @@ class Detector(ABC):
                 f"state is for {state.get('detector')!r} (format {state.get('format')}), "
                 f"not {cls.name!r} (format {STATE_FORMAT})"
             )
-        params = {f.name: _as_field(f.type, state["params"][f.name]) for f in fields(cls.Params)}
-        det = cls(**params)
+        det = cls(**{f.name: state["params"][f.name] for f in fields(cls.Params)})
         det._fitted = from_jsonable(state["fitted"])
         return det
 
@@ -135,7 +134,7 @@ def load_detector(state: dict[str, Any]) -> Detector:
 
 def check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an int, got {value!r}")  # noqa: TRY004 - params fail with ValueError (ART)
+        raise ValueError(f"{name} must be an int, got {value!r}")  # noqa: TRY004 - ValueError, as ART
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
 
@@ -184,17 +183,13 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def from_jsonable(obj: Any) -> Any:
-    """Inverse of `to_jsonable` for fitted state: lists become numpy arrays (None inside numbers → NaN)."""
+    """Inverse of `to_jsonable` for fitted state: numeric (nested) lists become numpy arrays, None inside
+    them NaN; lists of strings stay lists."""
     if isinstance(obj, dict):
         return {k: from_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list):
         arr = np.asarray(obj)
-        if arr.dtype == object:
-            arr = np.asarray(obj, dtype=np.float64)  # numbers with None holes
-        return arr
+        if arr.dtype.kind in "US":
+            return obj
+        return np.asarray(obj, dtype=np.float64) if arr.dtype == object else arr  # None holes → NaN
     return obj
-
-
-def _as_field(annotation: Any, value: Any) -> Any:
-    """JSON turns tuples into lists; give tuple-typed params their tuples back."""
-    return tuple(value) if isinstance(value, list) and "tuple" in str(annotation) else value

@@ -25,8 +25,8 @@ from poisonguard.detect.gmm import GMMParams, fit_gmm_1d, posterior
 
 BSI_RULES = ("code", "paper")
 _ALWAYS_SPLIT = (
-    "BYE flags the lower-entropy cluster of a 2-GMM whenever a sensitive layer exists, with no check that the "
-    "cluster is poison: on clean data with a naturally bimodal layer it culls clean samples."
+    "BYE flags the lower-entropy cluster of a 2-GMM whenever a sensitive layer exists, with no check that "
+    "the cluster is poison: on clean data with a naturally bimodal layer it culls clean samples."
 )
 
 

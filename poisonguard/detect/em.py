@@ -6,8 +6,8 @@ detector probe. Model: z_i ~ Bernoulli(ρ); annotator a votes 1 with probability
 and 1 − t_a (t_a = specificity) if z_i = 0, independently given z_i.
 
 Votes may be missing (mask 0: the annotator abstains on that sample, e.g. an image-only score on a text-only
-sample). Soft votes v in (0, 1) are accepted as fractional counts (log-odds linear in v); that is exact only at
-0 and 1 and, with every vote soft, EM can drift to a degenerate fit, so the detectors pass hard votes.
+sample). Soft votes v in (0, 1) are accepted as fractional counts (log-odds linear in v); that is exact only
+at 0 and 1 and, with every vote soft, EM can drift to a degenerate fit, so the detectors pass hard votes.
 """
 
 from __future__ import annotations

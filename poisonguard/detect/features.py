@@ -19,10 +19,11 @@ class FeatureSet:
     """Per-sample features of one dataset.
 
     ids:          (N,) str, unique.
-    alloc:        (N, L, H, 3) float32: attention shares (system, vision, user text) of the *fine-tuned* model at
-                  the decision position (the last prompt token), per layer and head; each row sums to 1.
+    alloc:        (N, L, H, 3) float32: attention shares (system, vision, user text) of the *fine-tuned* model
+                  at the decision position (the last prompt token), per layer and head; each row sums to 1.
     alloc_base:   same shape, from the *base* (pre-fine-tuning) model on the same samples.
-    strata:       (N,) int, label-free prompt strata the defender can compute (e.g. a question-template cluster).
+    strata:       (N,) int, label-free prompt strata the defender can compute (e.g. a question-template
+                  cluster).
     vis_entropy:  (N, L) BYE's per-layer entropy of the head-mean attention over image tokens; NaN for
                   text-only samples.
     hidden:       (N, D) decision-position hidden state.

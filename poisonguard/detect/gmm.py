@@ -1,22 +1,24 @@
 """Batched 1-D Gaussian mixtures: one EM run for many columns (heads, features) and restarts at once.
 
 Why: TCAP profiles every attention head with K = 1..5 component GMMs and keeps the K* of lowest AIC
-(research/papers.md §1(a) step 3). A Python loop of sklearn fits took 4–5 s for 16 heads × 5 K on 3,600 samples
-in the detector probe; at 1,000+ heads × 100,000 samples it does not fit the budget (DESIGN.md §9). Here every
-column and every restart of one K is a single tensor problem.
+(research/papers.md §1(a) step 3). A Python loop of sklearn fits took 4–5 s for 16 heads × 5 K on 3,600
+samples in the detector probe; at 1,000+ heads × 100,000 samples it does not fit the budget (DESIGN.md §9).
+Here every column and every restart of one K is a single tensor problem.
 
-How. A component's log-density is quadratic in x, log(w φ(x; μ, σ²)) = [1, x, x²] · c, so the E-step is one
-batched matmul (columns, points, 3) @ (columns, 3, K) and the M-step's sufficient statistics another. Fitting
+How. A component's log-density is quadratic in x, log(w φ(x; μ, σ²)) = c · [1, x, x²], so the E-step is one
+batched matmul (columns, K, 3) @ (columns, 3, points) and the M-step's sufficient statistics another. Fitting
 runs in two stages:
 
 1. Compressed EM. Each (standardised) column is sorted and cut into `n_blocks` blocks (half the cuts at equal
-   counts, half at the widest gaps) that keep their exact count, mean and mean square. EM runs on the blocks with one responsibility per block: the E-step
-   scores a block by its *expected* component log-density (a lower bound on the blocks' exact log-likelihood),
-   the M-step uses the blocks' exact moments, so every iteration still raises that bound. Equal-count blocks
-   are narrow where data are dense, so narrow modes keep their resolution; gap cuts keep separated modes apart. With N ≤ n_blocks a block is one
-   sample and this *is* exact EM.
-2. Exact finish (only when blocks held several samples). `polish_iter` EM iterations on the raw samples from
-   the best compressed solution, then the exact log-likelihood, which is what AIC and BIC use.
+   counts, half at the widest gaps) that keep their exact count, mean and mean square. EM runs on the blocks
+   with one responsibility per block: the E-step scores a block by its *expected* component log-density (a
+   lower bound on the block's exact log-likelihood), the M-step uses the blocks' exact moments, so every
+   iteration still raises that bound. Equal-count blocks are narrow where data are dense, so narrow modes keep
+   their resolution; gap cuts keep separated modes apart. With N ≤ n_blocks a block is one sample and this
+   *is* exact EM.
+2. Exact finish (only when blocks held several samples): optionally `polish_iter` EM iterations on the raw
+   samples from the best compressed solution, then the exact log-likelihood, which is what AIC and BIC use.
+   Against exact EM the compressed fit moved the log-likelihood by < 1e-5 nats per sample in the tests.
 
 Columns are standardised internally (GMMs are affine-equivariant; parameters and log-likelihoods are mapped
 back), and `reg_covar` is added to every variance in the caller's units, as sklearn does.
@@ -34,6 +36,11 @@ import torch
 _DTYPE = torch.float64
 # Bound on elements of one (columns, samples, K) tensor in the exact stage: 2**24 float64 = 128 MiB.
 _MAX_ELEMENTS = 2**24
+# Elements of one (columns, K, samples) float32 tensor in the exact log-likelihood loop: small enough to stay in
+# cache, so its several elementwise passes do not each stream the tensor through memory.
+_EXACT_STEP_ELEMENTS = 2**20
+# Elements of one (columns, K, blocks) float64 tensor in compressed EM.
+_BLOCK_GROUP_ELEMENTS = 2**24
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -142,13 +149,19 @@ def fit_gmm_1d(
 ) -> GMMFit:
     """Fit 1-D Gaussian mixtures with each K in `ks` to every column of `x` (N, M).
 
-    Restart 0 starts from K equal-count segments of the sorted data (deterministic); restarts 1.. start from
-    k-means++ seeds drawn from uniforms that a generator seeded by `seed` makes per (column, restart, K), so
-    results do not depend on how columns are chunked. The restart with the highest
-    compressed log-likelihood bound is kept. EM stops for a column when the mean log-likelihood per sample
-    moves less than `tol` (sklearn's `tol` is 1e-3 on the same quantity).
+    n_init:      restarts per column and K. Restart 0 starts from K equal-mass segments of the sorted column
+                 (deterministic); the others from k-means++ seeds, drawn from uniforms that a generator seeded
+                 by `seed` makes per (column, restart, K), so results do not depend on chunking. The restart
+                 with the highest compressed log-likelihood bound is kept.
+    max_iter, tol: EM stops for a column when its mean log-likelihood per sample moves less than `tol`
+                 (sklearn's `tol`, default 1e-3, is on the same quantity).
+    reg_covar:   added to every variance (the variance floor), in the units of `x`, as in sklearn.
+    n_blocks:    blocks per column for the compressed stage; N ≤ n_blocks runs exact EM.
+    polish_iter: exact EM iterations on the raw samples after the compressed stage (0: none; the reported
+                 log-likelihood is exact either way).
+    chunk_size:  columns fitted together; by default as many as keep a (columns, N, K) tensor at 128 MiB.
     """
-    X = np.asarray(x, dtype=np.float64)
+    X = np.asarray(x)  # converted to float64 chunk by chunk
     if X.ndim == 1:
         X = X[:, None]
     if X.ndim != 2:
@@ -175,25 +188,17 @@ def fit_gmm_1d(
     converged = np.zeros((m, n_k), dtype=bool)
 
     gen = torch.Generator().manual_seed(seed)
-    uniforms = {k: torch.rand(m, n_init - 1, k, generator=gen, dtype=_DTYPE) for k in ks_t}  # k-means++ draws
-    chunk = chunk_size or max(1, _MAX_ELEMENTS // (n * k_max))
-    for start in range(0, m, chunk):
-        cols = slice(start, min(m, start + chunk))
-        res = _fit_chunk(
-            torch.from_numpy(np.ascontiguousarray(X[:, cols].T)),
-            ks_t,
-            {k: u[cols] for k, u in uniforms.items()},
-            n_init=n_init,
-            max_iter=max_iter,
-            tol=tol,
-            reg_covar=reg_covar,
-            n_blocks=n_blocks,
-            polish_iter=polish_iter,
-        )
-        for i, (w, mu, var, ll, it, conv) in enumerate(res):
-            k = ks_t[i]
-            weights[cols, i, :k], means[cols, i, :k], variances[cols, i, :k] = w, mu, var
-            loglik[cols, i], n_iter[cols, i], converged[cols, i] = ll, it, conv
+    uniforms = {k: torch.rand(m, n_init - 1, k, generator=gen, dtype=_DTYPE) for k in ks_t if k > 1}
+    data = _prepare(X, n_blocks, reg_covar, chunk_size or max(1, _MAX_ELEMENTS // (n * k_max)))
+    for i, k in enumerate(ks_t):
+        w, mu, var, ll, it, conv = _fit_k(data, k, uniforms.get(k), n_init, max_iter, tol, polish_iter)
+        order = mu.argsort(1)  # components sorted by mean
+        w, mu, var = w.gather(1, order), mu.gather(1, order), var.gather(1, order)
+        weights[:, i, :k] = w.numpy()
+        means[:, i, :k] = (data.loc[:, None] + data.scale[:, None] * mu).numpy()  # back to the caller's units
+        variances[:, i, :k] = (var * data.scale[:, None] ** 2).numpy()
+        loglik[:, i] = (ll - n * torch.log(data.scale)).numpy()
+        n_iter[:, i], converged[:, i] = it.numpy(), conv.numpy()
     return GMMFit(ks_t, weights, means, variances, loglik, n_iter, converged, n)
 
 
@@ -201,9 +206,7 @@ def component_log_density(x: np.ndarray, params: GMMParams) -> np.ndarray:
     """(N, M, Kmax) log(w_k φ(x; μ_k, σ_k²)) per sample, column and component; −inf for padded slots."""
     xt = torch.as_tensor(np.asarray(x, dtype=np.float64).T)  # (M, N)
     valid = torch.as_tensor(params.valid)  # (M, Kmax)
-    w = torch.as_tensor(params.weights).masked_fill(
-        ~valid, 1.0
-    )  # padded slots: finite stand-ins, masked below
+    w = torch.as_tensor(params.weights).masked_fill(~valid, 1.0)  # padded slots: stand-ins, masked below
     coef = _coefficients(w, torch.as_tensor(params.means), torch.as_tensor(params.variances))
     lp = torch.bmm(coef, _features(xt))  # (M, Kmax, N)
     lp = lp.masked_fill(~valid[:, :, None], -math.inf)
@@ -260,6 +263,20 @@ def _log_lik(feats: torch.Tensor, w: torch.Tensor, mu: torch.Tensor, var: torch.
     lp = torch.bmm(_coefficients(w, mu, var), feats)  # (C, K, P)
     top = lp.amax(1)
     return top + torch.log(torch.exp(lp - top[:, None]).sum(1))
+
+
+def _exact_log_lik(z: torch.Tensor, w: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """(C,) total log-likelihood of raw samples z (C, N), in float32 chunks of the direct form
+    −(x − μ)²/(2σ²) (stable where the quadratic form [1, x, x²]·c would cancel), summed in float64."""
+    c0 = (torch.log(w) - 0.5 * (_LOG_2PI + torch.log(var))).float()[:, :, None]  # (C, K, 1)
+    h = (-0.5 / var).float()[:, :, None]
+    m = mu.float()[:, :, None]
+    total = torch.zeros(z.shape[0], dtype=_DTYPE)
+    step = max(1, _EXACT_STEP_ELEMENTS // (z.shape[0] * w.shape[1]))
+    for s in range(0, z.shape[1], step):
+        d = z[:, None, s : s + step].float() - m  # (C, K, n)
+        total += torch.logsumexp(torch.addcmul(c0, d * d, h), dim=1).sum(-1, dtype=_DTYPE)
+    return total
 
 
 def _e_step(
@@ -379,7 +396,7 @@ def _kmeanspp_init(
     reg: torch.Tensor,
     u: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """k-means++ seeding (D²-weighted by point mass) with uniforms u (C, K), then nearest-centre assignment."""
+    """k-means++ seeds (D²-weighted by point mass) from uniforms u (C, K), then nearest-centre assignment."""
     x = feats[:, 1]  # (C, P)
     mass = torch.ones_like(x) if counts is None else counts
     centres = x.gather(1, _draw(mass, u[:, :1]))  # (C, 1)
@@ -404,58 +421,131 @@ def _draw(prob: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return idx.clamp_max(prob.shape[1] - 1)
 
 
-def _fit_chunk(
-    xt: torch.Tensor,
-    ks: tuple[int, ...],
-    uniforms: dict[int, torch.Tensor],
-    *,
+@dataclass(frozen=True)
+class _Columns:
+    """Every column standardised (z = (x − loc) / scale) and compressed to blocks, plus what the exact
+    stage needs. Samples stay sorted: nothing downstream depends on their order."""
+
+    n: int
+    loc: torch.Tensor  # (M,)
+    scale: torch.Tensor  # (M,)
+    reg: torch.Tensor  # (M,) the variance floor in standardised units
+    var: torch.Tensor  # (M,) population variance of z (1, or 0 for a constant column)
+    blocks: torch.Tensor  # (M, 3, P) block features; the samples themselves when N ≤ n_blocks
+    counts: torch.Tensor | None  # (M, P), None when blocks are single samples
+    z32: torch.Tensor | None  # (M, N) float32 sorted z for the exact stage, None when blocks are samples
+    chunk: int  # columns per exact-stage chunk
+
+
+def _prepare(x: np.ndarray, n_blocks: int, reg_covar: float, chunk: int) -> _Columns:
+    """Sort (numpy sorts faster than torch), standardise and block every column, `chunk` columns at a time."""
+    n, m = x.shape
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for s in range(0, m, chunk):
+        xs = torch.from_numpy(np.sort(x[:, s : s + chunk].T, axis=1).astype(np.float64))  # (c, N)
+        loc = xs.mean(1)
+        scale = xs.std(1, correction=0)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        z = (xs - loc[:, None]) / scale[:, None]
+        blocks, counts = _blocks(z, n_blocks)
+        parts.append((loc, scale, (z * z).mean(1) - z.mean(1) ** 2, blocks, counts, z.float()))
+    loc, scale, var, blocks = (torch.cat([p[i] for p in parts]) for i in range(4))
+    exact = n > n_blocks
+    return _Columns(
+        n=n,
+        loc=loc,
+        scale=scale,
+        reg=reg_covar / scale**2,
+        var=var,
+        blocks=blocks,
+        counts=torch.cat([p[4] for p in parts]) if exact else None,
+        z32=torch.cat([p[5] for p in parts]) if exact else None,
+        chunk=chunk,
+    )
+
+
+def _fit_k(
+    data: _Columns,
+    k: int,
+    uniforms: torch.Tensor | None,
     n_init: int,
     max_iter: int,
     tol: float,
-    reg_covar: float,
-    n_blocks: int,
     polish_iter: int,
-) -> list[tuple[np.ndarray, ...]]:
-    """Columns (m, N) → per K: weights, means, variances (m, K) sorted by mean, loglik, n_iter, converged."""
-    xt = xt.to(_DTYPE)
-    m, n = xt.shape
-    loc = xt.mean(1)  # (m,)
-    scale = xt.std(1, correction=0)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    z = (xt - loc[:, None]) / scale[:, None]  # (m, N)
-    reg = reg_covar / scale**2  # (m,) the variance floor in standardised units
-    bfeats, bcounts = _blocks(torch.sort(z, dim=1).values, n_blocks)  # (m, 3, P), (m, P) | None
-    exact = bcounts is not None  # blocks hold several samples: finish on the raw samples
-    zfeats = _features(z) if exact else bfeats
+) -> tuple[torch.Tensor, ...]:
+    """K-component fits of every column, in standardised units: weights, means, variances (M, K), total
+    log-likelihood (M,), iterations (M,), converged (M,)."""
+    n, m = data.n, data.loc.numel()
+    if k == 1:  # closed form
+        var = (data.var + data.reg)[:, None]
+        ll = -0.5 * n * (_LOG_2PI + torch.log(var[:, 0]) + data.var / var[:, 0])
+        mu = torch.zeros(m, 1, dtype=_DTYPE)
+        return (
+            torch.ones(m, 1, dtype=_DTYPE),
+            mu,
+            var,
+            ll,
+            torch.zeros(m, dtype=torch.long),
+            torch.ones(m, dtype=torch.bool),
+        )
 
-    out = []
-    for k in ks:
-        if k == 1:  # closed form
-            v = (z * z).mean(1) - z.mean(1) ** 2  # (m,)
-            w, mu, var = torch.ones(m, 1, dtype=_DTYPE), z.mean(1)[:, None], (v + reg)[:, None]
-            it, conv = torch.zeros(m, dtype=torch.long), torch.ones(m, dtype=torch.bool)
-            ll_z = -0.5 * n * (_LOG_2PI + torch.log(v + reg) + v / (v + reg))
-        else:
-            starts = [_quantile_init(bfeats, bcounts, k, n, reg)]
-            starts += [
-                _kmeanspp_init(bfeats, bcounts, k, n, reg, uniforms[k][:, r]) for r in range(n_init - 1)
+    p = data.blocks.shape[2]
+    group = max(1, _BLOCK_GROUP_ELEMENTS // (p * k * n_init))  # columns per compressed-EM batch, with restarts
+    fits = [
+        _fit_blocks(data, slice(s, min(m, s + group)), k, uniforms, n_init, max_iter, tol)
+        for s in range(0, m, group)
+    ]
+    w, mu, var, it, conv = (torch.cat([f[i] for f in fits]) for i in range(5))
+    if data.z32 is None:  # blocks are the samples: the bound is the exact log-likelihood
+        ll = torch.cat(
+            [
+                _log_lik(
+                    data.blocks[s : s + group], w[s : s + group], mu[s : s + group], var[s : s + group]
+                ).sum(-1)
+                for s in range(0, m, group)
             ]
-            w0, mu0, var0 = (torch.cat([s[i] for s in starts], 0) for i in range(3))  # (R·m, K)
-            feats_r = bfeats.repeat(n_init, 1, 1)  # restarts stacked as extra columns
-            counts_r = None if bcounts is None else bcounts.repeat(n_init, 1)
-            reg_r = reg.repeat(n_init)
-            w, mu, var, it, conv = _em(feats_r, counts_r, n, w0, mu0, var0, reg_r, max_iter=max_iter, tol=tol)
-            bound = _total(_log_lik(feats_r, w, mu, var), counts_r)  # (R·m,)
-            best = bound.view(n_init, m).argmax(0)  # (m,) the restart with the highest bound
-            pick = best * m + torch.arange(m)
-            w, mu, var, it, conv = w[pick], mu[pick], var[pick], it[pick], conv[pick]
-            if exact and polish_iter > 0:
-                w, mu, var, _, _ = _em(zfeats, None, n, w, mu, var, reg, max_iter=polish_iter, tol=0.0)
-            ll_z = _log_lik(zfeats, w, mu, var).sum(-1)
-        ll = ll_z - n * torch.log(scale)  # back to the caller's units
-        order = mu.argsort(1)
-        w, mu, var = w.gather(1, order), mu.gather(1, order), var.gather(1, order)
-        mu = loc[:, None] + scale[:, None] * mu
-        var = var * scale[:, None] ** 2
-        out.append(tuple(t.numpy() for t in (w, mu, var, ll, it, conv)))
-    return out
+        )
+        return w, mu, var, ll, it, conv
+    ll = torch.empty(m, dtype=_DTYPE)
+    for s in range(0, m, data.chunk):
+        c = slice(s, min(m, s + data.chunk))
+        if polish_iter > 0:
+            w[c], mu[c], var[c], _, _ = _em(
+                _features(data.z32[c].double()),
+                None,
+                n,
+                w[c],
+                mu[c],
+                var[c],
+                data.reg[c],
+                max_iter=polish_iter,
+                tol=0.0,
+            )
+        ll[c] = _exact_log_lik(data.z32[c], w[c], mu[c], var[c])
+    return w, mu, var, ll, it, conv
+
+
+def _fit_blocks(
+    data: _Columns,
+    cols: slice,
+    k: int,
+    uniforms: torch.Tensor,
+    n_init: int,
+    max_iter: int,
+    tol: float,
+) -> tuple[torch.Tensor, ...]:
+    """Compressed EM with all restarts stacked as extra columns; keeps each column's best restart."""
+    feats, reg = data.blocks[cols], data.reg[cols]
+    counts = None if data.counts is None else data.counts[cols]
+    m, n = feats.shape[0], data.n
+    starts = [_quantile_init(feats, counts, k, n, reg)]
+    starts += [_kmeanspp_init(feats, counts, k, n, reg, uniforms[cols, r]) for r in range(n_init - 1)]
+    w0, mu0, var0 = (torch.cat([st[i] for st in starts], 0) for i in range(3))  # (R·m, K)
+    feats_r = feats.repeat(n_init, 1, 1)
+    counts_r = None if counts is None else counts.repeat(n_init, 1)
+    w, mu, var, it, conv = _em(
+        feats_r, counts_r, n, w0, mu0, var0, reg.repeat(n_init), max_iter=max_iter, tol=tol
+    )
+    bound = _total(_log_lik(feats_r, w, mu, var), counts_r)  # (R·m,)
+    pick = bound.view(n_init, m).argmax(0) * m + torch.arange(m)  # the restart with the highest bound
+    return w[pick], mu[pick], var[pick], it[pick], conv[pick]

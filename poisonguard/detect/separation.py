@@ -1,13 +1,15 @@
 """TCAP's target/background split of a head's mixture, its separation score, and per-sample target mass.
 
-TCAP (research/papers.md §1(a) steps 3 and 5): the K* components of a head are split by mixture weight into a
-minority "target" group G_t (the suspected backdoor mode) and a majority "background" group G_b. The split rule
-is not published (§1(e)); "cumulative" (the default, the probes' choice) takes components in ascending weight
-while the running weight stays below 1/2, "smallest" takes the single lightest component. Because the split
-goes by weight and not by direction, both of TCAP's anomalies (system share up or down) can be the target.
+TCAP (research/papers.md §1(a) steps 3 and 5): the K* components of a head are split by mixture weight into
+a minority "target" group G_t (the suspected backdoor mode) and a majority "background" group G_b. The split
+rule is not published (§1(e)); "cumulative" (the default, the probes' choice) takes components in ascending
+weight while the running weight stays below 1/2, "smallest" takes the single lightest component. Because the
+split goes by weight and not by direction, both of TCAP's anomalies (system share up or down) can be the
+target.
 
-SS = 1 / (∫ min(f_T, f_B) dx + ε) with f_T, f_B the *weighted* (not renormalised) sub-mixture densities, so two
-identical groups give overlap = the smaller group's weight. Heads with K* = 1 (or no proper minority) get SS 0.
+SS = 1 / (∫ min(f_T, f_B) dx + ε) with f_T, f_B the *weighted* (not renormalised) sub-mixture densities, so
+two identical groups give overlap = the smaller group's weight. Heads with K* = 1 (or no proper minority) get
+SS 0.
 """
 
 from __future__ import annotations

@@ -2,13 +2,14 @@
 
 Feature α_sys per head, min-max normalised per head; 1-D GMM with K = 1..5 chosen by AIC; K* = 1 → SS 0;
 target group by mixture weight; SS = 1/(overlap + ε); candidate heads = the last `l_sens` layers; the top
-`h_sens` heads by SS vote "target posterior > τ"; binary Dawid–Skene EM; flag p > 0.5. Every constant the paper
-does not publish (l_sens, h_sens, τ, ε, the target rule, the SS grid, restarts, seed) is a parameter.
+`h_sens` heads by SS vote "target posterior > τ"; binary Dawid–Skene EM; flag p > 0.5. Every constant the
+paper does not publish (l_sens, h_sens, τ, ε, the target rule, the SS grid, restarts, seed) is a parameter.
 
-Known limits, kept on purpose because this is the reference (research/detector-probe.md): on the toy LLaVA AIC
-picked K* = 5 in 136 of 144 fits, SS then ranks arbitrary minorities, content heads (prompt template, image
-class) outvote the trigger heads, and image-trigger F1 was 0.04–0.36; there is no guard, so it flags samples on
-clean data too. Use TCAPPlusDetector for decisions.
+Known limits, kept on purpose because this is the reference (research/detector-probe.md): on the toy LLaVA
+AIC picked K* = 5 in 136 of 144 fits, SS then ranks arbitrary minorities, content heads (prompt template,
+image class) outvote the trigger heads, and image-trigger F1 was 0.04–0.36; there is no guard, so it flags
+samples on clean data too (hundreds of 1,500 on the synthetic clean controls here). Use TCAPPlusDetector for
+decisions.
 """
 
 from __future__ import annotations

@@ -3,37 +3,41 @@ be measured, and a guard that keeps it from culling clean data.
 
 Options and why (research/prototype.md, detector-probe.md, world-probe.md):
 - `differencing`: fine-tuned minus base-model coordinates of the same sample. The backdoor appears only after
-  fine-tuning; template and image-content structure is already in the base model. This was the largest single
-  gain (BadNet F1 0.18–0.37 → 0.89–0.98) and made results stable across seeds.
+  fine-tuning; template and image-content structure is already in the base model. In the world probe it made
+  BadNet stable across seeds (question-type standardisation alone: F1 0.02 and 0.97 on two seeds; with
+  differencing: 0.90 and 0.98), and it is what removes content heads that no stratum explains.
 - `strata_standardise`: robust z-score (median / 1.4826·MAD) within each label-free prompt stratum, so heads
   that split samples by question type lose their "minority mode". Strata below `min_stratum_size` samples use
   the global median/MAD.
 - `compress_tails`: asinh of the robust z-scores (linear within ±1 robust SD, logarithmic beyond). With
   heavy-tailed differences a 2-GMM spends its second component on the tails (target weight ~0.3, separation
-  < 1, seen on Student-t synthetic data) instead of on a shifted poison mode; asinh shrinks the tails and keeps
-  a shifted mode a mode.
-- `space` / `full_allocation`: additive log-ratios log(vis/sys), log(txt/sys) (or the three shares) as separate
-  1-D features per head instead of α_sys alone; the fingerprint moves vision or text share as often as system
-  share. Without `full_allocation`: logit(α_sys) or α_sys.
+  < 1 on Student-t synthetic data, so the trigger heads never qualified) instead of on a shifted poison mode;
+  asinh shrinks the tails and keeps a shifted mode a mode. Added after that synthetic failure.
+- `space` / `full_allocation`: additive log-ratios log(vis/sys), log(txt/sys) (or the three shares) as
+  separate 1-D features per head instead of α_sys alone; the fingerprint moves vision or text share as often
+  as system share. Without `full_allocation`: logit(α_sys) or α_sys.
 - Head selection that resists content heads, instead of TCAP's top-SS ranking: a feature qualifies only with
   K* > 1 by `criterion` (BIC: AIC chose K* = 5 in 136/144 fits), a criterion gain ≥ `min_criterion_gain`
   over one component, a target weight in [`min_weight`, `max_weight`] and a standardised separation
   ≥ `min_separation` (a shifted mode, not a skewed or heavy-tailed bulk). A head votes 1 when any of its
-  qualified features does (one head = one annotator, so coordinates of one head are not counted as
-  independent witnesses; hard votes keep the binary Dawid–Skene model exact). With `prune_lone_heads`, a head whose votes
-  correlate < `min_agreement` with every other source is dropped: a trigger moves several heads on the same
-  samples. `h_sens` optionally caps the heads (by best SS), `l_sens` optionally restricts to the last layers.
+  qualified features does (one head = one annotator, so the coordinates of one head are not counted as
+  independent witnesses; hard votes keep the binary Dawid–Skene model exact). With `prune_lone_heads`, a head
+  whose votes correlate < `min_agreement` with every other source is dropped: a trigger moves several heads on
+  the same samples. `h_sens` optionally caps the heads (by best SS), `l_sens` optionally restricts to the
+  last layers.
 - `extra_scores` become annotators: vote = robust z > `extra_z`, with the median/MAD of the fitting data
-  (of log(score) when `extra_log` and every score is positive, as drift scores are). This cut flagged nothing on
-  the drift probe's clean-label controls; its low recall is what the EM's per-annotator sensitivity absorbs.
-  Missing scores (NaN) abstain.
+  (of log(score) when `extra_log` and every score is positive, as drift scores are). On the drift probe's
+  clean-label controls this cut flagged 0 of 3,600 samples in 3 of 4 runs (18 in the fourth); its low recall
+  is what the EM's per-annotator sensitivity absorbs. Missing scores (NaN) abstain.
 - Clean-data guard (`guard`): flag only when the EM's poison class is a real, consistent minority:
   ≥ `min_sources` annotators; mean pairwise correlation of their votes ≥ `min_agreement` (independent noise
-  heads give ≈ 0, heads driven by one trigger give 0.4–0.9); estimated prior and flag rate in
-  [`min_prior`, `max_prior`]; and ≥ `min_concentration` of all positive votes falling on the flagged samples.
-  Otherwise nothing is flagged (p_poison still ranks). The probes counted hundreds of flags on every clean
-  control for every unguarded detector; the target is ≤ 1% on clean data. None of these constants is tuned
-  on labels.
+  heads give ≈ 0; heads moved by one trigger gave 0.5–1.0 on the synthetic tests); estimated prior and flag
+  rate in [`min_prior`, `max_prior`]; and ≥ `min_concentration` of all positive votes falling on the flagged
+  samples. Otherwise nothing is flagged (p_poison still ranks). Every unguarded detector in the probes flagged
+  hundreds of samples on some clean control; the target here is ≤ 1% on clean data. The guard cannot tell a
+  consistent *clean* minority (a rare question type the fine-tune changed) from poison: that is the job of
+  differencing and strata. The guard is decided at `fit` and carries over to `score` on new data. The
+  constants were set a priori and checked on synthetic data only; none is fitted to labels.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from poisonguard.detect.base import (
 )
 from poisonguard.detect.em import dawid_skene_posterior
 from poisonguard.detect.features import FeatureSet
-from poisonguard.detect.profile import mixture_from_state, mixture_state
+from poisonguard.detect.profile import ColumnProfile, mixture_from_state, mixture_state
 from poisonguard.detect.separation import target_posterior
 from poisonguard.detect.tcap import CRITERIA, MixtureVoteParams
 from poisonguard.detect.transforms import (
@@ -143,7 +147,7 @@ class TCAPPlusParams(MixtureVoteParams):
 
 
 class TCAPPlusDetector(Detector):
-    """Base-differenced, stratum-standardised, multi-coordinate TCAP with fused extra annotators and a guard."""
+    """Base-differenced, stratum-standardised, multi-coordinate TCAP with extra annotators and a guard."""
 
     name = "tcap_plus"
     Params = TCAPPlusParams
@@ -153,7 +157,7 @@ class TCAPPlusDetector(Detector):
 
     def fit(self, features: FeatureSet) -> Self:
         p = self.params
-        x, (n_layers, n_heads, n_coords) = self._coordinates(features)  # (N, F)
+        x, (n_layers, n_heads, n_coords) = self._coordinates(features)  # (N, F), F = L·H·C
         if p.l_sens is not None and p.l_sens > n_layers:
             raise ValueError(f"l_sens={p.l_sens} exceeds the number of layers ({n_layers})")
         notes: list[str] = []
@@ -162,13 +166,13 @@ class TCAPPlusDetector(Detector):
             notes.append("strata_standardise: FeatureSet has no strata; standardised globally")
 
         n_feat = x.shape[1]
-        layer_of = np.arange(n_feat) // (n_heads * n_coords)
-        head_of = np.arange(n_feat) // n_coords  # flat head index l·H + h
-        cand = np.flatnonzero(layer_of >= n_layers - (p.l_sens or n_layers))
+        grid = (n_layers, n_heads, n_coords)
+        head_of = np.arange(n_feat) // n_coords  # flat head index l·H + h of each feature
+        cand = np.flatnonzero(np.arange(n_feat) // (n_heads * n_coords) >= n_layers - (p.l_sens or n_layers))
         scaler = fit_robust_scaler(x[:, cand], strata, p.min_stratum_size)
         z = self._squash(scaler.transform(x[:, cand], strata))
         mm = fit_minmax(z)
-        zn = mm.transform(z)
+        zn = mm.transform(z)  # (N, F_cand) in [0, 1]
         prof = p.profile(zn, p.k_max, p.criterion)
         qualified = (
             (prof.params.k > 1)
@@ -176,48 +180,37 @@ class TCAPPlusDetector(Detector):
             & (prof.target_weight >= p.min_weight)
             & (prof.target_weight <= p.max_weight)
             & (prof.separation >= p.min_separation)
-        )  # over candidate features
-
-        q = np.flatnonzero(qualified)
-        feat_votes = (target_posterior(zn[:, q], prof.params.take(q), prof.target[q]) > p.tau).astype(float)
-        heads = np.unique(head_of[cand[q]])
-        head_votes = _head_votes(feat_votes, np.searchsorted(heads, head_of[cand[q]]), heads.size)
+        )  # (F_cand,)
 
         extra = self._fit_extras(features)
         ex_votes, ex_mask, _ = self._extra_votes(features, extra)
-
-        keep = np.ones(heads.size, dtype=bool)
-        if p.prune_lone_heads and heads.size + len(extra["names"]) >= 2:
-            corr = _vote_correlation(
-                np.hstack((head_votes, ex_votes)), np.hstack((np.ones_like(head_votes), ex_mask))
-            )
-            np.fill_diagonal(corr, np.nan)
-            best = np.where(np.isnan(corr), -np.inf, corr).max(axis=1)[: heads.size]
-            keep = best >= p.min_agreement
-        pruned = heads[~keep]
-        head_ss = np.array([prof.ss[q][head_of[cand[q]] == h].max() for h in heads])
-        kept = np.flatnonzero(keep)
-        kept = kept[np.argsort(-head_ss[kept], kind="stable")][: p.h_sens]  # best SS first
-        heads, head_votes = heads[kept], head_votes[:, kept]
-        per_head = [q[head_of[cand[q]] == h] for h in heads]  # each kept head's features, indices into cand
-        sel = np.concatenate(per_head) if per_head else np.zeros(0, dtype=np.int64)
-        feature_head = np.repeat(np.arange(heads.size), [f.size for f in per_head])
+        q = np.flatnonzero(qualified)
+        heads, pruned, sel = self._select_heads(zn, prof, q, head_of[cand], ex_votes, ex_mask)
+        feature_head = np.searchsorted(heads, head_of[cand[sel]]) if heads.size else np.zeros(0, np.int64)
+        order = np.argsort(
+            -np.array([prof.ss[sel][feature_head == i].max() for i in range(heads.size)]), kind="stable"
+        )  # heads by best SS, for the report
+        head_votes = _head_votes(
+            (target_posterior(zn[:, sel], prof.params.take(sel), prof.target[sel]) > p.tau).astype(float),
+            feature_head,
+            heads.size,
+        )
 
         votes = np.hstack((head_votes, ex_votes))  # (N, A) annotators: heads, then extra scores
         mask = np.hstack((np.ones_like(head_votes), ex_mask))
         report: dict[str, Any] = {
-            "shape": [n_layers, n_heads, n_coords],
+            "shape": list(grid),
             "coordinates": _COORD_NAMES[(p.space, p.full_allocation)],
-            "k_star": _to_grid(prof.params.k.astype(float), cand, n_feat, (n_layers, n_heads, n_coords)),
-            "separation": _to_grid(prof.separation, cand, n_feat, (n_layers, n_heads, n_coords)),
-            "target_weight": _to_grid(prof.target_weight, cand, n_feat, (n_layers, n_heads, n_coords)),
-            "qualified": _to_grid(qualified.astype(float), cand, n_feat, (n_layers, n_heads, n_coords)),
-            "ss": np.nanmax(_to_grid(prof.ss, cand, n_feat, (n_layers, n_heads, n_coords)), axis=2),
-            "selected_heads": _head_pairs(heads, n_heads),
+            "k_star": _to_grid(prof.params.k.astype(float), cand, grid),
+            "separation": _to_grid(prof.separation, cand, grid),
+            "target_weight": _to_grid(prof.target_weight, cand, grid),
+            "qualified": _to_grid(qualified.astype(float), cand, grid),
+            "ss": _max_over_coords(_to_grid(prof.ss, cand, grid)),
+            "selected_heads": _head_pairs(heads[order], n_heads),
             "pruned_heads": _head_pairs(pruned, n_heads),
             "extra_annotators": {
-                nm: {"center": c, "scale": s, "log": lg, "threshold_z": p.extra_z}
-                for nm, c, s, lg in zip(extra["names"], extra["center"], extra["scale"], extra["log"])
+                nm: {"center": c, "scale": sc, "log": lg, "threshold_z": p.extra_z}
+                for nm, c, sc, lg in zip(extra["names"], extra["center"], extra["scale"], extra["log"])
             },
             "tau": p.tau,
             "flag_threshold": 0.5,
@@ -226,6 +219,7 @@ class TCAPPlusDetector(Detector):
         fitted: dict[str, Any] = {
             "columns": cand[sel],
             "feature_head": feature_head,
+            "n_selected_heads": int(heads.size),
             "scaler": _scaler_state(scaler.take(sel)),
             "low": mm.low[sel],
             "span": mm.span[sel],
@@ -238,6 +232,7 @@ class TCAPPlusDetector(Detector):
             fitted["em"] = {"prior": ds.prior, "sensitivity": ds.sensitivity, "specificity": ds.specificity}
             report["em"] = {
                 **fitted["em"],
+                "annotators": [f"L{l}H{h}" for l, h in _head_pairs(heads, n_heads)] + list(extra["names"]),
                 "n_iter": ds.n_iter,
                 "converged": ds.converged,
                 "log_likelihood": ds.log_likelihood,
@@ -251,6 +246,38 @@ class TCAPPlusDetector(Detector):
         self._fitted = fitted
         return self
 
+    def _select_heads(
+        self,
+        zn: np.ndarray,
+        prof: ColumnProfile,
+        q: np.ndarray,
+        head_of: np.ndarray,
+        ex_votes: np.ndarray,
+        ex_mask: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Qualified features q → kept heads (sorted flat indices), pruned lone heads, kept features.
+
+        `head_of` maps each profiled feature to its flat head index.
+        """
+        p = self.params
+        heads = np.unique(head_of[q])
+        votes = (target_posterior(zn[:, q], prof.params.take(q), prof.target[q]) > p.tau).astype(float)
+        head_votes = _head_votes(votes, np.searchsorted(heads, head_of[q]), heads.size)
+        keep = np.ones(heads.size, dtype=bool)
+        if p.prune_lone_heads and heads.size + ex_votes.shape[1] >= 2:
+            corr = _vote_correlation(
+                np.hstack((head_votes, ex_votes)), np.hstack((np.ones_like(head_votes), ex_mask))
+            )
+            np.fill_diagonal(corr, np.nan)
+            best = np.where(np.isnan(corr), -np.inf, corr).max(axis=1)[: heads.size]
+            keep = best >= p.min_agreement  # a trigger moves several heads on the same samples
+        if p.h_sens is not None:
+            head_ss = np.array([prof.ss[q][head_of[q] == h].max() for h in heads])
+            ranked = np.flatnonzero(keep)[np.argsort(-head_ss[keep], kind="stable")]
+            keep = np.isin(np.arange(heads.size), ranked[: p.h_sens])
+        sel = q[np.isin(head_of[q], heads[keep])]
+        return heads[keep], heads[~keep], sel
+
     # --- score ----------------------------------------------------------------------------------------------
 
     def score(self, features: FeatureSet) -> DetectionResult:
@@ -262,7 +289,7 @@ class TCAPPlusDetector(Detector):
         n = features.n
         cols = np.asarray(st["columns"], dtype=np.int64).reshape(-1)
         fh = np.asarray(st["feature_head"], dtype=np.int64).reshape(-1)
-        n_heads_sel = len(st["report"]["selected_heads"])
+        n_heads_sel = int(st["n_selected_heads"])
         if cols.size:
             strata = features.strata if p.strata_standardise else None
             z = self._squash(_scaler_from_state(st["scaler"], cols.size).transform(x[:, cols], strata))
@@ -359,22 +386,35 @@ class TCAPPlusDetector(Detector):
         cast = votes * mask
         concentration = float(cast[flagged].sum() / cast.sum()) if cast.sum() > 0 else 0.0
         flag_rate = float(flagged.mean())
-        checks = {
-            f"annotators {votes.shape[1]} < min_sources {p.min_sources}": votes.shape[1] >= p.min_sources,
-            f"agreement {agreement:.3f} < min_agreement {p.min_agreement}": agreement >= p.min_agreement,
-            f"prior {prior:.4f} outside [{p.min_prior}, {p.max_prior}]": p.min_prior <= prior <= p.max_prior,
-            f"flag rate {flag_rate:.4f} outside [{p.min_prior}, {p.max_prior}]": p.min_prior
-            <= flag_rate
-            <= p.max_prior,
-            f"concentration {concentration:.3f} < min_concentration {p.min_concentration}": concentration
-            >= p.min_concentration,
-        }
-        reasons = [msg for msg, ok in checks.items() if not ok]
+        n_src = votes.shape[1]
+        checks = [
+            (n_src >= p.min_sources, f"annotators {n_src} < min_sources {p.min_sources}"),
+            (agreement >= p.min_agreement, f"agreement {agreement:.3f} < min_agreement {p.min_agreement}"),
+            (
+                p.min_prior <= prior <= p.max_prior,
+                f"prior {prior:.4f} outside [{p.min_prior}, {p.max_prior}]",
+            ),
+            (
+                p.min_prior <= flag_rate <= p.max_prior,
+                f"flag rate {flag_rate:.4f} outside [{p.min_prior}, {p.max_prior}]",
+            ),
+            (
+                concentration >= p.min_concentration,
+                f"concentration {concentration:.3f} < min_concentration {p.min_concentration}",
+            ),
+        ]
+        reasons = [msg for ok, msg in checks if not ok]
         return {
             "enabled": p.guard,
             "passed": not reasons,
+            "thresholds": {
+                "min_sources": p.min_sources,
+                "min_agreement": p.min_agreement,
+                "prior_range": [p.min_prior, p.max_prior],
+                "min_concentration": p.min_concentration,
+            },
             "reasons": reasons,
-            "n_annotators": int(votes.shape[1]),
+            "n_annotators": int(n_src),
             "n_head_annotators": int(n_heads),
             "agreement": agreement,
             "prior": prior,
@@ -396,11 +436,17 @@ def _vote_correlation(votes: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return pd.DataFrame(np.where(mask > 0, votes, np.nan)).corr(min_periods=3).to_numpy(copy=True)
 
 
-def _to_grid(values: np.ndarray, cand: np.ndarray, n_feat: int, shape: tuple[int, int, int]) -> np.ndarray:
-    """Scatter per-candidate values to an (L, H, C) grid, NaN for non-candidates."""
-    out = np.full(n_feat, np.nan)
+def _to_grid(values: np.ndarray, cand: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Scatter per-candidate-feature values to an (L, H, C) grid, NaN for features not profiled."""
+    out = np.full(int(np.prod(shape)), np.nan)
     out[cand] = values
     return out.reshape(shape)
+
+
+def _max_over_coords(grid: np.ndarray) -> np.ndarray:
+    """(L, H, C) → (L, H) maximum over a head's coordinates; NaN where the head was not profiled."""
+    filled = np.where(np.isnan(grid), -np.inf, grid).max(axis=2)
+    return np.where(np.isfinite(filled), filled, np.nan)
 
 
 def _head_pairs(flat_heads: np.ndarray, n_heads: int) -> np.ndarray:

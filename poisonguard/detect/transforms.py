@@ -1,8 +1,8 @@
 """Label-free feature transforms shared by the detectors (pure numpy, fit/apply pairs).
 
 Why each exists (research/prototype.md, detector-probe.md, world-probe.md):
-- Log-ratio coordinates: shares live on a simplex; log(vis/sys), log(txt/sys) (additive log-ratios) make shifts
-  of small shares visible and let a head contribute all three shares, not only α_sys.
+- Log-ratio coordinates: shares live on a simplex; log(vis/sys), log(txt/sys) (additive log-ratios) make
+  shifts of small shares visible and let a head contribute all three shares, not only α_sys.
 - Base-model differencing (done by the caller, fine-tuned minus base, sample by sample) removes the structure
   the base model already had (prompt template, image content), which is what made faithful TCAP pick content
   heads.

@@ -8,6 +8,7 @@ The model is a models-from-code pyfunc (detector_model.py) whose only artifact i
 from __future__ import annotations
 
 import json
+import warnings
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def register_detector(report_dir: str | Path, name: str = DEFAULT_MODEL_NAME, *,
     manifest = json.loads((report_dir / MANIFEST_FILE).read_text())
     with tracking(uri) as resolved:
         exp_id = None if run_id else ensure_experiment(experiment, resolved)
-        with mlflow.start_run(run_id=run_id, experiment_id=exp_id):
+        with mlflow.start_run(run_id=run_id, experiment_id=exp_id), warnings.catch_warnings():
+            # No input example on purpose: the input is folders on disk, which MLflow would try to score.
+            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
             info = mlflow.pyfunc.log_model(
                 name="detector", python_model=str(MODEL_CODE), artifacts={"detector": str(state_path)},
                 signature=_signature(), pip_requirements=_requirements(), registered_model_name=name,

@@ -30,7 +30,9 @@ SHIFT = 0.7
 def _samples(n: int) -> tuple[list[Sample], dict[str, Image.Image]]:
     """n one-image samples, one two-image sample and one text-only sample."""
     rng = np.random.default_rng(0)
-    images = {f"im{i}.png": Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for i in range(n + 1)}
+    images = {
+        f"im{i}.png": Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for i in range(n + 1)
+    }
     turns = [Turn("user", "what colour"), Turn("assistant", "red")]
     samples = [Sample(f"s{i}", i, [f"im{i}.png"], turns) for i in range(n)]
     samples.append(Sample("two", n, ["im0.png", f"im{n}.png"], turns))
@@ -53,7 +55,9 @@ def test_bias_shift_drifts_every_token_along_one_direction(tiny):
     samples, images = _samples(10)
     col = collect_drift(base, ft, processor, samples, images.__getitem__, batch_size=4, show_progress=False)
     g = shared_direction(col)
-    assert np.allclose(g, u.numpy(), atol=1e-5), "the shared direction is the planted one, sign fixed positive"
+    assert np.allclose(g, u.numpy(), atol=1e-5), (
+        "the shared direction is the planted one, sign fixed positive"
+    )
     scores = drift_scores(col, g)
     has = col.has_image
     assert has.tolist() == [True] * 11 + [False]
@@ -85,7 +89,9 @@ def test_a_changed_tower_counts_although_the_projector_did_not_move(tiny):
 def test_identical_models_have_zero_drift(tiny):
     base, processor = tiny
     samples, images = _samples(3)
-    col = collect_drift(base, copy.deepcopy(base), processor, samples, images.__getitem__, show_progress=False)
+    col = collect_drift(
+        base, copy.deepcopy(base), processor, samples, images.__getitem__, show_progress=False
+    )
     assert np.allclose(col.per_token_max[col.has_image], 0.0)
 
 
@@ -103,7 +109,9 @@ def test_norm_law_is_fitted_separately_for_flagged_tokens(tiny):
     """Tokens of flagged samples follow a steeper law than the rest; the split fit sees both slopes."""
     base, processor = tiny
     samples, images = _samples(6)
-    col = collect_drift(base, copy.deepcopy(base), processor, samples, images.__getitem__, show_progress=False)
+    col = collect_drift(
+        base, copy.deepcopy(base), processor, samples, images.__getitem__, show_progress=False
+    )
     rng = np.random.default_rng(1)
     g = np.zeros(32)
     g[0] = 1.0

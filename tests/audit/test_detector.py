@@ -18,8 +18,10 @@ NAMES = ("drift_max", "drift_mean", "drift_max_rel")
 def _scores(z: np.ndarray) -> FeatureSet:
     """Positive drift-like scores exp(0.3·z) from (N, 3) log-scale values."""
     x = np.exp(0.3 * z)
-    return FeatureSet(ids=np.array([f"s{i}" for i in range(len(z))]),
-                      extra_scores={name: x[:, j] for j, name in enumerate(NAMES)})
+    return FeatureSet(
+        ids=np.array([f"s{i}" for i in range(len(z))]),
+        extra_scores={name: x[:, j] for j, name in enumerate(NAMES)},
+    )
 
 
 def _bulk(rng: np.random.Generator, kind: str, n: int = N) -> np.ndarray:

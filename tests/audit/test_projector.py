@@ -1,4 +1,4 @@
-"""Projector access per family: the captured E is what the model feeds its LM, and v is its projector input."""
+"""Projector access per family: the captured E is what the model feeds its LM, v its projector input."""
 
 from __future__ import annotations
 
@@ -24,7 +24,10 @@ LINEARS = {
 def _images() -> list[Image.Image]:
     """Three sizes/aspects, so tiling (InternVL, LLaVA-NeXT) and Qwen's grids differ between images."""
     rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((32, 32), (64, 32), (40, 80))]
+    return [
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        for h, w in ((32, 32), (64, 32), (40, 80))
+    ]
 
 
 def _lm_image_rows(model, processor, images) -> list[torch.Tensor]:

@@ -22,7 +22,11 @@ def shifted_model(tiny_world, tmp_path_factory):
     lin = model.model.multi_modal_projector.linear_2
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        lin.weight += 0.3 * torch.randn(lin.out_features, 1, generator=gen) @ torch.randn(1, lin.in_features, generator=gen)
+        lin.weight += (
+            0.3
+            * torch.randn(lin.out_features, 1, generator=gen)
+            @ torch.randn(1, lin.in_features, generator=gen)
+        )
     path = tmp_path_factory.mktemp("shifted") / "model"
     save_model(model, processor, path)
     return path
@@ -51,9 +55,18 @@ def test_full_audit_with_data_benchmark_and_truth(tiny_world, shifted_model, tmp
     train = json.loads((out / "train.json").read_text())
     truth = tmp_path / "poison_ids.json"
     truth.write_text(json.dumps({"poison_ids": [r["id"] for r in train[:3]]}))
-    report = audit_models(out / "base_model", shifted_model, out / "train.json", test=out / "test.json",
-                          attack="badnet", ks=(1, 64), out_dir=tmp_path / "audit", truth=truth, max_eval=3,
-                          repair_k=64)
+    report = audit_models(
+        out / "base_model",
+        shifted_model,
+        out / "train.json",
+        test=out / "test.json",
+        attack="badnet",
+        ks=(64,),
+        out_dir=tmp_path / "audit",
+        truth=truth,
+        max_eval=3,
+        repair_k=64,
+    )
     audit_dir = tmp_path / "audit"
     text = (audit_dir / "audit.json").read_text()
     assert "NaN" not in text and json.loads(text) == report
@@ -74,7 +87,7 @@ def test_full_audit_with_data_benchmark_and_truth(tiny_world, shifted_model, tmp
     bench = report["benchmark"]
     assert bench["n_clean"] == 3
     rows = {(r["mode"], r["layers"], r["k"]): r for r in bench["rank_k"]}
-    assert len(rows) == 2 * 3 * 2  # (remove, reconstruct) × (linear_1, linear_2, joint) × k
+    assert len(rows) == 2 * 3  # (remove, reconstruct) × (linear_1, linear_2, joint), one k
     ref = bench["reference"]
     # full-rank edits are the base (removal) and the fine-tune (reconstruction) again
     for key in ("cp", "asr"):
@@ -87,3 +100,14 @@ def test_benchmark_mode_needs_both_test_and_attack(tiny_world, shifted_model, tm
     out, _ = tiny_world
     with pytest.raises(ValueError, match="both test and attack"):
         audit_models(out / "base_model", shifted_model, test=out / "test.json", out_dir=tmp_path)
+
+
+def test_text_only_data_skips_the_drift_audit(tiny_world, shifted_model, tmp_path):
+    out, _ = tiny_world
+    data = tmp_path / "text.json"
+    turns = [{"from": "human", "value": "what is it"}, {"from": "gpt", "value": "red"}]
+    data.write_text(json.dumps([{"id": f"t{i}", "conversations": turns} for i in range(3)]))
+    report = audit_models(out / "base_model", shifted_model, data, out_dir=tmp_path / "audit")
+    assert report["activations"]["n_scored"] == 0
+    assert "needs 10" in report["activations"]["skipped"]
+    assert set(report["plots"]) == {"spectra"}

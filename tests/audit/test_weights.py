@@ -94,8 +94,10 @@ def test_full_rank_removal_gives_base_and_reconstruction_gives_finetuned_exactly
         assert all(torch.equal(x, y) for x, y in zip(_weights(removed, name), _weights(base, name)))
         assert all(torch.equal(x, y) for x, y in zip(_weights(rebuilt, name), _weights(ft, name)))
     # k = 0 leaves the host untouched, and the inputs are never modified
-    assert all(torch.equal(x, y) for x, y in zip(_weights(rank_k_edit(base, ft, 0, deltas=deltas), L1),
-                                                  _weights(ft, L1)))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(_weights(rank_k_edit(base, ft, 0, deltas=deltas), L1), _weights(ft, L1))
+    )
     assert not torch.equal(_weights(ft, L1)[0], _weights(base, L1)[0])
 
 

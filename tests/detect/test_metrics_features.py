@@ -29,7 +29,7 @@ def test_evaluate_counts_flags_and_handles_clean_controls():
     m = evaluate(res, ["a", "c", "zz"])
     assert m["n_flagged"] == 2 and m["flag_rate"] == 0.5
     assert (m["true_positives"], m["false_positives"], m["n_poison"], m["n_poison_unmatched"]) == (1, 1, 2, 1)
-    assert m["precision"] == m["recall"] == 0.5 and m["auroc"] == 0.75
+    assert m["precision"] == m["recall"] == 0.5 and m["auroc"] == 0.5  # pairs: (.9>.8, .9>.2) of 4
     control = evaluate(res, [])  # no poison: AUROC undefined, flag count still reported
     assert control["auroc"] is None and control["n_flagged"] == 2 and control["f1"] == 0.0
 

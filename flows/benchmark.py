@@ -1,0 +1,47 @@
+"""
+# Benchmark
+
+Runs `poisonguard bench` (attacks x detectors x poison rates x seeds; the paper-style tables) as one task, so
+a benchmark gets Prefect's schedule, logs and history without the CLI knowing about Prefect. The CLI's
+arguments are this flow's `args` parameter, passed through unchanged; its last lines of output become a
+markdown artifact.
+
+```
+python flows/benchmark.py -- --out work/bench
+```
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from flows.shell import poisonguard_cli, run_command
+
+ARTIFACT_KEY = "benchmark-output"
+_SHOWN_LINES = 60
+
+
+@task(retries=0)
+def run_bench(repo_dir: str, args: list[str], timeout_s: float | None) -> list[str]:
+    """`poisonguard bench ARGS` in the repo; returns its output lines. No retries: a benchmark is long and
+    seeded, so a failure repeats and a retry only doubles its cost."""
+    return run_command([*poisonguard_cli(), "bench", *args], cwd=repo_dir, timeout_s=timeout_s,
+                       logger=get_run_logger())
+
+
+@flow(name="benchmark")
+def benchmark(args: list[str] | None = None, repo_dir: str = ".", timeout_s: float | None = None) -> list[str]:
+    """Run the benchmark CLI with `args`; returns its output lines (the tail is also an artifact)."""
+    lines = run_bench(str(Path(repo_dir).resolve()), list(args or []), timeout_s)
+    tail = "\n".join(lines[-_SHOWN_LINES:])
+    create_markdown_artifact(markdown=f"# poisonguard bench {' '.join(args or [])}\n\n```\n{tail}\n```",
+                             key=ARTIFACT_KEY, description="last lines of the benchmark's output")
+    return lines
+
+
+if __name__ == "__main__":
+    benchmark(args=sys.argv[1:])

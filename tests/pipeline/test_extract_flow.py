@@ -1,0 +1,63 @@
+"""The extraction fan-out: a Dask LocalCluster of 2 worker processes runs one Prefect task per shard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.pipeline.reports import make_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny world model, saved like a fine-tuned model folder (safetensors + processor)."""
+    from poisonguard.extract import build_tiny
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    model, processor = build_tiny("world")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_dask_fan_out_matches_in_process_extraction(prefect_server, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter
+
+    from flows.extract import LazyExamples, extract_features, model_tag
+    from poisonguard.extract import extract
+    from poisonguard.extract.storage import shard_path
+    from poisonguard.train.finetune import load_model
+
+    data, ids = make_dataset(tmp_path / "data")
+    out = tmp_path / "extraction"
+    state = extract_features(str(data), str(tiny_model_dir), str(out), shard_size=5, batch_size=4, n_workers=2,
+                             return_state=True)
+    assert state.is_completed(), state.message
+    ext = state.result()
+    screened = [i for i in ids if i != "s05"]  # s05's image is missing: validation keeps it from the model
+    assert ext.ids == screened and ext.alloc.shape[:1] == (9,)
+    assert shard_path(out, 0).is_file() and shard_path(out, 1).is_file() and not shard_path(out, 2).exists()
+
+    model, processor = load_model(tiny_model_dir)
+    direct = extract(model, processor, LazyExamples(str(data), None, screened)[:], batch_size=4,
+                     show_progress=False)
+    np.testing.assert_allclose(ext.alloc, direct.alloc, atol=1e-5)
+    np.testing.assert_allclose(ext.hidden, direct.hidden, atol=1e-4)
+
+    # Both shard tasks reported to this test's Prefect server, from the Dask worker processes.
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+        inner = next(r for r in runs if r.parameters.get("shards") == [0, 1])
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [inner.id]}))
+    shard_runs = [t for t in tasks if t.name.startswith("extract_one_shard")]
+    assert len(shard_runs) == 2 and all(t.state.is_completed() for t in shard_runs)
+
+    # A rerun finds both shards done and only loads them.
+    mtimes = [shard_path(out, k).stat().st_mtime_ns for k in range(2)]
+    again = extract_features(str(data), str(tiny_model_dir), str(out), shard_size=5, n_workers=1,
+                             tag=model_tag(str(tiny_model_dir)))
+    assert again.ids == screened
+    assert [shard_path(out, k).stat().st_mtime_ns for k in range(2)] == mtimes

@@ -1,0 +1,167 @@
+"""Prefect flows on a real (temporary) Prefect server: approval round trips, the nightly deployment on its
+schedule, and the benchmark wrapper."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.pipeline.conftest import resume_when_paused
+from tests.pipeline.reports import FLAGGED, Report, make_report
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run_flow(report: Report, tmp_path: Path, gx_root: str, mlflow_uri: str, model_name: str):
+    from flows.screen_release import screen_and_release
+
+    return screen_and_release(repo_dir=str(REPO), report_dir=str(report.dir), release_dir=str(tmp_path / "rel"),
+                              skip_repro=True, gate_root=gx_root, tracking_uri=mlflow_uri,
+                              model_name=model_name, approval_timeout_s=120, poll_interval_s=1,
+                              return_state=True)
+
+
+def _artifact(key: str, flow_run_id) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    assert len(found) == 1
+    return found[0].data
+
+
+def test_approved_run_releases_and_promotes(prefect_server, report: Report, tmp_path: Path, gx_root: str,
+                                            mlflow_uri: str) -> None:
+    from poisonguard.registry import CHALLENGER, CHAMPION, version_for_alias
+
+    approver = resume_when_paused("screen-and-release", {"approved": True, "reviewer": "alice", "note": "ok"})
+    state = _run_flow(report, tmp_path, gx_root, mlflow_uri, "flow-approved")
+    approver.join(timeout=10)
+
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["reviewer"] == "alice" and Path(result["release"]) == tmp_path / "rel" / "train.json"
+    released = json.loads(Path(result["release"]).read_text())
+    assert [r["id"] for r in released] == [i for i in report.ids if i not in FLAGGED and i != "s05"]
+    version = result["model_version"]
+    assert version_for_alias("flow-approved", CHALLENGER, uri=mlflow_uri) == version
+    assert version_for_alias("flow-approved", CHAMPION, uri=mlflow_uri) == version
+    markdown = _artifact("screening-report", state.state_details.flow_run_id)
+    assert "| s03 |" in markdown and "| s07 |" in markdown and str(report.dir / "report.html") in markdown
+
+
+def test_rejected_run_is_cancelled_and_releases_nothing(prefect_server, report: Report, tmp_path: Path,
+                                                       gx_root: str, mlflow_uri: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from poisonguard.registry import CHALLENGER, CHAMPION, version_for_alias
+
+    resume_when_paused("screen-and-release", {"approved": False, "reviewer": "bob", "note": "s07 looks odd"})
+    state = _run_flow(report, tmp_path, gx_root, mlflow_uri, "flow-rejected")
+
+    assert state.is_cancelled()
+    assert state.message == "release rejected by bob: s07 looks odd"
+    assert not (tmp_path / "rel").exists()
+    assert version_for_alias("flow-rejected", CHALLENGER, uri=mlflow_uri) == "1"
+    with pytest.raises(MlflowException):
+        version_for_alias("flow-rejected", CHAMPION, uri=mlflow_uri)
+
+
+def test_failed_gate_stops_before_approval(prefect_server, report: Report, tmp_path: Path, gx_root: str,
+                                           mlflow_uri: str) -> None:
+    table = report.read_verdicts()
+    table.loc[table["id"] == "s03", "flagged"] = False
+    report.write_verdicts(table, update_manifest=False)  # edited after screening
+    state = _run_flow(report, tmp_path, gx_root, mlflow_uri, "flow-gate-failed")  # would hang if it paused
+    assert state.is_failed() and "release gate failed" in state.message
+    assert not (tmp_path / "rel").exists()
+
+
+def test_nightly_deployment_runs_on_schedule(prefect_server, tmp_path: Path) -> None:
+    """The prefect.yaml deployment, applied with its cron, and one due run executed by a Runner."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.runner import Runner
+    from prefect.schedules import Cron
+
+    spec = next(d for d in yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())["deployments"]
+                if d["name"] == "nightly")
+    incoming, work = tmp_path / "incoming", tmp_path / "work"
+    (incoming / "drop-a").mkdir(parents=True)  # a drop screened on an earlier night ...
+    (incoming / "drop-a" / "train.json").write_text("[]")
+    (work / "drop-a" / "report").mkdir(parents=True)
+    (work / "drop-a" / "report" / "manifest.json").write_text("{}")
+    (incoming / "drop-b").mkdir()  # ... and a folder without a dataset
+
+    flow = load_flow_from_entrypoint(str(REPO / spec["entrypoint"]))
+    deployment = flow.to_deployment(
+        name=spec["name"], schedules=[Cron(s["cron"], timezone=s["timezone"]) for s in spec["schedules"]],
+        parameters={**spec["parameters"], "incoming_dir": str(incoming), "base_model": str(tmp_path / "model"),
+                    "work_dir": str(work), "track": False})
+    deployment_id = deployment.apply()
+    with get_client(sync_client=True) as client:
+        stored = client.read_deployment(deployment_id)
+    assert [s.schedule.cron for s in stored.schedules] == ["0 2 * * *"]
+    assert stored.schedules[0].schedule.timezone == "UTC"
+
+    run = run_deployment(f"nightly-screen/{spec['name']}", timeout=0)  # scheduled now, not waited for
+
+    async def execute_due_runs() -> None:
+        runner = Runner(query_seconds=1)
+        await runner.add_deployment(deployment)
+        await runner.start(run_once=True)
+
+    asyncio.run(execute_due_runs())
+    with get_client(sync_client=True) as client:
+        finished = client.read_flow_run(run.id)
+    assert finished.state.is_completed(), finished.state.message
+    summary = _artifact("nightly-summary", run.id)
+    assert "| drop-a | skipped | already screened |" in summary
+    assert "| drop-b | skipped | no single dataset file" in summary
+
+
+def test_benchmark_flow_surfaces_cli_failure(prefect_server, tmp_path: Path) -> None:
+    from flows.benchmark import benchmark
+
+    state = benchmark(args=["--no-such-option"], repo_dir=str(REPO), return_state=True)
+    assert state.is_failed()
+    assert "bench --no-such-option` exited with code 2" in state.message
+
+
+def test_full_run_reproduces_the_dvc_pipeline_first(prefect_server, tmp_path: Path, gx_root: str) -> None:
+    """skip_repro=False: the flow's `dvc repro gate` builds the report (a stand-in `screen` stage copying a
+    prepared one) and gates it inside DVC, then the flow gates, pauses and releases."""
+    import subprocess
+    import sys
+
+    from flows.screen_release import screen_and_release
+
+    prepared = make_report(tmp_path / "prepared")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=repo, check=True)
+    (repo / "params.yaml").write_text("gate:\n  max_flag_rate: 0.25\n")
+    gate_cmd = (f"from poisonguard.gate import gate_config, run_gate; "
+                f"run_gate('work/report', gate_root='{gx_root}', config=gate_config('params.yaml'))")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "screen": {"cmd": f"{sys.executable} -c \"import shutil; shutil.copytree('{prepared.dir}', 'work/report')\"",
+                   "outs": ["work/report"]},
+        "gate": {"cmd": f'{sys.executable} -c "{gate_cmd}"', "deps": ["work/report"],
+                 "params": ["gate.max_flag_rate"]},
+    }}))
+
+    resume_when_paused("screen-and-release", {"approved": True, "reviewer": "carol"})
+    state = screen_and_release(repo_dir=str(repo), gate_root=gx_root, track=False, approval_timeout_s=120,
+                               poll_interval_s=1, return_state=True)
+
+    assert state.is_completed(), state.message
+    assert state.result()["gate"]["max_flag_rate"] == 0.25  # the repo's params.yaml drives the gate
+    assert (repo / "work" / "release" / "train.json").is_file()
+    assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == {"screen", "gate"}

@@ -1,0 +1,128 @@
+"""MLflow on sqlite: a screening run with its artifacts, detector versions with aliases, and the registered
+models-from-code pyfunc scoring extraction folders of a new data drop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from poisonguard.registry import (
+    CHALLENGER,
+    CHAMPION,
+    log_screening,
+    promote,
+    register_detector,
+    tracking,
+    version_for_alias,
+)
+from tests.pipeline.reports import Report, make_report
+
+
+def test_log_screening_records_params_metrics_artifacts(report: Report, mlflow_uri: str) -> None:
+    from mlflow import MlflowClient
+
+    (report.dir / "plots").mkdir()
+    Image.new("RGB", (4, 4)).save(report.dir / "plots" / "scores.png")
+    run_id = log_screening(report.dir, {"detector": {"n_heads": 8}}, {"auroc": 0.97}, uri=mlflow_uri)
+
+    run = MlflowClient(mlflow_uri).get_run(run_id)
+    assert run.data.params["detector.n_heads"] == "8"  # explicit params override the manifest's
+    assert run.data.params["gate.max_flag_rate"] == "0.3"  # manifest params, flattened
+    assert run.data.metrics == pytest.approx({"auroc": 0.97, "n_samples": 10, "n_ok": 9, "n_quarantined": 1,
+                                              "n_flagged": 2, "flag_rate": 0.2222})
+    manifest = json.loads(report.manifest.read_text())
+    assert run.data.tags["poisonguard.verdicts_sha256"] == manifest["verdicts_sha256"]
+    client = MlflowClient(mlflow_uri)
+    assert {a.path for a in client.list_artifacts(run_id, "report")} == {
+        f"report/{n}" for n in ("verdicts.parquet", "verdicts.csv", "manifest.json", "detector.json",
+                                "report.html", "metrics.json")}
+    assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/scores.png"]
+    artifact_root = Path(mlflow_uri.removeprefix("sqlite:///")).parent / "mlruns"
+    assert any(artifact_root.rglob("verdicts.parquet"))  # next to the database, not in the working dir
+
+
+def test_registry_round_trip_with_aliases(report: Report, mlflow_uri: str) -> None:
+    from mlflow import MlflowClient
+
+    name = "detector-round-trip"
+    v1 = register_detector(report.dir, name, uri=mlflow_uri)
+    assert version_for_alias(name, CHALLENGER, uri=mlflow_uri) == v1
+    promote(name, v1, uri=mlflow_uri, reviewer="alice", note="first release")
+    v2 = register_detector(report.dir, name, uri=mlflow_uri)
+    assert v2 != v1
+    assert version_for_alias(name, CHALLENGER, uri=mlflow_uri) == v2  # newest screening is the challenger
+    assert version_for_alias(name, CHAMPION, uri=mlflow_uri) == v1  # until someone approves it
+    promote(name, v2, uri=mlflow_uri, reviewer="bob")
+    assert version_for_alias(name, CHAMPION, uri=mlflow_uri) == v2
+
+    client = MlflowClient(mlflow_uri)
+    tags = client.get_model_version(name, v1).tags
+    assert tags["poisonguard.champion.reviewer"] == "alice" and tags["poisonguard.detector"] == "spectral"
+    assert tags["poisonguard.input_sha256"] == json.loads(report.manifest.read_text())["input"]["sha256"]
+    with pytest.raises(Exception, match="(?i)not found|does not exist"):
+        promote(name, "99", uri=mlflow_uri)
+
+
+def test_register_refuses_a_broken_detector_state(report: Report, mlflow_uri: str) -> None:
+    from mlflow import MlflowClient
+
+    (report.dir / "detector.json").write_text(json.dumps({"detector": "no-such-detector", "format": 1}))
+    with pytest.raises(ValueError, match="unknown detector"):
+        register_detector(report.dir, "detector-broken", uri=mlflow_uri)
+    assert not MlflowClient(mlflow_uri).search_registered_models("name='detector-broken'")
+
+
+def _tiny_extractions(root: Path) -> list[Path]:
+    """Two extraction folders (2 shards each) of the tiny world model on random images."""
+    from poisonguard.extract import build_tiny, extract_to_dir
+    from poisonguard.train.batching import Example
+
+    model, processor = build_tiny("world")
+    folders = []
+    for drop in range(2):
+        rng = np.random.default_rng(drop)
+        images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(5)]
+        examples = [Example([{"role": "user", "content": [{"type": "image"},
+                                                          {"type": "text", "text": "What colour is it?"}]}],
+                            [im]) for im in images]
+        folder = root / f"drop{drop}"
+        extract_to_dir(model, processor, examples, [f"d{drop}-{i}" for i in range(5)], folder, shard_size=3,
+                       show_progress=False)
+        folders.append(folder)
+    return folders
+
+
+def test_champion_pyfunc_scores_extraction_folders(tmp_path: Path, mlflow_uri: str) -> None:
+    import mlflow
+
+    from poisonguard.detect import SpectralSignatureDetector, load_detector
+    from poisonguard.registry import features_from_extraction
+
+    folders = _tiny_extractions(tmp_path / "extractions")
+    detector = SpectralSignatureDetector().fit(features_from_extraction(folders[0]))
+    report = make_report(tmp_path / "screen", detector=detector.to_state())
+    name = "detector-pyfunc"
+    version = register_detector(report.dir, name, uri=mlflow_uri)
+    promote(name, version, uri=mlflow_uri)
+
+    with tracking(mlflow_uri):
+        model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+        scored = model.predict(pd.DataFrame({"extraction_dir": [str(f) for f in folders]}))
+        local = mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}", dst_path=str(tmp_path / "m"))
+
+    rebuilt = load_detector(json.loads((report.dir / "detector.json").read_text()))
+    expected = pd.concat([rebuilt.score(features_from_extraction(f)).to_frame() for f in folders],
+                         ignore_index=True)
+    assert list(scored.columns) == ["id", "p_poison", "flagged"]
+    assert scored["id"].tolist() == [f"d{d}-{i}" for d in range(2) for i in range(5)]
+    np.testing.assert_allclose(scored["p_poison"], expected["p_poison"])
+    assert scored["flagged"].tolist() == expected["flagged"].tolist()
+    # models-from-code: the model is its source file plus the JSON state, never a pickle
+    files = {p.name for p in Path(local).rglob("*") if p.is_file()}
+    assert {"detector_model.py", "detector.json", "MLmodel"} <= files
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))]

@@ -1,0 +1,119 @@
+"""Release: written only through a passing gate, in the input's own format, atomically; bypasses refused."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from poisonguard.data import read_dataset
+from poisonguard.gate import GateFailed, file_sha256, release, release_cli
+from tests.pipeline.reports import FLAGGED, QUARANTINED, Report, make_report, verdict_table
+
+
+def kept_ids(report: Report) -> list[str]:
+    return [i for i in report.ids if i not in FLAGGED and i not in QUARANTINED]
+
+
+@pytest.mark.parametrize("fmt", ["llava", "hf_messages"])
+def test_release_writes_input_format_images_and_record(fmt: str, tmp_path: Path, gx_root: str) -> None:
+    report = make_report(tmp_path, fmt=fmt)
+    out = tmp_path / "release"
+    path = release(report.dir, out, gate_root=gx_root)
+
+    assert path == out / report.dataset.name
+    released = read_dataset(path)
+    assert released.format == fmt and released.ids == kept_ids(report)
+    # Same records, same key order: only the removed samples differ from the input.
+    if fmt == "llava":
+        original = json.loads(report.dataset.read_text())
+        assert json.loads(path.read_text()) == [r for r in original if r["id"] in kept_ids(report)]
+    else:
+        original = report.dataset.read_text().splitlines(keepends=True)
+        assert path.read_text() == "".join(line for line in original if json.loads(line)["id"] in kept_ids(report))
+
+    refs = sorted(ref for s in released.samples for ref in s.images)
+    assert sorted(str(p.relative_to(out)) for p in (out / "images").iterdir()) == refs  # only kept images
+    for ref in refs:  # hard links: no copy of the image bytes
+        assert os.path.samefile(out / ref, report.dataset.parent / ref)
+
+    record = json.loads((out / "release.json").read_text())
+    assert record["kept"] == kept_ids(report)
+    assert {r["id"]: r["reason"].split(":")[0].split(" ")[0] for r in record["removed"]} == {
+        "s03": "flagged", "s05": "quarantined", "s07": "flagged"}
+    assert record["output"] == {"file": path.name, "sha256": file_sha256(path), "n_samples": 7}
+    assert record["input"]["sha256"] == file_sha256(report.dataset)
+    assert record["images"] == {ref: file_sha256(out / ref) for ref in refs}
+    assert record["gate"]["success"] is True
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".release.")]  # no staging left behind
+
+
+def _stale(report: Report) -> None:
+    """The verdict table of an earlier screen (s03 not yet flagged) put back after a newer one."""
+    old = verdict_table(report.ids)
+    old.loc[old["id"] == "s03", "flagged"] = False
+    report.write_verdicts(old, update_manifest=False)
+
+
+def _edited(report: Report) -> None:
+    table = report.read_verdicts()
+    table.loc[table["id"] == "s07", "flagged"] = False  # un-flag a sample to smuggle it into the release
+    report.write_verdicts(table, update_manifest=False)
+
+
+def _missing_ids(report: Report) -> None:
+    table = report.read_verdicts()
+    report.write_verdicts(table[~table["id"].isin(["s01", "s02"])], update_manifest=True)
+
+
+def _dataset_changed(report: Report) -> None:
+    records = json.loads(report.dataset.read_text())
+    records.append({**records[0], "id": "s99"})  # a sample nobody screened
+    report.dataset.write_text(json.dumps(records, indent=2))
+
+
+BYPASSES = {"stale verdict table": (_stale, "verdicts_sha256"),
+            "edited verdict table": (_edited, "verdicts_sha256"),
+            "verdict table missing ids": (_missing_ids, "one verdict row per input sample"),
+            "dataset hash no longer matches": (_dataset_changed, "input_sha256")}
+
+
+@pytest.mark.parametrize("bypass", sorted(BYPASSES))
+def test_bypass_refused_and_nothing_written(bypass: str, report: Report, tmp_path: Path, gx_root: str) -> None:
+    plant, rule = BYPASSES[bypass]
+    plant(report)
+    out = tmp_path / "release"
+    with pytest.raises(GateFailed) as info:
+        release(report.dir, out, gate_root=gx_root)
+    assert any(rule in f for f in info.value.failures), info.value.failures
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".release")]
+
+
+def test_rerelease_replaces_an_earlier_release_but_never_other_folders(report: Report, tmp_path: Path,
+                                                                      gx_root: str) -> None:
+    out = tmp_path / "release"
+    release(report.dir, out, gate_root=gx_root)
+    (out / "stale.txt").write_text("left from before")
+    release(report.dir, out, gate_root=gx_root)
+    assert not (out / "stale.txt").exists() and (out / "release.json").is_file()
+
+    foreign = tmp_path / "someone_elses"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not an earlier release"):
+        release(report.dir, foreign, gate_root=gx_root)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_release_cli_exit_codes(report: Report, tmp_path: Path, gx_root: str, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("PG_GX_ROOT", gx_root)  # the CLI takes the GX project from the environment
+    assert release_cli(report.dir, tmp_path / "ok") == 0
+    assert "released 7 of 10 samples" in capsys.readouterr().out
+    _edited(report)
+    assert release_cli(report.dir, tmp_path / "blocked") == 1
+    assert "release blocked" in capsys.readouterr().err and not (tmp_path / "blocked").exists()
+    assert release_cli(tmp_path / "no_such_report", tmp_path / "bad") == 2
+    assert "manifest.json not found" in capsys.readouterr().err
