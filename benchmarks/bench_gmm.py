@@ -8,6 +8,9 @@ random weights, means and widths, rescaled to [0, 1]. The batched fit runs on ev
 `GaussianMixture` (its defaults: k-means init, n_init 1, tol 1e-3) runs on an evenly spaced subset of heads
 and its time is extrapolated to all heads. Agreement (K* by AIC and BIC, log-likelihood per sample) is
 measured on that subset. Everything is measured in this one run.
+
+On a busy machine set OMP_WAIT_POLICY=PASSIVE: with every core taken, torch's spinning OpenMP workers made
+2 threads 4× slower than 1 in development runs.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def main() -> None:
     print(f"poisonguard bench_gmm: N={n:,} samples × M={m:,} heads, K={KS[0]}..{KS[-1]}")
     print(
         f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, "
-        f"load average at start {os.getloadavg()[0]:.2f}"
+        f"load average at start {os.getloadavg()[0]:.2f}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
     )
     t0 = time.perf_counter()
     x = synthetic_heads(n, m, args.seed)
@@ -82,8 +85,10 @@ def main() -> None:
     t0 = time.perf_counter()
     fit = fit_gmm_1d(x, KS, seed=args.seed)
     t_batched = time.perf_counter() - t0
-    goal = "meets" if t_batched <= 60 else "misses"
-    print(f"batched GMM (all {m} heads): {t_batched:.1f} s  [{goal} the 60 s goal]")
+    goal = ""
+    if n >= 100_000 and m >= 1024:
+        goal = f"  [{'meets' if t_batched <= 60 else 'misses'} the 60 s goal]"
+    print(f"batched GMM (all {m} heads): {t_batched:.1f} s{goal}")
 
     heads = np.unique(np.linspace(0, m - 1, min(args.sk_heads, m)).round().astype(int))
     t_sk, ll_sk, aic_sk, bic_sk = sklearn_loop(x, heads, args.seed)

@@ -82,10 +82,10 @@ def nightly_screen(
     outcomes: list[dict[str, str]] = [{**s, "outcome": "skipped"} for s in drops["skipped"]]
     for drop in drops["new"]:
         report = work / drop["drop"] / "report"
-        try:
-            screen_drop(drop["dataset"], base_model, str(report), str(repo), list(screen_args or []))
-        except Exception as exc:  # one bad drop must not hold up the others
-            outcomes.append({"drop": drop["drop"], "outcome": "failed", "why": f"screen: {exc}"})
+        screened = screen_drop(drop["dataset"], base_model, str(report), str(repo), list(screen_args or []),
+                               return_state=True)  # a state, not a raise: one bad drop must not stop the rest
+        if not screened.is_completed():
+            outcomes.append({"drop": drop["drop"], "outcome": "failed", "why": f"screen: {screened.message}"})
             continue
         state = screen_and_release(
             repo_dir=str(repo), report_dir=str(report), release_dir=str(work / drop["drop"] / "release"),

@@ -171,7 +171,7 @@ def _report_markdown(report: Path, gate: dict[str, Any], version: str | None) ->
     import pandas as pd
 
     table = pd.read_parquet(report / "verdicts.parquet")
-    flagged = table[table["flagged"] == True].sort_values("p_poison", ascending=False)  # noqa: E712
+    flagged = table[table["flagged"] == True].sort_values("p_poison", ascending=False)
     quarantined = table[table["status"] == "quarantined"]
     lines = [
         f"# Screening report: {report.name}",
@@ -183,8 +183,8 @@ def _report_markdown(report: Path, gate: dict[str, Any], version: str | None) ->
         "",
         "| samples | screened | quarantined | flagged | flag rate | bound | to release |",
         "|---|---|---|---|---|---|---|",
-        f"| {gate['n_input']} | {gate['n_ok']} | {gate['n_quarantined']} | {gate['n_flagged']} "
-        f"| {gate['flag_rate']:.3f} | {gate['max_flag_rate']:.3f} | {gate['n_release']} |",
+        (f"| {gate['n_input']} | {gate['n_ok']} | {gate['n_quarantined']} | {gate['n_flagged']} "
+         f"| {gate['flag_rate']:.3f} | {gate['max_flag_rate']:.3f} | {gate['n_release']} |"),
         "",
         f"## Most suspicious flagged samples (top {_TOP_FLAGGED})",
         "",

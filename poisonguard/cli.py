@@ -191,6 +191,37 @@ def evaluate(
         _print_json(evaluate_report(report, truth))
 
 
+@app.command()
+def bench(
+    world_dir: Annotated[Path, typer.Option("--world", help="World folder from `poisonguard world`.")] = Path("work/world"),
+    out: Annotated[Path, typer.Option(help="Benchmark folder (resumable: finished cells are skipped).")] = Path("work/bench"),
+    attacks: Annotated[str, typer.Option(help="Comma-separated attacks.")] = "badnet,blend,sig,wanet,ftrojan,text_prefix,syntactic",
+    rates: Annotated[str, typer.Option(help="Comma-separated poison rates.")] = "0.1",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0",
+    controls: Annotated[str, typer.Option(help="Attacks whose no-relabel control runs.")] = "badnet",
+    quick: Annotated[bool, typer.Option(help="One seed, 3 attacks (badnet, blend, text_prefix): minutes.")] = False,
+    no_screen: Annotated[bool, typer.Option("--no-screen", help="Only the attack table (CP/ASR/fit).")] = False,
+    params: Annotated[Path | None, typer.Option(help="params.yaml (finetune, detectors, screen sections).")] = None,
+) -> None:
+    """The benchmark: attacks x rates x seeds x detectors with controls; writes tables.md and summary.json."""
+    from poisonguard.bench import BenchConfig, run_bench
+    from poisonguard.params import finetune_config, screen_settings
+
+    _setup_threads()
+    st = screen_settings(params)
+    split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
+    cfg = BenchConfig(world=world_dir, out=out, attacks=split(attacks), rates=tuple(map(float, split(rates))),
+                      seeds=tuple(map(int, split(seeds))), controls=split(controls), screen=not no_screen,
+                      detectors=st["detectors"] if st["default"] not in st["detectors"] else
+                      (st["default"], *[d for d in st["detectors"] if d != st["default"]]),
+                      finetune=finetune_config(params), detector_params=st["detector_params"], strata_k=st["strata_k"])
+    if quick:
+        cfg.attacks, cfg.seeds, cfg.rates = ("badnet", "blend", "text_prefix"), cfg.seeds[:1], cfg.rates[:1]
+    summary = run_bench(cfg, log=lambda m: typer.echo(m, err=True))
+    typer.echo((Path(out) / "tables.md").read_text())
+    typer.echo(f"{len(summary['cells'])} cells -> {out}")
+
+
 class _bad_input:
     """Turn data errors into exit code 2 with one readable line, never a traceback."""
 

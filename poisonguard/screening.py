@@ -239,6 +239,26 @@ def features_for(name: str, features):
     return replace(features, extra_scores={})
 
 
+# Drift statistics fused as annotators. The projection on the shared drift direction is left out: it is the
+# clean fine-tuning drift and failed everywhere in the probe (research/detector-probe.md, AUROC 0.36-0.50).
+FUSED_DRIFT_SCORES = ("drift_max", "drift_mean", "drift_max_rel")
+
+
+def projector_scores(base: Path, finetuned: Path, checked: CheckedDataset, *, batch_size: int = 64,
+                     names=FUSED_DRIFT_SCORES, show_progress: bool = True) -> dict[str, np.ndarray]:
+    """Per-sample projector drift of the full visual path (each model's own tower + projector), aligned with
+    `checked.ok` (the order of the extraction); NaN for samples without an image."""
+    from poisonguard.audit.activations import collect_drift, drift_scores, shared_direction
+    from poisonguard.train.finetune import load_model
+
+    m0, processor = load_model(base)
+    m1, _ = load_model(finetuned)
+    col = collect_drift(m0, m1, processor, checked.ok, checked.image_loader(), batch_size=batch_size,
+                        show_progress=show_progress)
+    scores = drift_scores(col, shared_direction(col))
+    return {k: np.asarray(scores[k], dtype=np.float64) for k in names}
+
+
 def build_features(extract_dir: Path, *, strata_k: int = 8, seed: int = 0, extra_scores: dict | None = None):
     from poisonguard.detect import FeatureSet
     from poisonguard.extract import load_extraction
@@ -289,9 +309,7 @@ def run_screen(data: str | Path, base: str | Path, out: str | Path, *, finetuned
     extra = {}
     names = [d for d in detectors if projector or d not in ("fused", "projector")]
     if projector and any(d in names for d in ("fused", "projector")):
-        from poisonguard.audit import drift_scores_for
-
-        extra = drift_scores_for(base, finetuned, checked, batch_size=batch_size)
+        extra = projector_scores(base, finetuned, checked, batch_size=batch_size, show_progress=show_progress)
     features = build_features(out / "extract", strata_k=strata_k, extra_scores=extra)
     if default not in names:
         default = names[0]

@@ -2,7 +2,7 @@
 and detectors as objects (TCAP as published, TCAP+, BYE, spectral signatures, activation clustering)."""
 
 from poisonguard.detect.activation_clustering import ActivationClusteringDetector
-from poisonguard.detect.base import DetectionResult, Detector, load_detector
+from poisonguard.detect.base import DetectionResult, Detector, load_detector, to_jsonable
 from poisonguard.detect.bye import BYEDetector
 from poisonguard.detect.features import FeatureSet
 from poisonguard.detect.metrics import evaluate
@@ -21,4 +21,5 @@ __all__ = [
     "TCAPPlusDetector",
     "evaluate",
     "load_detector",
+    "to_jsonable",
 ]

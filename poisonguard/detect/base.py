@@ -111,7 +111,7 @@ class Detector(ABC):
                 f"state is for {state.get('detector')!r} (format {state.get('format')}), "
                 f"not {cls.name!r} (format {STATE_FORMAT})"
             )
-        det = cls(**{f.name: state["params"][f.name] for f in fields(cls.Params)})
+        det = cls(**{f.name: _as_field(f.type, state["params"][f.name]) for f in fields(cls.Params)})
         det._fitted = from_jsonable(state["fitted"])
         return det
 
@@ -193,3 +193,9 @@ def from_jsonable(obj: Any) -> Any:
             return obj
         return np.asarray(obj, dtype=np.float64) if arr.dtype == object else arr  # None holes → NaN
     return obj
+
+
+def _as_field(annotation: Any, value: Any) -> Any:
+    """JSON turns tuples into lists; give tuple-typed params (e.g. a tuple of score names) their tuples back.
+    Annotations are strings here (`from __future__ import annotations`)."""
+    return tuple(value) if isinstance(value, list) and str(annotation).startswith("tuple") else value

@@ -34,13 +34,15 @@ import numpy as np
 import torch
 
 _DTYPE = torch.float64
-# Bound on elements of one (columns, samples, K) tensor in the exact stage: 2**24 float64 = 128 MiB.
+# Columns per chunk of raw samples (sorting, polish): columns × N × K_max ≤ 2**24, so a K-wide float64
+# temporary stays at 128 MiB.
 _MAX_ELEMENTS = 2**24
-# Elements of one (columns, K, samples) float32 tensor in the exact log-likelihood loop: small enough to stay in
-# cache, so its several elementwise passes do not each stream the tensor through memory.
-_EXACT_STEP_ELEMENTS = 2**20
-# Elements of one (columns, K, blocks) float64 tensor in compressed EM.
-_BLOCK_GROUP_ELEMENTS = 2**24
+# Elements of one (columns, K, samples) float32 tensor in the exact log-likelihood loop, and of one
+# (columns, K, blocks) float64 tensor in compressed EM: small enough that an op's several elementwise passes
+# stay in cache instead of streaming memory (128 heads × 100k samples, one core: 9.1 → 5.7 s CPU against
+# 2**24-element batches).
+_EXACT_STEP_ELEMENTS = 2**19
+_BLOCK_GROUP_ELEMENTS = 2**21
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -490,7 +492,9 @@ def _fit_k(
         )
 
     p = data.blocks.shape[2]
-    group = max(1, _BLOCK_GROUP_ELEMENTS // (p * k * n_init))  # columns per compressed-EM batch, with restarts
+    group = max(
+        1, _BLOCK_GROUP_ELEMENTS // (p * k * n_init)
+    )  # columns per compressed-EM batch, with restarts
     fits = [
         _fit_blocks(data, slice(s, min(m, s + group)), k, uniforms, n_init, max_iter, tol)
         for s in range(0, m, group)

@@ -30,8 +30,8 @@ from poisonguard.gate.tables import (
     QUARANTINED,
     REQUIRED_COLUMNS,
     provenance_table,
-    release_table,
     releasable_ids,
+    release_table,
     verdicts_table,
 )
 
@@ -288,7 +288,7 @@ def _summary(report: ScreeningReport, release_ids: Sequence[str], config: GateCo
     v = report.verdicts
     status = v["status"] if "status" in v.columns else None
     n_ok = int((status == OK).sum()) if status is not None else 0
-    n_flagged = int((v["flagged"] == True).sum()) if "flagged" in v.columns else 0  # noqa: E712 - bool column
+    n_flagged = int((v["flagged"] == True).sum()) if "flagged" in v.columns else 0
     return {
         "report_dir": str(report.report_dir),
         "input": str(report.input.path),

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import warnings
-from importlib.metadata import PackageNotFoundError, version as package_version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 from poisonguard.gate.report import DETECTOR_FILE, MANIFEST_FILE
+from poisonguard.registry.scoring import DEFAULT_STRATA_K, load_report_detector
 from poisonguard.registry.tracking import EXPERIMENT, ensure_experiment, provenance_tags, tracking
 
 DEFAULT_MODEL_NAME = "poisonguard-detector"
@@ -26,18 +28,18 @@ def register_detector(report_dir: str | Path, name: str = DEFAULT_MODEL_NAME, *,
     """Register REPORT_DIR/detector.json as a new version of `name` with alias `challenger`; return the
     version. Logged into run `run_id` (e.g. the one from `log_screening`) or a new run.
 
-    The state is rebuilt with `load_detector` first, so a broken or unknown state never gets registered.
+    The state is rebuilt first (`load_report_detector`: the screen's bundle or a single state), so a broken
+    or unknown state never gets registered. The screen's `strata_k` (manifest params) goes along as
+    model_config, so new data is stratified as the screened data was.
     """
     import mlflow
     from mlflow import MlflowClient
 
-    from poisonguard.detect import load_detector
-
     report_dir = Path(report_dir)
     state_path = report_dir / DETECTOR_FILE
-    state = json.loads(state_path.read_text())
-    load_detector(state)
+    detector_name, _ = load_report_detector(json.loads(state_path.read_text()))
     manifest = json.loads((report_dir / MANIFEST_FILE).read_text())
+    strata_k = (manifest.get("params") or {}).get("strata_k", DEFAULT_STRATA_K)
     with tracking(uri) as resolved:
         exp_id = None if run_id else ensure_experiment(experiment, resolved)
         with mlflow.start_run(run_id=run_id, experiment_id=exp_id), warnings.catch_warnings():
@@ -46,11 +48,11 @@ def register_detector(report_dir: str | Path, name: str = DEFAULT_MODEL_NAME, *,
             info = mlflow.pyfunc.log_model(
                 name="detector", python_model=str(MODEL_CODE), artifacts={"detector": str(state_path)},
                 signature=_signature(), pip_requirements=_requirements(), registered_model_name=name,
+                model_config={"strata_k": int(strata_k)},
             )
         version = str(info.registered_model_version)
         client = MlflowClient(resolved)
-        for key, value in {**provenance_tags(manifest, report_dir), "poisonguard.detector": state["detector"]
-                           }.items():
+        for key, value in {**provenance_tags(manifest, report_dir), "poisonguard.detector": detector_name}.items():
             client.set_model_version_tag(name, version, key, value)
         client.set_registered_model_alias(name, CHALLENGER, version)
     return version

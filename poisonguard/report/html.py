@@ -72,11 +72,14 @@ def render_report(table: pd.DataFrame, reports: dict[str, dict], default: str, o
              f"({n_flag / max(1, counts.get('ok', 1)):.1%} of usable); released {counts.get('ok', 0) - n_flag}.</p>"]
     for name, rep in reports.items():
         parts.append(f"<h2>{html.escape(name)}</h2>")
-        notes = rep.get("notes") or rep.get("guard") or ""
-        if notes:
+        notes = rep.get("notes") if rep.get("notes") is not None else rep.get("guard")
+        if notes is not None and len(notes):
             parts.append(f"<p><small>{html.escape(str(notes))}</small></p>")
         if rep.get("ss") is not None:
-            selected = rep.get("selected_heads") or rep.get("selected") or []
+            selected = rep.get("selected_heads")
+            if selected is None:
+                selected = rep.get("selected")
+            selected = [] if selected is None else [list(x) for x in np.asarray(selected).reshape(-1, np.asarray(selected).shape[-1] if np.ndim(selected) > 1 else 1)]
             parts.append(f"<p>Selected heads (layer, head): {html.escape(str([tuple(map(int, s[:2])) for s in selected]))}</p>")
             parts.append(f'<img src="{heatmap(rep["ss"], selected, f"{name}: separation score per head")}">')
     for col in [c for c in table.columns if c.startswith(("p_", "score_"))] + ["p_poison"]:

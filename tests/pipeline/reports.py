@@ -107,7 +107,13 @@ def verdict_table(ids: list[str], *, seed: int = 0) -> pd.DataFrame:
             "vote_tcap": float(flagged) if not quarantined else float("nan"),
             "score_projector": float("nan") if quarantined else float(rng.normal()),
         })
-    return pd.DataFrame(rows)
+    # the dtypes `poisonguard screen` writes (poisonguard.screening.verdict_table)
+    return pd.DataFrame(rows).astype({"id": "string", "status": "string", "reason": "string", "flagged": bool})
+
+
+def detector_bundle(state: dict, name: str = "spectral") -> dict:
+    """detector.json as `poisonguard screen` writes it: every fitted detector's state and the default one."""
+    return {"default": name, "detectors": {name: state}}
 
 
 def detector_state() -> dict:
@@ -130,7 +136,7 @@ def make_report(root: Path, *, fmt: str = "llava", detector: dict | None = None)
     table = verdict_table(ids)
     table.to_parquet(report_dir / "verdicts.parquet", index=False)
     table.to_csv(report_dir / "verdicts.csv", index=False)
-    (report_dir / "detector.json").write_text(json.dumps(detector or detector_state()))
+    (report_dir / "detector.json").write_text(json.dumps(detector or detector_bundle(detector_state())))
     (report_dir / "report.html").write_text("<html><body><h1>poisonguard screening report</h1></body></html>")
     (report_dir / "metrics.json").write_text(json.dumps({"n_flagged": len(FLAGGED), "flag_rate": 0.2222}))
     manifest = {
@@ -138,7 +144,7 @@ def make_report(root: Path, *, fmt: str = "llava", detector: dict | None = None)
                   "n_samples": len(ids), "ids_sha256": ids_sha256(ids)},
         "verdicts_sha256": file_sha256(report_dir / "verdicts.parquet"),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "params": {"detector": {"name": "spectral"}, "gate": {"max_flag_rate": 0.3}},
+        "params": {"default": "spectral", "strata_k": 2, "gate": {"max_flag_rate": 0.3}},
     }
     (report_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return Report(report_dir, dataset, ids)

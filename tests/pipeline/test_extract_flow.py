@@ -61,3 +61,20 @@ def test_dask_fan_out_matches_in_process_extraction(prefect_server, tiny_model_d
                              tag=model_tag(str(tiny_model_dir)))
     assert again.ids == screened
     assert [shard_path(out, k).stat().st_mtime_ns for k in range(2)] == mtimes
+
+
+@pytest.mark.slow
+def test_fan_out_on_an_existing_scheduler(prefect_server, tiny_model_dir: Path, tmp_path: Path,
+                                          monkeypatch) -> None:
+    """PG_DASK_ADDRESS sends the shards to a running scheduler instead of a LocalCluster of the run's own."""
+    from distributed import LocalCluster
+
+    from flows.extract import extract_features
+
+    data, ids = make_dataset(tmp_path / "data")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        monkeypatch.setenv("PG_DASK_ADDRESS", cluster.scheduler_address)
+        ext = extract_features(str(data), str(tiny_model_dir), str(tmp_path / "x"), shard_size=4)
+        ran = {str(entry[0]) for entry in cluster.scheduler.transition_log}  # (key, start, finish, ...)
+    assert ext.ids == [i for i in ids if i != "s05"]
+    assert any("extract_one_shard" in key for key in ran), ran

@@ -165,3 +165,33 @@ def test_full_run_reproduces_the_dvc_pipeline_first(prefect_server, tmp_path: Pa
     assert state.result()["gate"]["max_flag_rate"] == 0.25  # the repo's params.yaml drives the gate
     assert (repo / "work" / "release" / "train.json").is_file()
     assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == {"screen", "gate"}
+
+
+@pytest.mark.slow
+def test_prefect_yaml_deploys_with_the_cli(prefect_server, tmp_path: Path) -> None:
+    """`prefect deploy --prefect-file infra/prefect.yaml --all` against the test server, as infra/README.md
+    tells an operator to do it (about 30-60 s: every `prefect` command starts a new interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PG_REPO_DIR": str(REPO),
+           "PG_INCOMING_DIR": str(tmp_path / "incoming"), "PG_BASE_MODEL": str(tmp_path / "base")}
+    prefect = [str(Path(sys.executable).with_name("prefect"))]
+    subprocess.run([*prefect, "work-pool", "create", "poisonguard-local", "--type", "process"], cwd=REPO,
+                   env=env, check=True, capture_output=True)
+    done = subprocess.run([*prefect, "--no-prompt", "deploy", "--prefect-file", "infra/prefect.yaml", "--all"],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    with get_client(sync_client=True) as client:
+        deployments = {d.name: d for d in client.read_deployments()}
+    nightly = deployments["nightly"]
+    assert {"screen-and-release", "extract", "benchmark"} <= set(deployments)
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+    assert nightly.parameters["incoming_dir"] == str(tmp_path / "incoming")  # filled from the environment
+    assert nightly.work_pool_name == "poisonguard-local" and nightly.entrypoint == "flows/nightly.py:nightly_screen"
+    assert nightly.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)

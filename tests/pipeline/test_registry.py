@@ -20,7 +20,7 @@ from poisonguard.registry import (
     tracking,
     version_for_alias,
 )
-from tests.pipeline.reports import Report, make_report
+from tests.pipeline.reports import Report, detector_bundle, make_report
 
 
 def test_log_screening_records_params_metrics_artifacts(report: Report, mlflow_uri: str) -> None:
@@ -78,11 +78,12 @@ def test_register_refuses_a_broken_detector_state(report: Report, mlflow_uri: st
 
 
 def _tiny_extractions(root: Path) -> list[Path]:
-    """Two extraction folders (2 shards each) of the tiny world model on random images."""
+    """Two drops in `poisonguard screen`'s extraction layout (finetuned/ and base/, 2 shards each) from tiny
+    world models on random images."""
     from poisonguard.extract import build_tiny, extract_to_dir
     from poisonguard.train.batching import Example
 
-    model, processor = build_tiny("world")
+    models = {"finetuned": build_tiny("world", seed=0), "base": build_tiny("world", seed=1)}
     folders = []
     for drop in range(2):
         rng = np.random.default_rng(drop)
@@ -91,8 +92,9 @@ def _tiny_extractions(root: Path) -> list[Path]:
                                                           {"type": "text", "text": "What colour is it?"}]}],
                             [im]) for im in images]
         folder = root / f"drop{drop}"
-        extract_to_dir(model, processor, examples, [f"d{drop}-{i}" for i in range(5)], folder, shard_size=3,
-                       show_progress=False)
+        for kind, (model, processor) in models.items():
+            extract_to_dir(model, processor, examples, [f"d{drop}-{i}" for i in range(5)], folder / kind,
+                           shard_size=3, show_progress=False)
         folders.append(folder)
     return folders
 
@@ -100,12 +102,14 @@ def _tiny_extractions(root: Path) -> list[Path]:
 def test_champion_pyfunc_scores_extraction_folders(tmp_path: Path, mlflow_uri: str) -> None:
     import mlflow
 
-    from poisonguard.detect import SpectralSignatureDetector, load_detector
-    from poisonguard.registry import features_from_extraction
+    from poisonguard.detect import SpectralSignatureDetector
+    from poisonguard.registry import features_from_extraction, score_extractions
 
     folders = _tiny_extractions(tmp_path / "extractions")
-    detector = SpectralSignatureDetector().fit(features_from_extraction(folders[0]))
-    report = make_report(tmp_path / "screen", detector=detector.to_state())
+    features = features_from_extraction(folders[0], strata_k=2)
+    assert features.alloc_base is not None and features.strata is not None  # the screen's feature set
+    detector = SpectralSignatureDetector().fit(features)
+    report = make_report(tmp_path / "screen", detector=detector_bundle(detector.to_state()))
     name = "detector-pyfunc"
     version = register_detector(report.dir, name, uri=mlflow_uri)
     promote(name, version, uri=mlflow_uri)
@@ -115,8 +119,7 @@ def test_champion_pyfunc_scores_extraction_folders(tmp_path: Path, mlflow_uri: s
         scored = model.predict(pd.DataFrame({"extraction_dir": [str(f) for f in folders]}))
         local = mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}", dst_path=str(tmp_path / "m"))
 
-    rebuilt = load_detector(json.loads((report.dir / "detector.json").read_text()))
-    expected = pd.concat([rebuilt.score(features_from_extraction(f)).to_frame() for f in folders],
+    expected = pd.concat([detector.score(features_from_extraction(f, strata_k=2)).to_frame() for f in folders],
                          ignore_index=True)
     assert list(scored.columns) == ["id", "p_poison", "flagged"]
     assert scored["id"].tolist() == [f"d{d}-{i}" for d in range(2) for i in range(5)]
@@ -126,3 +129,6 @@ def test_champion_pyfunc_scores_extraction_folders(tmp_path: Path, mlflow_uri: s
     files = {p.name for p in Path(local).rglob("*") if p.is_file()}
     assert {"detector_model.py", "detector.json", "MLmodel"} <= files
     assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))]
+    # a single extraction folder (no screen layout) scores the same samples
+    single = score_extractions(detector, [str(folders[1] / "finetuned")])
+    np.testing.assert_allclose(single["p_poison"], expected["p_poison"].iloc[5:])
