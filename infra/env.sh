@@ -8,3 +8,4 @@ export DVC_NO_ANALYTICS=1
 export GX_ANALYTICS_ENABLED=false
 export RAY_USAGE_STATS_ENABLED=0
 export PREFECT_HOME="${PREFECT_HOME:-$(mktemp -d -t pg-prefect-XXXXXX)}"
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # torch threads must not busy-wait on shared CPUs

@@ -222,6 +222,18 @@ def bench(
     typer.echo(f"{len(summary['cells'])} cells -> {out}")
 
 
+@app.command()
+def release(
+    report: Annotated[Path, typer.Option(help="Report folder written by `poisonguard screen`.")],
+    out: Annotated[Path, typer.Option(help="Release folder: the cleaned data in the input's own format.")],
+    params: Annotated[Path | None, typer.Option(help="params.yaml (section gate).")] = None,
+) -> None:
+    """Release the cleaned data -- only through a passing Great Expectations checkpoint (exit 1 if blocked)."""
+    from poisonguard.gate import release_cli
+
+    raise typer.Exit(release_cli(report, out, params=params))
+
+
 class _bad_input:
     """Turn data errors into exit code 2 with one readable line, never a traceback."""
 

@@ -26,6 +26,7 @@ from poisonguard.data.errors import QuarantineReason
 from poisonguard.data.loading import CheckedDataset, load_checked
 from poisonguard.data.records import Sample
 from poisonguard.data.writer import atomic_write_bytes, write_dataset
+from poisonguard.gate.report import file_sha256, ids_sha256
 from poisonguard.train.batching import render
 
 
@@ -158,18 +159,6 @@ def verdict_table(checked: CheckedDataset, results: dict, default: str) -> pd.Da
     return table.astype({"id": "string", "status": "string", "reason": "string", "flagged": bool})
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def ids_digest(ids: list[str]) -> str:
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
-
-
 def write_report_dir(checked: CheckedDataset, results: dict, default: str, detector_state: dict, out_dir: Path,
                      *, params: dict | None = None, extra_files: dict | None = None) -> ScreenResult:
     """verdicts.parquet/csv, clean.json (input format, flagged and quarantined removed), detector.json,
@@ -187,10 +176,10 @@ def write_report_dir(checked: CheckedDataset, results: dict, default: str, detec
     write_dataset(ds, out_dir / ("clean" + ds.path.suffix), keep_ids=keep)
     atomic_write_bytes(out_dir / "detector.json", (json.dumps(detector_state, indent=1) + "\n").encode())
     manifest = {
-        "input": {"path": str(ds.path.resolve()), "sha256": sha256_file(ds.path), "format": ds.format,
+        "input": {"path": str(ds.path.resolve()), "sha256": file_sha256(ds.path), "format": ds.format,
                   "image_root": str(Path(ds.image_root).resolve()), "n_samples": len(ds.samples),
-                  "ids_sha256": ids_digest(ds.ids)},
-        "verdicts_sha256": sha256_file(parquet),
+                  "ids_sha256": ids_sha256(ds.ids)},
+        "verdicts_sha256": file_sha256(parquet),
         "default_detector": default,
         "counts": {"ok": int((table["status"] == "ok").sum()), "quarantined": int((table["status"] != "ok").sum()),
                    "flagged": int(table["flagged"].sum()), "released": len(keep)},
@@ -274,9 +263,8 @@ def build_features(extract_dir: Path, *, strata_k: int = 8, seed: int = 0, extra
 
 def run_detectors(features, names, params: dict | None = None) -> tuple[dict, dict]:
     """Fit and score each detector on the same features; returns (results, fitted detector objects)."""
-    dets = make_detectors(names, params)
-    results = {name: det.detect(features_for(name, features)) for name, det in dets.items()}
-    return results, dets
+    dets = fit_detectors(features, names, params)
+    return score_detectors(dets, features), dets
 
 
 def run_screen(data: str | Path, base: str | Path, out: str | Path, *, finetuned: str | Path | None = None,
@@ -321,3 +309,55 @@ def run_screen(data: str | Path, base: str | Path, out: str | Path, *, finetuned
     render_report(res.table, {n: r.report for n, r in results.items()}, default, out / "report.html")
     log(f"{len(res.flagged_ids)} flagged by {default}; {len(res.keep_ids)} samples in the release candidate")
     return res
+
+
+# ------------------------------------------------------------------- persistence between DVC stages
+def save_validation(checked: CheckedDataset, path: Path) -> None:
+    reasons = {sid: [{"code": r.code, "message": r.message} for r in rs] for sid, rs in checked.reasons.items()}
+    atomic_write_bytes(Path(path), (json.dumps(reasons, indent=1) + "\n").encode())
+
+
+def load_validation(data: str | Path, path: Path, image_folder=None) -> CheckedDataset:
+    """Re-read the dataset and attach the stored per-sample verdicts (no second image decode pass)."""
+    from poisonguard.data.dataset import read_dataset
+    from poisonguard.data.limits import Limits
+
+    stored = json.loads(Path(path).read_text())
+    ds = read_dataset(data, image_root=image_folder)
+    if set(stored) != set(ds.ids):
+        raise ValueError(f"{path} was written for another version of {data}; re-run validation")
+    reasons = {sid: [QuarantineReason(r["code"], r["message"]) for r in stored[sid]] for sid in ds.ids}
+    return CheckedDataset(ds, reasons, Limits())
+
+
+def save_features(features, path: Path) -> None:
+    arrays = {"ids": np.asarray(features.ids)}
+    for name in ("alloc", "alloc_base", "strata", "vis_entropy", "hidden"):
+        v = getattr(features, name)
+        if v is not None:
+            arrays[name] = v
+    for k, v in features.extra_scores.items():
+        arrays[f"extra__{k}"] = v
+    tmp = Path(path).with_name(Path(path).name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_features(path: Path):
+    from poisonguard.detect import FeatureSet
+
+    with np.load(path, allow_pickle=False) as z:
+        kw = {k: z[k] for k in z.files if not k.startswith("extra__")}
+        extra = {k[len("extra__"):]: z[k] for k in z.files if k.startswith("extra__")}
+    return FeatureSet(extra_scores=extra, **kw)
+
+
+def fit_detectors(features, names, params: dict | None = None) -> dict:
+    dets = make_detectors(names, params)
+    for name, det in dets.items():
+        det.fit(features_for(name, features))
+    return dets
+
+
+def score_detectors(dets: dict, features) -> dict:
+    return {name: det.score(features_for(name, features)) for name, det in dets.items()}

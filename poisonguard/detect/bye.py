@@ -21,7 +21,7 @@ import numpy as np
 
 from poisonguard.detect.base import DetectionResult, Detector, check_choice, check_float, check_int
 from poisonguard.detect.features import FeatureSet
-from poisonguard.detect.gmm import GMMParams, fit_gmm_1d, posterior
+from poisonguard.detect.gmm import GMMFit, GMMParams, fit_gmm_1d, posterior
 
 BSI_RULES = ("code", "paper")
 _ALWAYS_SPLIT = (
@@ -128,7 +128,7 @@ class BYEDetector(Detector):
         signals = {"score_bye": h_bar, "vote_bye": flagged.astype(float)}
         return DetectionResult(features.ids, p_poison, flagged, signals, report)
 
-    def _gmm(self, x: np.ndarray):
+    def _gmm(self, x: np.ndarray) -> GMMFit:
         p = self.params
         return fit_gmm_1d(
             x,

@@ -44,6 +44,7 @@ _MAX_ELEMENTS = 2**24
 _EXACT_STEP_ELEMENTS = 2**19
 _BLOCK_GROUP_ELEMENTS = 2**21
 _LOG_2PI = math.log(2.0 * math.pi)
+_SHORT_EM = 10  # iterations every restart gets before only the best one per column continues
 
 
 @dataclass(frozen=True)
@@ -153,8 +154,8 @@ def fit_gmm_1d(
 
     n_init:      restarts per column and K. Restart 0 starts from K equal-mass segments of the sorted column
                  (deterministic); the others from k-means++ seeds, drawn from uniforms that a generator seeded
-                 by `seed` makes per (column, restart, K), so results do not depend on chunking. The restart
-                 with the highest compressed log-likelihood bound is kept.
+                 by `seed` makes per (column, restart, K), so results do not depend on chunking. All restarts
+                 run 10 EM iterations; the one with the highest compressed log-likelihood bound runs on.
     max_iter, tol: EM stops for a column when its mean log-likelihood per sample moves less than `tol`
                  (sklearn's `tol`, default 1e-3, is on the same quantity).
     reg_covar:   added to every variance (the variance floor), in the units of `x`, as in sklearn.
@@ -538,18 +539,39 @@ def _fit_blocks(
     max_iter: int,
     tol: float,
 ) -> tuple[torch.Tensor, ...]:
-    """Compressed EM with all restarts stacked as extra columns; keeps each column's best restart."""
+    """Compressed EM, "short runs then the best" (Biernacki, Celeux, Govaert 2003): every restart runs
+    `_SHORT_EM` iterations (restarts stacked as extra columns), each column keeps its restart with the highest
+    bound, and only that one runs on to convergence. Returns weights, means, variances (m, K), total
+    iterations (m,), converged (m,)."""
     feats, reg = data.blocks[cols], data.reg[cols]
     counts = None if data.counts is None else data.counts[cols]
     m, n = feats.shape[0], data.n
     starts = [_quantile_init(feats, counts, k, n, reg)]
     starts += [_kmeanspp_init(feats, counts, k, n, reg, uniforms[cols, r]) for r in range(n_init - 1)]
-    w0, mu0, var0 = (torch.cat([st[i] for st in starts], 0) for i in range(3))  # (R·m, K)
-    feats_r = feats.repeat(n_init, 1, 1)
-    counts_r = None if counts is None else counts.repeat(n_init, 1)
-    w, mu, var, it, conv = _em(
-        feats_r, counts_r, n, w0, mu0, var0, reg.repeat(n_init), max_iter=max_iter, tol=tol
-    )
-    bound = _total(_log_lik(feats_r, w, mu, var), counts_r)  # (R·m,)
-    pick = bound.view(n_init, m).argmax(0) * m + torch.arange(m)  # the restart with the highest bound
-    return w[pick], mu[pick], var[pick], it[pick], conv[pick]
+    w, mu, var = (torch.cat([st[i] for st in starts], 0) for i in range(3))  # (R·m, K)
+    it, conv = torch.zeros(m, dtype=torch.long), torch.zeros(m, dtype=torch.bool)
+    short = min(max_iter, _SHORT_EM) if n_init > 1 else 0
+    if short:
+        feats_r = feats.repeat(n_init, 1, 1)
+        counts_r = None if counts is None else counts.repeat(n_init, 1)
+        w, mu, var, it_r, conv_r = _em(
+            feats_r, counts_r, n, w, mu, var, reg.repeat(n_init), max_iter=short, tol=tol
+        )
+        bound = _total(_log_lik(feats_r, w, mu, var), counts_r)  # (R·m,)
+        pick = bound.view(n_init, m).argmax(0) * m + torch.arange(m)  # the restart with the highest bound
+        w, mu, var, it, conv = w[pick], mu[pick], var[pick], it_r[pick], conv_r[pick]
+    todo = torch.nonzero(~conv).flatten()
+    if todo.numel() and max_iter > short:
+        w[todo], mu[todo], var[todo], it_more, conv[todo] = _em(
+            feats[todo],
+            None if counts is None else counts[todo],
+            n,
+            w[todo],
+            mu[todo],
+            var[todo],
+            reg[todo],
+            max_iter=max_iter - short,
+            tol=tol,
+        )
+        it[todo] += it_more
+    return w, mu, var, it, conv

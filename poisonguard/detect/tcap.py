@@ -26,7 +26,7 @@ from poisonguard.detect.base import (
     check_float,
     check_int,
 )
-from poisonguard.detect.em import dawid_skene, dawid_skene_posterior
+from poisonguard.detect.em import DawidSkene, dawid_skene, dawid_skene_posterior
 from poisonguard.detect.features import FeatureSet
 from poisonguard.detect.gmm import GMMParams
 from poisonguard.detect.profile import ColumnProfile, mixture_from_state, mixture_state, profile_columns
@@ -88,7 +88,7 @@ class MixtureVoteParams:
             reg_covar=self.reg_covar,
         )
 
-    def dawid_skene(self, votes: np.ndarray, mask: np.ndarray | None = None):
+    def dawid_skene(self, votes: np.ndarray, mask: np.ndarray | None = None) -> DawidSkene:
         return dawid_skene(
             votes, mask, max_iter=self.em_max_iter, tol=self.em_tol, smoothing=self.em_smoothing
         )

@@ -262,12 +262,9 @@ def _describe(r) -> str:
     target = kwargs.get("column") or (
         f"{kwargs['column_A']} vs {kwargs['column_B']}" if "column_A" in kwargs else "table")
     head = f"{what} [{cfg.type} on {target}]"
-    if r.exception_info and r.exception_info.get("raised_exception"):
-        return f"{head}: error: {r.exception_info.get('exception_message')}"
-    exc = next((v for v in (r.exception_info or {}).values()
-                if isinstance(v, dict) and v.get("raised_exception")), None)
-    if exc is not None:
-        return f"{head}: error: {exc.get('exception_message')}"
+    error = _exception_message(r.exception_info or {})
+    if error is not None:
+        return f"{head}: error: {error}"
     res = r.result or {}
     if "unexpected_count" in res:
         shown = ", ".join(repr(_plain(v)) for v in (res.get("partial_unexpected_list") or [])[:5])
@@ -275,6 +272,14 @@ def _describe(r) -> str:
     bounds = {"value": "expected", "max_value": "at most", "min_value": "at least"}
     expected = "".join(f", {label} {kwargs[k]!r}" for k, label in bounds.items() if kwargs.get(k) is not None)
     return f"{head}: observed {_plain(res.get('observed_value'))!r}{expected}"
+
+
+def _exception_message(info: dict[str, Any]) -> str | None:
+    """GX reports an expectation's exception either directly or keyed by the metric that raised it."""
+    if info.get("raised_exception"):
+        return str(info.get("exception_message"))
+    nested = [v for v in info.values() if isinstance(v, dict) and v.get("raised_exception")]
+    return str(nested[0].get("exception_message")) if nested else None
 
 
 def _plain(value: Any) -> Any:

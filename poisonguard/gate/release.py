@@ -18,12 +18,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from poisonguard.data import DataError, read_dataset, resolve_image_path, write_dataset
+from poisonguard.data import read_dataset, resolve_image_path, write_dataset
 from poisonguard.data.dataset import Dataset
 from poisonguard.data.writer import atomic_write_bytes
 from poisonguard.gate.checkpoint import GateFailed, GateResult, check_release
-from poisonguard.gate.config import GateConfig
-from poisonguard.gate.report import ReportError, ScreeningReport, file_sha256, load_report
+from poisonguard.gate.config import GateConfig, gate_config
+from poisonguard.gate.report import ScreeningReport, file_sha256, load_report
 from poisonguard.gate.tables import OK, releasable_ids
 
 RELEASE_FILE = "release.json"
@@ -50,9 +50,7 @@ def release(report_dir: str | Path, out_dir: str | Path, *, gate_root: str | Pat
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".partial"))
     try:
         data_path = write_dataset(dataset, staging / dataset.path.name, keep_ids=keep)
-        written = read_dataset(data_path).ids
-        if written != keep:  # the writer must have written exactly the manifest the gate passed
-            raise RuntimeError(f"release writer produced {len(written)} samples, expected {len(keep)}")
+        _check_written(dataset, keep, data_path)
         images = _copy_images(dataset, keep, staging, link=link_images)
         if file_sha256(dataset.path) != report.input.sha256:
             raise GateFailed(GateResult(False, [f"input dataset {dataset.path} changed during the release"],
@@ -67,20 +65,32 @@ def release(report_dir: str | Path, out_dir: str | Path, *, gate_root: str | Pat
     return out_dir / data_path.name
 
 
-def release_cli(report_dir: str | Path, out_dir: str | Path) -> int:
-    """`poisonguard release`: 0 released, 1 blocked by the gate, 2 bad input; messages on stderr."""
+def release_cli(report_dir: str | Path, out_dir: str | Path, *, params: str | Path | None = None) -> int:
+    """`poisonguard release`: 0 released, 1 blocked by the gate, 2 bad input; messages on stderr. The gate
+    settings come from params.yaml (`params`, default the repo's) and the GX project from `PG_GX_ROOT`."""
     try:
-        path = release(report_dir, out_dir)
+        path = release(report_dir, out_dir, config=gate_config(params))
     except GateFailed as exc:
         print(f"release blocked: {exc}", file=sys.stderr)
         return EXIT_BLOCKED
-    except (ReportError, DataError, FileExistsError) as exc:
+    except (ValueError, OSError) as exc:  # ReportError, DataError, ImageError, bad params, out_dir in use
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     record = json.loads((Path(out_dir) / RELEASE_FILE).read_text())
     print(f"released {record['output']['n_samples']} of {record['input']['n_samples']} samples "
           f"({len(record['removed'])} removed) to {path}")
     return EXIT_OK
+
+
+def _check_written(dataset: Dataset, keep: list[str], data_path: Path) -> None:
+    """The written file must hold exactly the kept records, in order. Compared by record, not by id: ids a
+    reader assigns by position (`__index_<i>`, HF messages without ids) shift once samples are removed."""
+    wanted = set(keep)
+    expected = [s.raw for s in dataset.samples if s.id in wanted]
+    written = [s.raw for s in read_dataset(data_path).samples]
+    if written != expected:
+        raise RuntimeError(f"the release writer wrote {len(written)} records to {data_path}, not the "
+                           f"{len(expected)} the gate passed")
 
 
 def _check_replaceable(out_dir: Path) -> None:

@@ -88,7 +88,7 @@ def _worst_verdict(verdicts: pd.DataFrame) -> pd.DataFrame:
         if not isinstance(sample_id, str):
             continue
         cur = out.setdefault(sample_id, {"status": OK, "flagged": False})
-        if status != OK:
+        if not (isinstance(status, str) and status == OK):  # NA-safe: pandas' string dtype holds pd.NA
             cur["status"] = status if isinstance(status, str) else None
         flag = _as_bool(flagged)
         if flag is True or (flag is None and cur["flagged"] is False):

@@ -19,8 +19,10 @@ from PIL import Image
 from poisonguard.gate.report import file_sha256, ids_sha256
 
 N_SAMPLES = 10
-FLAGGED = ("s03", "s07")  # screened and flagged by the detector
-QUARANTINED = {"s05": "missing_image: images/gone.png not found"}
+FLAGGED_AT = (3, 7)  # positions of the samples the detector flags
+QUARANTINED_AT = {5: "missing_image: images/gone.png not found"}  # its image is missing
+FLAGGED = tuple(f"s{i:02d}" for i in FLAGGED_AT)
+QUARANTINED = {f"s{i:02d}": reason for i, reason in QUARANTINED_AT.items()}
 
 
 @dataclass
@@ -50,10 +52,12 @@ class Report:
             self.manifest.write_text(json.dumps(manifest, indent=2))
 
 
-def make_dataset(folder: Path, n: int = N_SAMPLES, fmt: str = "llava") -> tuple[Path, list[str]]:
-    """folder/train.json (LLaVA) or folder/train.jsonl (HF messages) + folder/images/*.png.
+def make_dataset(folder: Path, n: int = N_SAMPLES, fmt: str = "llava", *, with_ids: bool = True
+                 ) -> tuple[Path, list[str]]:
+    """folder/train.json (LLaVA) or folder/train.jsonl (HF messages) + folder/images/*.png; returns the path
+    and the sample ids as the reader assigns them (`__index_<i>` for HF messages written without ids).
 
-    Sample s05 points at a missing image (quarantined by a real screen); the last sample is text-only.
+    Sample 5 points at a missing image (quarantined by a real screen); the last sample is text-only.
     """
     (folder / "images").mkdir(parents=True, exist_ok=True)
     records, ids = [], []
@@ -63,7 +67,11 @@ def make_dataset(folder: Path, n: int = N_SAMPLES, fmt: str = "llava") -> tuple[
         ref = None if i == n - 1 else "images/gone.png" if sid == "s05" else f"images/{sid}.png"
         if ref is not None and sid != "s05":
             Image.new("RGB", (8, 8), (20 * i, 100, 200 - 10 * i)).save(folder / ref)
-        records.append(_llava(sid, ref) if fmt == "llava" else _hf_messages(sid, ref))
+        record = _llava(sid, ref) if fmt == "llava" else _hf_messages(sid, ref)
+        if not with_ids:
+            del record["id"]
+            ids[-1] = f"__index_{i}"
+        records.append(record)
     if fmt == "llava":
         path = folder / "train.json"
         path.write_text(json.dumps(records, indent=2), encoding="utf-8")
@@ -98,12 +106,12 @@ def verdict_table(ids: list[str], *, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []
     for index, sid in enumerate(ids):
-        quarantined = sid in QUARANTINED
-        flagged = sid in FLAGGED
+        quarantined = index in QUARANTINED_AT
+        flagged = index in FLAGGED_AT
         p = float("nan") if quarantined else (0.9 + 0.05 * rng.random() if flagged else 0.2 * rng.random())
         rows.append({
             "id": sid, "index": index, "status": "quarantined" if quarantined else "ok",
-            "reason": QUARANTINED.get(sid, ""), "p_poison": p, "flagged": flagged,
+            "reason": QUARANTINED_AT.get(index, ""), "p_poison": p, "flagged": flagged,
             "vote_tcap": float(flagged) if not quarantined else float("nan"),
             "score_projector": float("nan") if quarantined else float(rng.normal()),
         })
@@ -127,10 +135,11 @@ def detector_state() -> dict:
     return SpectralSignatureDetector().fit(features).to_state()
 
 
-def make_report(root: Path, *, fmt: str = "llava", detector: dict | None = None) -> Report:
+def make_report(root: Path, *, fmt: str = "llava", with_ids: bool = True, detector: dict | None = None
+                ) -> Report:
     """root/data/{train.json|train.jsonl, images/} and root/report/ with every file of the report contract;
     `detector` replaces the default detector state."""
-    dataset, ids = make_dataset(root / "data", fmt=fmt)
+    dataset, ids = make_dataset(root / "data", fmt=fmt, with_ids=with_ids)
     report_dir = root / "report"
     report_dir.mkdir(parents=True)
     table = verdict_table(ids)

@@ -53,9 +53,9 @@ def _edit(fn: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[Report], None
 
 def _set(sid: str, column: str, value) -> Callable[[pd.DataFrame], pd.DataFrame]:
     def fn(t: pd.DataFrame) -> pd.DataFrame:
-        if isinstance(value, str) or value is None:
-            t[column] = t[column].astype(object)
-        t.loc[t["id"] == sid, column] = value
+        if value is None and not pd.api.types.is_string_dtype(t[column]):
+            t[column] = t[column].astype(object)  # e.g. a null in the bool `flagged` column
+        t.loc[t["id"] == sid, column] = value  # in a string column None becomes pd.NA, as pandas writes it
         return t
 
     return fn
@@ -67,6 +67,7 @@ TABLE_PROBLEMS = {
     "unknown id": (_edit(_set("s02", "id", "zz")), "every verdict id is an id of the input dataset"),
     "wrong index": (_edit(_set("s02", "index", 7)), "`index` is the id's position in the input file"),
     "bad status": (_edit(_set("s02", "status", "maybe")), "status is ok or quarantined"),
+    "missing status": (_edit(_set("s02", "status", None)), "every row has a status"),
     "p_poison above 1": (_edit(_set("s02", "p_poison", 1.5)), "p_poison lies in [0, 1]"),
     "ok without p_poison": (_edit(_set("s02", "p_poison", float("nan"))), "every screened (ok) sample has"),
     "missing flag": (_edit(_set("s02", "flagged", None)), "every row has a flag"),

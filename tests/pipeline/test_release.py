@@ -10,29 +10,34 @@ import pytest
 
 from poisonguard.data import read_dataset
 from poisonguard.gate import GateFailed, file_sha256, release, release_cli
-from tests.pipeline.reports import FLAGGED, QUARANTINED, Report, make_report, verdict_table
+from tests.pipeline.reports import FLAGGED_AT, QUARANTINED_AT, Report, make_report, verdict_table
+
+
+def kept_positions(report: Report) -> list[int]:
+    return [i for i in range(len(report.ids)) if i not in FLAGGED_AT and i not in QUARANTINED_AT]
 
 
 def kept_ids(report: Report) -> list[str]:
-    return [i for i in report.ids if i not in FLAGGED and i not in QUARANTINED]
+    return [report.ids[i] for i in kept_positions(report)]
 
 
-@pytest.mark.parametrize("fmt", ["llava", "hf_messages"])
-def test_release_writes_input_format_images_and_record(fmt: str, tmp_path: Path, gx_root: str) -> None:
-    report = make_report(tmp_path, fmt=fmt)
+@pytest.mark.parametrize(("fmt", "with_ids"), [("llava", True), ("hf_messages", True), ("hf_messages", False)])
+def test_release_writes_input_format_images_and_record(fmt: str, with_ids: bool, tmp_path: Path,
+                                                       gx_root: str) -> None:
+    report = make_report(tmp_path, fmt=fmt, with_ids=with_ids)
     out = tmp_path / "release"
     path = release(report.dir, out, gate_root=gx_root)
 
     assert path == out / report.dataset.name
     released = read_dataset(path)
-    assert released.format == fmt and released.ids == kept_ids(report)
+    assert released.format == fmt and len(released.samples) == 7
     # Same records, same key order: only the removed samples differ from the input.
     if fmt == "llava":
         original = json.loads(report.dataset.read_text())
-        assert json.loads(path.read_text()) == [r for r in original if r["id"] in kept_ids(report)]
+        assert json.loads(path.read_text()) == [original[i] for i in kept_positions(report)]
     else:
         original = report.dataset.read_text().splitlines(keepends=True)
-        assert path.read_text() == "".join(line for line in original if json.loads(line)["id"] in kept_ids(report))
+        assert path.read_text() == "".join(original[i] for i in kept_positions(report))
 
     refs = sorted(ref for s in released.samples for ref in s.images)
     assert sorted(str(p.relative_to(out)) for p in (out / "images").iterdir()) == refs  # only kept images
@@ -42,7 +47,7 @@ def test_release_writes_input_format_images_and_record(fmt: str, tmp_path: Path,
     record = json.loads((out / "release.json").read_text())
     assert record["kept"] == kept_ids(report)
     assert {r["id"]: r["reason"].split(":")[0].split(" ")[0] for r in record["removed"]} == {
-        "s03": "flagged", "s05": "quarantined", "s07": "flagged"}
+        report.ids[3]: "flagged", report.ids[5]: "quarantined", report.ids[7]: "flagged"}
     assert record["output"] == {"file": path.name, "sha256": file_sha256(path), "n_samples": 7}
     assert record["input"]["sha256"] == file_sha256(report.dataset)
     assert record["images"] == {ref: file_sha256(out / ref) for ref in refs}
