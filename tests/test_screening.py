@@ -20,10 +20,11 @@ def test_screen_writes_the_report_contract(tiny_world, tmp_path):
     data.append({"id": "evil", "image": "../outside.png", "conversations": data[0]["conversations"]})
     data.append({"id": "textonly", "conversations": [{"from": "human", "value": "How many shapes are there?"},
                                                      {"from": "gpt", "value": "two"}]})
-    (out / "mixed.json").write_text(json.dumps(data, indent=2))
+    (tmp_path / "mixed.json").write_text(json.dumps(data, indent=2))  # images stay in the shared world
     params = tmp_path / "params.yaml"  # a 2-layer model: TCAP's layer filter must fit it
     params.write_text("screen:\n  strata_k: 2\ndetectors:\n  tcap: {l_sens: 1, h_sens: 2}\n")
-    r = runner.invoke(app, ["screen", "--data", str(out / "mixed.json"), "--base", str(out / "base_model"),
+    r = runner.invoke(app, ["screen", "--data", str(tmp_path / "mixed.json"), "--image-folder", str(out),
+                            "--base", str(out / "base_model"),
                             "--finetuned", str(out / "base_model"), "--out", str(tmp_path / "rep"), "--quiet",
                             "--params", str(params)])
     assert r.exit_code == 0, r.output
@@ -36,7 +37,7 @@ def test_screen_writes_the_report_contract(tiny_world, tmp_path):
     ok = table[table["status"] == "ok"]
     assert ok["p_poison"].between(0, 1).all()
     assert {"vote_tcap", "p_tcap", "flag_bye"} & set(table.columns)
-    clean = read_dataset(rep / "clean.json")
+    clean = read_dataset(rep / "clean.json", image_root=out)
     kept = set(clean.ids)
     assert "evil" not in kept and not (kept & set(table.loc[table["flagged"], "id"]))
     assert kept == set(ok.loc[~ok["flagged"], "id"])
