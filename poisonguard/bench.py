@@ -131,15 +131,16 @@ def base_reference(cfg: BenchConfig) -> dict:
     from poisonguard.train.evaluate import evaluate_files
 
     path = Path(cfg.out) / "base.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    ref = {}
-    for attack in cfg.attacks:
+    ref = json.loads(path.read_text()) if path.exists() else {}
+    missing = [a for a in cfg.attacks if a not in ref]
+    for attack in missing:  # incremental: several bench processes may share one folder
         r = evaluate_files(Path(cfg.world) / "base_model", Path(cfg.world) / "test.json", attack=attack,
                            show_progress=False)
         ref[attack] = {"cp": r["cp"], "asr": r["asr"]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(ref, indent=2) + "\n")
+    if missing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        current = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**current, **ref}, indent=2) + "\n")
     return ref
 
 

@@ -201,6 +201,7 @@ def bench(
     controls: Annotated[str, typer.Option(help="Attacks whose no-relabel control runs.")] = "badnet",
     quick: Annotated[bool, typer.Option(help="One seed, 3 attacks (badnet, blend, text_prefix): minutes.")] = False,
     no_screen: Annotated[bool, typer.Option("--no-screen", help="Only the attack table (CP/ASR/fit).")] = False,
+    clean: Annotated[bool, typer.Option(help="Include the 0%-poison clean cell.")] = True,
     params: Annotated[Path | None, typer.Option(help="params.yaml (finetune, detectors, screen sections).")] = None,
 ) -> None:
     """The benchmark: attacks x rates x seeds x detectors with controls; writes tables.md and summary.json."""
@@ -211,7 +212,7 @@ def bench(
     st = screen_settings(params)
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
     cfg = BenchConfig(world=world_dir, out=out, attacks=split(attacks), rates=tuple(map(float, split(rates))),
-                      seeds=tuple(map(int, split(seeds))), controls=split(controls), screen=not no_screen,
+                      seeds=tuple(map(int, split(seeds))), controls=split(controls), screen=not no_screen, clean=clean,
                       detectors=st["detectors"] if st["default"] not in st["detectors"] else
                       (st["default"], *[d for d in st["detectors"] if d != st["default"]]),
                       finetune=finetune_config(params), detector_params=st["detector_params"], strata_k=st["strata_k"])

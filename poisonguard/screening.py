@@ -361,3 +361,11 @@ def fit_detectors(features, names, params: dict | None = None) -> dict:
 
 def score_detectors(dets: dict, features) -> dict:
     return {name: det.score(features_for(name, features)) for name, det in dets.items()}
+
+
+def load_detectors(states: dict) -> dict:
+    """Rebuild fitted detectors from their JSON states (every detector class registered first)."""
+    import poisonguard.audit  # noqa: F401 - registers ProjectorDriftDetector
+    from poisonguard.detect import load_detector
+
+    return {name: load_detector(st) for name, st in states.items()}

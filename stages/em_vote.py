@@ -5,14 +5,14 @@ import json
 
 from _common import WORK, log, params
 
-from poisonguard.detect import load_detector
 from poisonguard.report.html import render_report
-from poisonguard.screening import load_features, load_validation, score_detectors, write_report_dir
+from poisonguard.screening import (load_detectors, load_features, load_validation, score_detectors,
+                                   write_report_dir)
 
 p = params("em_vote")
 fs = load_features(WORK / "profile" / "features.npz")
 states = json.loads((WORK / "gmm" / "detectors.json").read_text())
-dets = {name: load_detector(st) for name, st in states.items()}
+dets = load_detectors(states)
 results = score_detectors(dets, fs)
 checked = load_validation(WORK / "poisoned" / "train.json", WORK / "extract" / "validation.json")
 out = WORK / "report"

@@ -52,7 +52,6 @@ def clone(tmp_path_factory) -> tuple[Path, dict]:
     return root, env
 
 
-@pytest.mark.slow
 def test_dvc_repro_full_then_noop_then_partial(clone):
     root, env = clone
     dvc = [sys.executable, "-m", "dvc"]
