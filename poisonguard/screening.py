@@ -248,7 +248,25 @@ def projector_scores(base: Path, finetuned: Path, checked: CheckedDataset, *, ba
     return {k: np.asarray(scores[k], dtype=np.float64) for k in names}
 
 
+DRIFT_FILE = "drift_scores.npz"
+
+
+def save_drift_scores(ids, scores: dict, path: Path) -> None:
+    tmp = Path(path).with_name(Path(path).name + ".tmp.npz")
+    np.savez(tmp, ids=np.asarray(ids), **scores)
+    tmp.replace(path)
+
+
+def load_drift_scores(path: Path, ids) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        if list(z["ids"]) != list(ids):
+            raise ValueError(f"{path} covers different samples than the extraction")
+        return {k: z[k] for k in z.files if k != "ids"}
+
+
 def build_features(extract_dir: Path, *, strata_k: int = 8, seed: int = 0, extra_scores: dict | None = None):
+    """FeatureSet of a screen's extraction folder (`finetuned/`, `base/`, and `drift_scores.npz` when the
+    projector was audited -- so a registered `fused` detector can score a new drop from the folder alone)."""
     from poisonguard.detect import FeatureSet
     from poisonguard.extract import load_extraction
 
@@ -256,6 +274,8 @@ def build_features(extract_dir: Path, *, strata_k: int = 8, seed: int = 0, extra
     base = load_extraction(Path(extract_dir) / "base")
     if list(ft.ids) != list(base.ids):
         raise ValueError("fine-tuned and base extractions cover different samples; re-run extraction")
+    if extra_scores is None and (Path(extract_dir) / DRIFT_FILE).exists():
+        extra_scores = load_drift_scores(Path(extract_dir) / DRIFT_FILE, ft.ids)
     strata = label_free_strata(base.hidden, strata_k, seed)
     return FeatureSet(ids=np.asarray(ft.ids), alloc=ft.alloc, alloc_base=base.alloc, strata=strata,
                       vis_entropy=ft.vis_entropy, hidden=ft.hidden, extra_scores=dict(extra_scores or {}))
@@ -298,6 +318,7 @@ def run_screen(data: str | Path, base: str | Path, out: str | Path, *, finetuned
     names = [d for d in detectors if projector or d not in ("fused", "projector")]
     if projector and any(d in names for d in ("fused", "projector")):
         extra = projector_scores(base, finetuned, checked, batch_size=batch_size, show_progress=show_progress)
+        save_drift_scores([s.id for s in checked.ok], extra, out / "extract" / DRIFT_FILE)
     features = build_features(out / "extract", strata_k=strata_k, extra_scores=extra)
     if default not in names:
         default = names[0]

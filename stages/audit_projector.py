@@ -1,10 +1,9 @@
 """Stage `audit_projector`: ProjLens-style projector audit (weight delta spectrum, drift) and the per-sample
 drift scores that the vote fuses."""
 
-import numpy as np
 from _common import WORK, log, params
 
-from poisonguard.screening import load_validation, projector_scores
+from poisonguard.screening import load_validation, projector_scores, save_drift_scores
 
 p = params("audit_projector")
 data = WORK / "poisoned" / "train.json"
@@ -12,7 +11,7 @@ checked = load_validation(data, WORK / "extract" / "validation.json")
 out = WORK / "audit"
 out.mkdir(parents=True, exist_ok=True)
 scores = projector_scores(WORK / "world" / "base_model", WORK / "finetuned", checked, batch_size=p["batch_size"])
-np.savez(out / "drift_scores.npz", ids=np.asarray([s.id for s in checked.ok]), **scores)
+save_drift_scores([s.id for s in checked.ok], scores, out / "drift_scores.npz")
 try:
     from poisonguard.audit.report import audit_models
 

@@ -45,3 +45,10 @@ def test_screen_writes_the_report_contract(tiny_world, tmp_path):
     assert manifest["input"]["n_samples"] == len(data) and manifest["counts"]["quarantined"] == 1
     assert (rep / "report.html").read_text().count("<img") >= 1
     assert json.loads((rep / "detector.json").read_text())["default"]
+    # the registered detector scores a drop from its extraction folder alone (drift scores stored beside it)
+    from poisonguard.registry.scoring import load_report_detector, score_extractions
+
+    name, det = load_report_detector(json.loads((rep / "detector.json").read_text()))
+    scored = score_extractions(det, [str(rep / "extract")], strata_k=2)
+    assert name == "fused" and len(scored) == len(ok)
+    assert (rep / "extract" / "drift_scores.npz").is_file()

@@ -11,6 +11,11 @@ Why (ProjLens, research/projlens.md §4, §6, §8; drift probe, research/detecto
   (0.94–0.98 on BadNet), silent on no-relabel controls. Projection on the mean drift direction failed
   (0.36–0.50): that direction is the clean fine-tuning drift. All are computed here as (N,) arrays, higher =
   more suspicious, NaN for samples without an image, ready for `FeatureSet.extra_scores`.
+- On the embedded world (work/world, BadNet 10%, default fine-tune) the raw magnitudes were near chance
+  (AUROC max 0.54, mean 0.62) while the norm-divided ones ranked well (max_t ‖ΔE_t‖/‖E0_t‖ 0.91, mean 0.88):
+  there the drift follows the norm law (‖ΔE_t‖ against ‖E0_t‖: r = 0.90), so high-norm tokens dominate the
+  raw scores and hide the trigger token. Dividing by ‖E0_t‖ is ProjLens §8.2(c)'s correction; whether the
+  norm law holds is visible without labels in the report's `norm_law` fit.
 - The logit lens reads the shared direction through the LM head (ProjLens §6 skips the final norm; both are
   given, with both signs since an SVD sign is arbitrary): a fixed-target backdoor may name its target there.
 """
@@ -31,7 +36,14 @@ from poisonguard.audit.projector import apply_projector, image_inputs, projector
 from poisonguard.data.records import Sample
 from poisonguard.detect.features import FeatureSet
 
-DRIFT_SCORES = ("drift_max", "drift_mean", "drift_max_rel", "drift_max_rel_input", "drift_proj")
+DRIFT_SCORES = (
+    "drift_max",
+    "drift_mean",
+    "drift_max_rel",
+    "drift_mean_rel",
+    "drift_max_rel_input",
+    "drift_proj",
+)
 _EPS = 1e-12
 
 
@@ -39,7 +51,8 @@ _EPS = 1e-12
 class DriftCollection:
     """What one pass over the data keeps (N samples, D = LM hidden size, R kept token rows).
 
-    per_token_max / per_token_mean: (N,) max_t and mean_t of ‖ΔE_t‖; max_rel: (N,) max_t ‖ΔE_t‖ / ‖E0_t‖;
+    per_token_max / per_token_mean: (N,) max_t and mean_t of ‖ΔE_t‖; max_rel / mean_rel: (N,) max_t and
+    mean_t of ‖ΔE_t‖ / ‖E0_t‖ (the norm law divided out);
     max_rel_input: (N,) max_t ‖ΔE_t‖ / ‖v1_t‖ (the probe's normalisation by the projector input);
     projector_only_mean: (N,) mean_t ‖P1(v0_t) − P0(v0_t)‖ (the projector's share, the tower held at base);
     mean_delta: (N, D) mean_t ΔE_t; top_dir: (N, D) top right singular vector of the sample's ΔE (sign free);
@@ -53,6 +66,7 @@ class DriftCollection:
     per_token_max: np.ndarray
     per_token_mean: np.ndarray
     max_rel: np.ndarray
+    mean_rel: np.ndarray
     max_rel_input: np.ndarray
     projector_only_mean: np.ndarray
     mean_delta: np.ndarray
@@ -116,6 +130,7 @@ def collect_drift(
         per_token_max=nan.copy(),
         per_token_mean=nan.copy(),
         max_rel=nan.copy(),
+        mean_rel=nan.copy(),
         max_rel_input=nan.copy(),
         projector_only_mean=nan.copy(),
         mean_delta=np.full((n, d), np.nan, dtype=np.float32),
@@ -148,13 +163,16 @@ def collect_drift(
         proj_only = (apply_projector(finetuned, v0) - e0).norm(dim=1)  # (R,): tower held at base
         col.gram += (delta.T @ delta).numpy()  # (D, D)
         image_rows = [e.shape[0] for e in f0.e]
-        per_sample = [sum(image_rows[a : a + len(samples[i].images)]) for a, i in zip(_offsets(idx, samples), idx)]
+        per_sample = [
+            sum(image_rows[a : a + len(samples[i].images)]) for a, i in zip(_offsets(idx, samples), idx)
+        ]
         for j, (i, rows) in enumerate(zip(idx, torch.arange(r.numel()).split(per_sample))):
             d_i = delta[rows]  # (T, D)
             col.n_tokens[i] = rows.numel()
             col.per_token_max[i] = r[rows].max().item()
             col.per_token_mean[i] = r[rows].mean().item()
             col.max_rel[i] = rel[rows].max().item()
+            col.mean_rel[i] = rel[rows].mean().item()
             col.max_rel_input[i] = rel_input[rows].max().item()
             col.projector_only_mean[i] = proj_only[rows].mean().item()
             col.mean_delta[i] = d_i.mean(0).numpy()
@@ -188,6 +206,7 @@ def drift_scores(col: DriftCollection, direction: np.ndarray) -> dict[str, np.nd
         "drift_max": col.per_token_max,
         "drift_mean": col.per_token_mean,
         "drift_max_rel": col.max_rel,
+        "drift_mean_rel": col.mean_rel,
         "drift_max_rel_input": col.max_rel_input,
         "drift_proj": col.mean_delta.astype(np.float64) @ direction,
     }

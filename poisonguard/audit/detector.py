@@ -18,6 +18,14 @@ because poison in that toy sat as a shifted tail (median z 0.7–3), not a separ
    A skewed or heavy-tailed clean bulk gives two overlapping components (small D), so it does not fire.
 3. `cut="robust_z"`: flag combined z > `z_threshold` (a Gaussian bulk exceeds 3.5 in 0.02% of samples).
 
+Scores: by default `drift_max_rel` (max_t ‖ΔE_t‖ / ‖E0_t‖) alone. On the embedded world's BadNet fine-tune
+it ranked at AUROC 0.91 while the probe's mix of (max, mean, max_rel) fell to 0.71, because the raw
+magnitudes follow the norm law there (see poisonguard.audit.activations); adding `drift_mean_rel` (0.92
+together), meant for global triggers, needs the caller to export it. This default was chosen after seeing
+the labels of one run: re-check it on every attack of the benchmark. On that run the cut flagged nothing:
+poison sat again as a shifted tail (median combined z 1.7, clean 99th percentile 1.4) next to a bimodal clean
+bulk, so no separated upper mode exists; the score is a ranking for fusion there, not a verdict.
+
 The threshold is one number on the combined z, so `score` applies the fitted state to new data unchanged.
 p_poison = sigmoid(z − cut) ranks; it is not a calibrated probability. The raw drift scores themselves stay
 available as `extra_scores` for the Dawid–Skene fusion, where low recall is what its per-annotator
@@ -53,7 +61,7 @@ _MIN_MODE_SIZE = 5  # fewer samples than this make a degenerate component (an ou
 
 @dataclass(frozen=True)
 class ProjectorDriftParams:
-    scores: tuple[str, ...] = ("drift_max", "drift_mean", "drift_max_rel")
+    scores: tuple[str, ...] = ("drift_max_rel",)
     log_scores: bool = True
     cut: str = "mixture_or_z"
     z_threshold: float = 3.5

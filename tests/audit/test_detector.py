@@ -85,7 +85,7 @@ def test_samples_without_a_score_abstain():
     extra = dict(fs.extra_scores)
     extra["drift_max"] = extra["drift_max"].copy()
     extra["drift_max"][:5] = np.nan
-    result = ProjectorDriftDetector().detect(FeatureSet(ids=fs.ids, extra_scores=extra))
+    result = ProjectorDriftDetector(scores=NAMES).detect(FeatureSet(ids=fs.ids, extra_scores=extra))
     assert not result.flagged[:5].any()
     assert (result.p_poison[:5] == 0).all()
     assert np.isnan(result.signals["score_projector"][:5]).all()

@@ -41,3 +41,18 @@ def write_json(path: Path, records: object, **dump_kwargs: object) -> Path:
 def write_jsonl(path: Path, records: list) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
+
+
+FORMAT_KEYS = ["id", "image", "images", "conversations", "messages", "from", "value", "role", "content", "type",
+               "text", "path", "x"]
+
+
+def json_values(leaves, max_leaves: int = 12):
+    """Hypothesis strategy: arbitrary JSON built from `leaves`, with dict keys that the readers look at."""
+    from hypothesis import strategies as st
+
+    return st.recursive(
+        leaves,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(FORMAT_KEYS), inner, max_size=4),
+        max_leaves=max_leaves,
+    )

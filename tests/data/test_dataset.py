@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from poisonguard.data import DataError, ReasonCode, Turn, read_dataset
-from tests.data.helpers import llava, write_json, write_jsonl
+from tests.data.helpers import json_values as json_values_of, llava, write_json, write_jsonl
 
 
 def test_image_root_can_be_overridden(tmp_path):
@@ -132,31 +132,8 @@ def test_data_error_is_a_value_error():
     assert issubclass(DataError, ValueError)
 
 
-json_values = st.recursive(
+json_values = json_values_of(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-    lambda inner: (
-        st.lists(inner, max_size=3)
-        | st.dictionaries(
-            st.sampled_from(
-                [
-                    "id",
-                    "image",
-                    "images",
-                    "conversations",
-                    "messages",
-                    "from",
-                    "value",
-                    "role",
-                    "content",
-                    "type",
-                    "text",
-                    "x",
-                ]
-            ),
-            inner,
-            max_size=4,
-        )
-    ),
     max_leaves=12,
 )
 

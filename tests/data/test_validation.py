@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from poisonguard.data import Limits, QuarantineReason, ReasonCode, read_dataset, validate, validation
-from tests.data.helpers import chat, llava, png, write_json, write_jsonl
+from tests.data.helpers import json_values as json_values_of, chat, llava, png, write_json, write_jsonl
 
 R = ReasonCode
 
@@ -161,34 +161,11 @@ def test_a_shared_image_is_decoded_once(tmp_path, monkeypatch):
     assert calls == ["img.png"]
 
 
-json_values = st.recursive(
+json_values = json_values_of(
     st.none()
     | st.booleans()
     | st.integers()
     | st.sampled_from(["", "<image>", "img.png", "human", "gpt", "user", "assistant", "text", "image", "x"]),
-    lambda inner: (
-        st.lists(inner, max_size=3)
-        | st.dictionaries(
-            st.sampled_from(
-                [
-                    "id",
-                    "image",
-                    "images",
-                    "conversations",
-                    "messages",
-                    "from",
-                    "value",
-                    "role",
-                    "content",
-                    "type",
-                    "text",
-                    "path",
-                ]
-            ),
-            inner,
-            max_size=4,
-        )
-    ),
     max_leaves=14,
 )
 
