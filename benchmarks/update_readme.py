@@ -1,0 +1,42 @@
+"""Insert the benchmark tables (work/bench/tables.md from `poisonguard bench`) into README.md.
+
+Usage: python benchmarks/update_readme.py [--bench work/bench]
+The tables sit between the markers `<!-- BENCH:START -->` and `<!-- BENCH:END -->`; the run's date, machine
+and command are written above them, so every number in the README traces to a command anyone can rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- BENCH:START -->", "<!-- BENCH:END -->"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bench", type=Path, default=ROOT / "work" / "bench")
+    args = ap.parse_args()
+    summary = json.loads((args.bench / "summary.json").read_text())
+    cfg = summary["config"]
+    cmd = (f"poisonguard bench --attacks {','.join(cfg['attacks'])} --rates {','.join(map(str, cfg['rates']))} "
+           f"--seeds {','.join(map(str, cfg['seeds']))} --controls {','.join(cfg['controls'])}")
+    block = (f"{START}\nRun {summary['started']} UTC on {summary['machine']}; command: `{cmd}` "
+             f"(then `python benchmarks/update_readme.py`). Fine-tune: {cfg['finetune']['mode']}, "
+             f"{cfg['finetune']['epochs']} epochs, lr {cfg['finetune']['lr']}.\n\n"
+             + (args.bench / "tables.md").read_text() + f"\n{END}")
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if START in text:
+        a, b = text.index(START), text.index(END) + len(END)
+        text = text[:a] + block + text[b:]
+    else:
+        text = text.replace("BENCH_TABLES_PLACEHOLDER", block)
+    readme.write_text(text)
+    print(f"README updated from {args.bench / 'summary.json'}")
+
+
+if __name__ == "__main__":
+    main()
