@@ -25,10 +25,13 @@ def _print_json(obj) -> None:
 
 
 def _setup_threads() -> None:
+    """Torch threads: `PG_THREADS` if set, else at most 2 (the reference machines have 2 cores; more threads
+    than cores make a tiny model slower, not faster)."""
+    import os
+
     import torch
 
-    torch.set_num_threads(min(2, torch.get_num_threads()) if "PG_THREADS" not in __import__("os").environ
-                          else int(__import__("os").environ["PG_THREADS"]))
+    torch.set_num_threads(int(os.environ.get("PG_THREADS", min(2, torch.get_num_threads()))))
 
 
 @app.command()
