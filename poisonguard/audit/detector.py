@@ -9,14 +9,17 @@ because poison in that toy sat as a shifted tail (median z 0.7–3), not a separ
    against the bulk (median, 1.4826·MAD: the median and MAD stay with the clean bulk while poison is a
    minority). The combined statistic is the mean of those z-scores (the probe's "average of standardised log
    scores": AUROC 0.88–0.97, the steadiest ranking), re-standardised the same way: `score_projector`.
-2. `cut="mixture_or_z"` (default): a 2-component Gaussian mixture on the combined z is accepted only when it
+2. `cut="mixture_or_z"`: a 2-component Gaussian mixture on the combined z is accepted only when it
    finds a real, separated upper mode: BIC gain ≥ `min_bic_gain` over one Gaussian, Ashman's D ≥
    `min_separation` (D > 2 is the usual criterion for a clean bimodal split), and an upper-mode weight in
    [`min_weight`, `max_weight`] (poison is a minority) holding at least 5 samples. Then samples past the
    point where the upper mode's posterior reaches ½ are flagged, but never below z = `z_floor`. Without such
    a mode it falls back to rule 3.
    A skewed or heavy-tailed clean bulk gives two overlapping components (small D), so it does not fire.
-3. `cut="robust_z"`: flag combined z > `z_threshold` (a Gaussian bulk exceeds 3.5 in 0.02% of samples).
+3. `cut="robust_z"` (default): flag combined z > `z_threshold` (a Gaussian bulk exceeds 3.5 in 0.02% of
+   samples). The default because on the embedded world's benchmark the mixture was accepted only where it
+   added false flags (BadNet no-relabel control: 596 flags against 372 for rule 3; text prefix: 214 vs 202),
+   never on a learned backdoor; on synthetic data with a separated poison mode it does add recall.
 
 Scores: by default `drift_max_rel` (max_t ‖ΔE_t‖ / ‖E0_t‖) alone. On the embedded world's BadNet fine-tune
 it ranked at AUROC 0.91 while the probe's mix of (max, mean, max_rel) fell to 0.71, because the raw
@@ -25,6 +28,14 @@ together), meant for global triggers, needs the caller to export it. This defaul
 the labels of one run: re-check it on every attack of the benchmark. On that run the cut flagged nothing:
 poison sat again as a shifted tail (median combined z 1.7, clean 99th percentile 1.4) next to a bimodal clean
 bulk, so no separated upper mode exists; the score is a ranking for fusion there, not a verdict.
+
+Measured failures on that benchmark (default score and cut), which no threshold fixes:
+- BadNet no-relabel control: AUROC 0.90 and 372 flags, all triggered images. The projector learns the
+  frequent patch whatever its label; drift there is trigger exposure, not the backdoor (the clean fine-tune
+  scored on the same triggered data: 0.51, so it is not a pixel artefact of the base model).
+- SIG (ASR 0.98): poisoned samples drift *less* (AUROC 0.00; a separated lower mode, D = 7.8). An
+  upper-tail rule cannot see it; a two-sided rule would, but it also flags BadNet's clean lower mode (24%).
+- Text triggers (clean images): heavy upper tails unrelated to poison, 113–214 flags (2–4%).
 
 The threshold is one number on the combined z, so `score` applies the fitted state to new data unchanged.
 p_poison = sigmoid(z − cut) ranks; it is not a calibrated probability. The raw drift scores themselves stay
@@ -63,7 +74,7 @@ _MIN_MODE_SIZE = 5  # fewer samples than this make a degenerate component (an ou
 class ProjectorDriftParams:
     scores: tuple[str, ...] = ("drift_max_rel",)
     log_scores: bool = True
-    cut: str = "mixture_or_z"
+    cut: str = "robust_z"
     z_threshold: float = 3.5
     min_separation: float = 2.0
     min_bic_gain: float = 10.0

@@ -49,7 +49,7 @@ def test_planted_drift_minority_is_flagged_by_the_mixture_rule():
     truth = np.zeros(N, dtype=bool)
     truth[rng.choice(N, N // 10, replace=False)] = True
     z[truth] += 4.0
-    result = ProjectorDriftDetector().detect(_scores(z))
+    result = ProjectorDriftDetector(cut="mixture_or_z").detect(_scores(z))
     assert result.report["mixture"]["accepted"]
     tp = int((result.flagged & truth).sum())
     assert tp >= 0.9 * truth.sum()
