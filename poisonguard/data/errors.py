@@ -50,6 +50,8 @@ class ReasonCode(StrEnum):
     FILE_TOO_LARGE = "file_too_large"
     DECOMPRESSION_BOMB = "decompression_bomb"
     CORRUPT_IMAGE = "corrupt_image"
+    # the file as a whole (a usable sample that cannot be screened is not released either)
+    TOO_FEW_TO_SCREEN = "too_few_to_screen"
 
 
 @dataclass(frozen=True)

@@ -72,9 +72,14 @@ def load_image(ref: str, image_root: str | Path, limits: Limits | None = None) -
     scaled to 8 bits rather than clipped; animated images give their first frame.
     """
     limits = limits or Limits()
-    path = resolve_image_path(ref, image_root)
-    data = _read_bounded(path, ref, limits.max_bytes)
-    return _decode_rgb(data, ref, limits)
+    return _decode_rgb(read_image_bytes(ref, image_root, limits), ref, limits)
+
+
+def read_image_bytes(ref: str, image_root: str | Path, limits: Limits | None = None) -> bytes:
+    """The raw bytes of `ref` under the same path and size checks as `load_image`, without decoding
+    (for fingerprints: a resumed run must notice an image replaced under the same name)."""
+    limits = limits or Limits()
+    return _read_bounded(resolve_image_path(ref, image_root), ref, limits.max_bytes)
 
 
 def _read_bounded(path: Path, ref: str, max_bytes: int) -> bytes:

@@ -36,6 +36,12 @@ class CheckedDataset:
     def image_loader(self, cache_size: int = 0) -> Callable[[str], Image.Image]:
         return image_loader(self.dataset.image_root, self.limits, cache_size)
 
+    def digests(self, samples: list[Sample]) -> list[str]:
+        """Content fingerprints of `samples` (turns and image bytes), for resumable work keyed on them."""
+        from poisonguard.data.fingerprint import sample_digest
+
+        return [sample_digest(s, self.dataset.image_root, self.limits) for s in samples]
+
 
 def image_loader(image_root: str | Path, limits: Limits | None = None,
                  cache_size: int = 0) -> Callable[[str], Image.Image]:
@@ -52,6 +58,10 @@ def image_loader(image_root: str | Path, limits: Limits | None = None,
 def load_checked(path: str | Path, image_folder: str | Path | None = None, limits: Limits | None = None,
                  checks=()) -> CheckedDataset:
     """Read (raises DataError on an unusable file) and validate (per-sample quarantine reasons)."""
+    return check_dataset(read_dataset(path, image_root=image_folder), limits, checks)
+
+
+def check_dataset(ds: Dataset, limits: Limits | None = None, checks=()) -> CheckedDataset:
+    """Validate an already read dataset (so a caller can refuse an unreadable file before loading a model)."""
     limits = limits or Limits()
-    ds = read_dataset(path, image_root=image_folder)
     return CheckedDataset(ds, validate(ds, limits, checks=checks), limits)

@@ -3,7 +3,8 @@
 `validate` combines what the reader already noted (`Sample.issues`) with format-independent checks: the shape
 of the conversation, its length, the number of images and each image file (opened with `load_image`, so
 a sample that passes here also loads later). More checks, such as a tokenizer-based context-length check,
-plug in through `checks`.
+plug in through `checks`; they run only on samples that passed everything else, because they assume a
+well-formed sample (a chat template fed a broken conversation fails for reasons already reported).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def validate(
             reasons += check_turns(sample, field)
         reasons += check_length(sample, field, limits)
         reasons += check_images(sample, dataset.image_root, limits, image_errors)
-        for check in checks:
-            reasons += check(sample)
+        if not reasons:
+            for check in checks:
+                reasons += check(sample)
         verdicts[sample.id] = reasons
     return verdicts
 

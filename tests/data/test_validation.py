@@ -147,9 +147,12 @@ def test_extra_checks_plug_in(tmp_path):
         if len(sample.question.split()) > 3:
             yield QuarantineReason.at("prompt_too_long", sample.id, "conversations", "more than 3 tokens")
 
-    records = [llava("short"), llava("long", question="one two three four")]
+    records = [llava("short"), llava("long", question="one two three four"),
+               llava("broken", image="missing.png", question="one two three four")]
     verdicts = validate(read_dataset(write_json(tmp_path / "t.json", records)), checks=[too_many_tokens])
     assert verdicts["short"] == [] and [r.code for r in verdicts["long"]] == ["prompt_too_long"]
+    # a sample already quarantined is not handed to the extra checks (they assume a well-formed sample)
+    assert [r.code for r in verdicts["broken"]] == ["missing_image"]
 
 
 def test_a_shared_image_is_decoded_once(tmp_path, monkeypatch):
