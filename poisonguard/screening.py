@@ -8,13 +8,19 @@
     report    -> verdicts.parquet/csv, clean.json (input format), detector.json, manifest.json, report.html
 
 No orchestration framework is imported here; the CLI, the DVC stage scripts and the Prefect flows call these.
+
+Crash safety: a screen holds a lock on its output folder for the whole run (a second screen there fails at
+once, see runlock.py); the input file is read before any model is loaded, so a broken file costs no model
+load; extraction resumes shard by shard, and a shard is reused only for the same samples (content digests),
+the same model (weight-file digest) and the same plan (see extract/storage.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from poisonguard.data.errors import QuarantineReason
-from poisonguard.data.loading import CheckedDataset, load_checked
+from poisonguard.data.dataset import Dataset, read_dataset
+from poisonguard.data.errors import DataError, QuarantineReason, ReasonCode
+from poisonguard.data.loading import CheckedDataset, check_dataset
 from poisonguard.data.records import Sample
 from poisonguard.data.writer import atomic_write_bytes, write_dataset
 from poisonguard.gate.report import file_sha256, ids_sha256
-from poisonguard.train.batching import render
+from poisonguard.runlock import folder_lock
 
 
 def context_check(processor, max_tokens: int) -> Callable[[Sample], list[QuarantineReason]]:
@@ -36,6 +43,8 @@ def context_check(processor, max_tokens: int) -> Callable[[Sample], list[Quarant
     Image placeholders count as one token here; the processor expands them later, so `max_tokens` should
     leave room for the image tokens (the caller subtracts them).
     """
+    from poisonguard.train.batching import render  # torch: imported once a model is in play, not before
+
     tok = processor.tokenizer
 
     def check(sample: Sample) -> list[QuarantineReason]:
@@ -52,6 +61,28 @@ def context_check(processor, max_tokens: int) -> Callable[[Sample], list[Quarant
     return check
 
 
+# Fewer usable samples than this cannot be screened label-free: the head profiles fit 1-D mixtures of up to
+# 5 components, and the projector drift detector's robust statistics need 10 scored samples.
+MIN_USABLE_SAMPLES = 10
+
+
+def hold_back_if_too_few(checked: CheckedDataset, minimum: int = MIN_USABLE_SAMPLES) -> int:
+    """Quarantine every usable sample when there are fewer than `minimum` of them; returns how many were.
+
+    A sample that cannot be screened must not be released as if it had been, so it is quarantined with a
+    reason rather than passed (or the run crashing inside a detector).
+    """
+    ok = checked.ok
+    if not 0 < len(ok) < minimum:
+        return 0
+    for s in ok:
+        checked.reasons[s.id] = [QuarantineReason(
+            ReasonCode.TOO_FEW_TO_SCREEN,
+            f"sample {s.id!r}: not screened: only {len(ok)} usable sample(s) in the file, label-free screening "
+            f"needs at least {minimum}")]
+    return len(ok)
+
+
 def model_token_budget(model, processor) -> int:
     """Context length minus the image tokens one image expands into (approximately, for the check)."""
     cfg = getattr(model.config, "text_config", model.config)
@@ -60,43 +91,82 @@ def model_token_budget(model, processor) -> int:
     return max(8, ctx - n_img)
 
 
-def validate_for_model(data: str | Path, processor, model, image_folder=None) -> CheckedDataset:
-    return load_checked(data, image_folder, checks=(context_check(processor, model_token_budget(model, processor)),))
+def validate_for_model(data: str | Path | Dataset, processor, model, image_folder=None) -> CheckedDataset:
+    """Validation plus the model's own context check; `data` is a path or an already read `Dataset`."""
+    ds = data if isinstance(data, Dataset) else read_dataset(data, image_root=image_folder)
+    return check_dataset(ds, checks=(context_check(processor, model_token_budget(model, processor)),))
 
 
 # ----------------------------------------------------------------------------------------------- extraction
 def extract_models(checked: CheckedDataset, base_dir: Path, finetuned_dir: Path, out_dir: Path, *,
-                   batch_size: int = 64, shard_size: int = 1024, show_progress: bool = True) -> dict:
+                   batch_size: int = 64, shard_size: int = 1024, show_progress: bool = True,
+                   log=None) -> dict:
     """Decision-position attention of the fine-tuned and of the base model on the usable samples.
 
     Base-model differencing is the largest single gain measured so far (research/prototype.md): the same
     sample's allocation before fine-tuning removes content structure that is not the backdoor.
+
+    Resumable: finished shards of the same samples and model are skipped (and logged); shards of other
+    inputs are discarded. The caller must hold the folder (the screen's lock, or DVC's), because leftover
+    temp files of a killed run are removed here.
     """
     from poisonguard.extract import extract_to_dir
-    from poisonguard.train.examples import to_examples
+    from poisonguard.extract.storage import remove_temp_files
     from poisonguard.train.finetune import load_model
 
     samples = checked.ok
     ids = [s.id for s in samples]
-    examples = to_examples(samples, checked.image_loader(), prompt_only=True)
+    examples = LazyExamples(samples, checked.image_loader())
+    digests = checked.digests(samples)
     out = {}
     for name, model_dir in (("finetuned", finetuned_dir), ("base", base_dir)):
+        folder = Path(out_dir) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(folder)
         model, processor = load_model(model_dir)
-        tag = _dir_digest(Path(model_dir))
-        extract_to_dir(model, processor, examples, ids, Path(out_dir) / name, shard_size=shard_size,
-                       batch_size=batch_size, tag=tag, show_progress=show_progress)
-        out[name] = str(Path(out_dir) / name)
+        extract_to_dir(model, processor, examples, ids, folder, shard_size=shard_size, batch_size=batch_size,
+                       tag=model_digest(Path(model_dir)), inputs=digests, on_stale="restart",
+                       show_progress=show_progress, log=log)
+        out[name] = str(folder)
     return out
 
 
-def _dir_digest(model_dir: Path) -> str:
-    """Identify a model by its weight files, so shards of another model are never reused."""
+class LazyExamples(Sequence):
+    """Prompt-only model inputs built when sliced: extraction decodes one shard's images at a time, never the
+    whole dataset's (100k decoded images do not fit in memory; one shard's do)."""
+
+    def __init__(self, samples: list[Sample], load_image: Callable[[str], object]):
+        self.samples, self.load_image = samples, load_image
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, k):
+        from poisonguard.train.examples import to_example
+
+        if isinstance(k, slice):
+            return [to_example(s, self.load_image, prompt_only=True) for s in self.samples[k]]
+        return to_example(self.samples[k], self.load_image, prompt_only=True)
+
+
+def model_digest(model_dir: Path, sample_bytes: int = 1 << 20) -> str:
+    """Identify a model by its files, so that shards of another model are never reused.
+
+    Every file's name, size and mtime, the whole of small files (config, tokenizer) and the first and last MiB
+    of large ones (weights): cheap for a 14 GB model, and any retraining or copy-over changes at least the
+    mtime. Blind spot: weights rewritten in place to the same size with the mtime set back by hand.
+    """
     h = hashlib.sha256()
-    for p in sorted(model_dir.glob("*.safetensors")):
-        h.update(p.name.encode())
-        h.update(str(p.stat().st_size).encode())
+    for p in sorted(q for q in Path(model_dir).rglob("*") if q.is_file()):
+        st = p.stat()
+        h.update(f"{p.relative_to(model_dir)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
         with open(p, "rb") as f:
-            h.update(f.read(1 << 20))
+            if st.st_size <= 2 * sample_bytes:
+                h.update(f.read())
+            else:
+                h.update(f.read(sample_bytes))
+                f.seek(-sample_bytes, os.SEEK_END)
+                h.update(f.read(sample_bytes))
     return h.hexdigest()[:16]
 
 
@@ -131,8 +201,8 @@ def verdict_table(checked: CheckedDataset, results: dict, default: str) -> pd.Da
     """One row per input sample, in input order, none missing (DESIGN §3)."""
     ds = checked.dataset
     rows = []
-    default_res = results[default]
-    pos = {sid: i for i, sid in enumerate(default_res.ids)}
+    default_res = results.get(default)  # absent only when no sample was usable
+    pos = {sid: i for i, sid in enumerate(default_res.ids)} if default_res is not None else {}
     signal_cols: dict[str, np.ndarray] = {}
     for name, res in results.items():
         idx = {sid: i for i, sid in enumerate(res.ids)}
@@ -281,6 +351,18 @@ def build_features(extract_dir: Path, *, strata_k: int = 8, seed: int = 0, extra
                       vis_entropy=ft.vis_entropy, hidden=ft.hidden, extra_scores=dict(extra_scores or {}))
 
 
+def _without_unfit_projector(names: list[str], drift: dict, log) -> list[str]:
+    """The projector detector needs `MIN_SCORED` samples with drift scores (only images have them); with
+    fewer (a mostly text-only file) it is left out, with a log line, instead of failing the screen."""
+    from poisonguard.audit.report import MIN_SCORED
+
+    scored = int(np.isfinite(np.column_stack(list(drift.values()))).all(axis=1).sum()) if drift else 0
+    if "projector" not in names or scored >= MIN_SCORED:
+        return names
+    log(f"projector drift detector left out: only {scored} samples have an image (it needs {MIN_SCORED})")
+    return [n for n in names if n != "projector"]
+
+
 def run_detectors(features, names, params: dict | None = None) -> tuple[dict, dict]:
     """Fit and score each detector on the same features; returns (results, fitted detector objects)."""
     dets = fit_detectors(features, names, params)
@@ -290,46 +372,62 @@ def run_detectors(features, names, params: dict | None = None) -> tuple[dict, di
 def run_screen(data: str | Path, base: str | Path, out: str | Path, *, finetuned: str | Path | None = None,
                image_folder=None, finetune_cfg=None, detectors=DETECTORS, default: str = "fused",
                detector_params: dict | None = None, strata_k: int = 8, batch_size: int = 64,
-               projector: bool = True, show_progress: bool = True, log=print) -> ScreenResult:
-    """The whole screening of one dataset into a report directory (see the module docstring)."""
+               shard_size: int = 1024, projector: bool = True, show_progress: bool = True,
+               log=print) -> ScreenResult:
+    """The whole screening of one dataset into a report directory (see the module docstring).
+
+    Raises `DataError` for an unreadable file (before any model is loaded) and when no sample is usable (after
+    writing the verdict table, so every sample's reason is on record); `FolderBusyError` when another run
+    holds `out`. A rerun after a crash resumes the extraction (see `extract_models`).
+    """
     from poisonguard.report.html import render_report
     from poisonguard.train.examples import to_examples
     from poisonguard.train.finetune import FinetuneConfig, finetune, load_model, save_model
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model, processor = load_model(base)
-    checked = validate_for_model(data, processor, model, image_folder)
-    log(f"validated {len(checked.dataset.samples)} samples: {len(checked.ok)} ok, "
-        f"{len(checked.quarantined)} quarantined")
-    if not checked.ok:
-        raise ValueError("no usable sample left after validation; see the quarantine reasons")
-    if finetuned is None:
-        cfg = finetune_cfg or FinetuneConfig()
-        log(f"fine-tuning the base model on the suspect data ({cfg.mode}, {cfg.epochs} epochs)")
-        ft_model, rep = finetune(model, processor, to_examples(checked.ok, checked.image_loader()), cfg,
-                                 show_progress=show_progress)
-        finetuned = out / "finetuned"
-        save_model(ft_model, processor, finetuned, rep)
-    del model
-    extract_models(checked, Path(base), Path(finetuned), out / "extract", batch_size=batch_size,
-                   show_progress=show_progress)
-    extra = {}
-    names = [d for d in detectors if projector or d not in ("fused", "projector")]
-    if projector and any(d in names for d in ("fused", "projector")):
-        extra = projector_scores(base, finetuned, checked, batch_size=batch_size, show_progress=show_progress)
-        save_drift_scores([s.id for s in checked.ok], extra, out / "extract" / DRIFT_FILE)
-    features = build_features(out / "extract", strata_k=strata_k, extra_scores=extra)
-    if default not in names:
-        default = names[0]
-    results, dets = run_detectors(features, names, detector_params)
-    states = {name: det.to_state() for name, det in dets.items()}
-    res = write_report_dir(checked, results, default, {"default": default, "detectors": states}, out,
-                           params={"detectors": list(names), "default": default, "strata_k": strata_k,
-                                   "finetuned": str(finetuned), "base": str(base)})
-    render_report(res.table, {n: r.report for n, r in results.items()}, default, out / "report.html")
-    log(f"{len(res.flagged_ids)} flagged by {default}; {len(res.keep_ids)} samples in the release candidate")
-    return res
+    with folder_lock(out):
+        ds = read_dataset(data, image_root=image_folder)
+        model, processor = load_model(base)
+        checked = validate_for_model(ds, processor, model)
+        log(f"validated {len(checked.dataset.samples)} samples: {len(checked.ok)} ok, "
+            f"{len(checked.quarantined)} quarantined")
+        held = hold_back_if_too_few(checked)
+        if not checked.ok:
+            write_report_dir(checked, {}, default, {"default": default, "detectors": {}}, out,
+                             params={"base": str(base)})
+            why = (f"only {held} usable sample(s), fewer than the {MIN_USABLE_SAMPLES} that screening needs"
+                   if held else "no usable sample")
+            raise DataError(f"{ds.path}: {why}: all {len(ds.samples)} samples are quarantined; the reasons "
+                            f"are in {out / 'verdicts.csv'}")
+        if finetuned is None:
+            cfg = finetune_cfg or FinetuneConfig()
+            log(f"fine-tuning the base model on the suspect data ({cfg.mode}, {cfg.epochs} epochs)")
+            ft_model, rep = finetune(model, processor, to_examples(checked.ok, checked.image_loader()), cfg,
+                                     show_progress=show_progress)
+            finetuned = out / "finetuned"
+            save_model(ft_model, processor, finetuned, rep)
+        del model
+        extract_models(checked, Path(base), Path(finetuned), out / "extract", batch_size=batch_size,
+                       shard_size=shard_size, show_progress=show_progress, log=log)
+        extra = {}
+        names = [d for d in detectors if projector or d not in ("fused", "projector")]
+        if projector and any(d in names for d in ("fused", "projector")):
+            extra = projector_scores(base, finetuned, checked, batch_size=batch_size,
+                                     show_progress=show_progress)
+            save_drift_scores([s.id for s in checked.ok], extra, out / "extract" / DRIFT_FILE)
+            names = _without_unfit_projector(names, extra, log)
+        features = build_features(out / "extract", strata_k=strata_k, extra_scores=extra)
+        if default not in names:
+            default = names[0]
+        results, dets = run_detectors(features, names, detector_params)
+        states = {name: det.to_state() for name, det in dets.items()}
+        res = write_report_dir(checked, results, default, {"default": default, "detectors": states}, out,
+                               params={"detectors": list(names), "default": default, "strata_k": strata_k,
+                                       "finetuned": str(finetuned), "base": str(base)})
+        render_report(res.table, {n: r.report for n, r in results.items()}, default, out / "report.html")
+        log(f"{len(res.flagged_ids)} flagged by {default}; {len(res.keep_ids)} samples in the release "
+            "candidate")
+        return res
 
 
 # ------------------------------------------------------------------- persistence between DVC stages

@@ -1,14 +1,26 @@
-"""End to end on a very small world: `poisonguard screen` writes the report contract of DESIGN §3."""
+"""End to end on a very small world: `poisonguard screen` writes the report contract of DESIGN §3, refuses
+every kind of bad input cleanly, resumes after kill -9 to the same verdicts, and keeps one run per folder."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 from typer.testing import CliRunner
 
 from poisonguard.cli import app
 from poisonguard.data import read_dataset
+from poisonguard.data.badcorpus import make_bad_corpus, screen_batches
+from poisonguard.runlock import LOCK_FILE, folder_lock
+from poisonguard.screening import MIN_USABLE_SAMPLES
 
 runner = CliRunner()
 
@@ -52,3 +64,137 @@ def test_screen_writes_the_report_contract(tiny_world, tmp_path):
     scored = score_extractions(det, [str(rep / "extract")], strata_k=2)
     assert name == "fused" and len(scored) == len(ok)
     assert (rep / "extract" / "drift_scores.npz").is_file()
+
+
+# ------------------------------------------------------------------ the real command line, in a subprocess
+POISONGUARD = str(Path(sys.executable).with_name("poisonguard"))
+SMALL_MODEL_PARAMS = "screen:\n  strata_k: 2\n  batch_size: 8\n  shard_size: {shard}\ndetectors:\n  tcap: {{l_sens: 1, h_sens: 2}}\n"
+
+
+def _screen_cmd(data, base, out, params, image_folder=None) -> list[str]:
+    cmd = [POISONGUARD, "screen", "--data", str(data), "--base", str(base), "--finetuned", str(base),
+           "--out", str(out), "--params", str(params), "--quiet"]
+    return cmd + (["--image-folder", str(image_folder)] if image_folder else [])
+
+
+def _env() -> dict:
+    return {**os.environ, "PG_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _run(cmd) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+
+
+def _codes(reason: str) -> set[str]:
+    """The codes in a verdict's reason column ("code: sample 'id' ...; code: sample 'id' ...")."""
+    return set(re.findall(r"(?:^|; )([a-z_]+): sample '", reason))
+
+
+def test_every_bad_corpus_kind_through_the_screen_cli(tiny_world, tmp_path):
+    """Each kind of bad input, through `poisonguard screen`: exit 2 naming the file and line, or a verdict
+    table with every input id, each bad sample quarantined with exactly its codes and a reason that names it.
+    Never a traceback. The kinds are merged into as few runs as their ids allow (each run loads a model)."""
+    world, _ = tiny_world
+    cases = make_bad_corpus(tmp_path / "corpus")
+    batches = screen_batches(cases, tmp_path / "corpus", min_usable=MIN_USABLE_SAMPLES)
+    assert sorted(n for b in batches for n in b.cases) == sorted(c.name for c in cases)
+    params = tmp_path / "params.yaml"  # input handling is under test, not detection: one detector, no plots
+    params.write_text("screen:\n  strata_k: 2\n  batch_size: 8\n  detectors: [tcap_plus]\n  default: tcap_plus\n"
+                      "  projector: false\n")
+    for batch in batches:
+        out = tmp_path / "reports" / batch.name
+        r = _run(_screen_cmd(batch.path, world / "base_model", out, params, batch.image_folder))
+        assert "Traceback" not in r.stderr, (batch.name, r.stderr)
+        if batch.expect == "error":
+            assert r.returncode == 2, (batch.name, r.stderr)
+            message = r.stderr.strip()
+            assert message.startswith("error: ") and len(message.splitlines()) == 1, message
+            assert all(text in message for text in batch.error_mentions), (batch.name, message)
+            assert not (out / "verdicts.parquet").exists()
+            continue
+        assert r.returncode == 0, (batch.name, r.stderr)
+        table = pd.read_parquet(out / "verdicts.parquet").set_index("id")
+        assert list(table.index) == read_dataset(batch.path, image_root=batch.image_folder).ids
+        assert set(table.index) == set(batch.reasons) | batch.ok_ids, batch.name  # every input id, none other
+        for sid, codes in batch.reasons.items():
+            row = table.loc[sid]
+            assert row["status"] == "quarantined" and _codes(row["reason"]) == codes, (sid, row["reason"])
+            assert f"sample {sid!r}" in row["reason"], row["reason"]  # readable: names the sample
+            assert "field '" in row["reason"] or "not_an_object" in row["reason"], row["reason"]  # and the field
+        ok = table.loc[sorted(batch.ok_ids)]
+        assert (ok["status"] == "ok").all() and ok["p_poison"].between(0, 1).all(), batch.name
+        released = read_dataset(out / ("clean" + batch.path.suffix), image_root=batch.image_folder).ids
+        assert not set(released) & set(batch.reasons)  # a quarantined sample is never in the release candidate
+
+
+def test_a_file_with_no_usable_sample_exits_2_with_every_id_in_the_table(tiny_world, tmp_path):
+    world, _ = tiny_world
+    data = tmp_path / "bad.json"
+    data.write_text(json.dumps([{"id": "a", "image": "../x.png", "conversations": []}, "junk"]))
+    params = tmp_path / "params.yaml"
+    params.write_text(SMALL_MODEL_PARAMS.format(shard=1024))
+    r = _run(_screen_cmd(data, world / "base_model", tmp_path / "rep", params))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "no usable sample: all 2 samples are quarantined" in r.stderr
+    table = pd.read_parquet(tmp_path / "rep" / "verdicts.parquet")
+    assert table["id"].tolist() == ["a", "__index_1"] and (table["status"] == "quarantined").all()
+
+
+def test_a_second_screen_on_a_held_output_folder_is_refused(tiny_world, tmp_path):
+    """The output folder's lock: while one run holds it, another screen there stops at once (exit 2, naming
+    the holder) and writes nothing."""
+    world, _ = tiny_world
+    params = tmp_path / "params.yaml"
+    params.write_text(SMALL_MODEL_PARAMS.format(shard=1024))
+    out = tmp_path / "rep"
+    with folder_lock(out):
+        r = _run(_screen_cmd(world / "train.json", world / "base_model", out, params))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"in use by another poisonguard run (pid {os.getpid()}" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
+
+
+def _shard_state(extract_dir: Path) -> dict[str, tuple[int, str]]:
+    return {str(p.relative_to(extract_dir)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(extract_dir.glob("*/shard_*.npz"))}
+
+
+def test_screen_killed_during_extraction_resumes_to_the_same_verdicts(tiny_world, tmp_path):
+    """kill -9 once a shard is finished; the rerun skips finished shards (same bytes, same mtime, and says
+    so), completes, and its verdict table equals an uninterrupted run's. A second screen started while the
+    first holds the folder is refused, and the killed run's lock does not outlive it."""
+    world, _ = tiny_world
+    records = json.loads((world / "train.json").read_text())
+    data = [{**records[i % len(records)], "id": f"r{i:03d}"} for i in range(160)]
+    (tmp_path / "train.json").write_text(json.dumps(data))
+    params = tmp_path / "params.yaml"
+    params.write_text(SMALL_MODEL_PARAMS.format(shard=8))  # 20 shards per model
+    cmd = lambda out: _screen_cmd(tmp_path / "train.json", world / "base_model", out, params,  # noqa: E731
+                                  image_folder=world)
+    out = tmp_path / "rep"
+    first_shard = out / "extract" / "finetuned" / "shard_00000.npz"
+    proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        deadline = time.monotonic() + 120
+        while not first_shard.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+    done = _shard_state(out / "extract")
+    assert first_shard.exists() and 1 <= len(done) < 40, len(done)  # interrupted mid-extraction
+    assert not (out / "verdicts.parquet").exists()
+
+    r = _run(cmd(out))  # the rerun: the killed run's lock is gone with it
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    finetuned_done = sum(k.startswith("finetuned/") for k in done)
+    assert f"resuming; {finetuned_done} of 20 shards already finished, skipped" in r.stderr
+    after = _shard_state(out / "extract")
+    assert len(after) == 40 and all(after[k] == v for k, v in done.items())  # finished shards untouched
+    assert not list((out / "extract").glob("*/.*.tmp"))  # the killed writer's temp file is cleaned up
+
+    reference = _run(cmd(tmp_path / "uninterrupted"))
+    assert reference.returncode == 0, reference.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "verdicts.parquet"),
+                                  pd.read_parquet(tmp_path / "uninterrupted" / "verdicts.parquet"))
