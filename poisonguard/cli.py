@@ -175,8 +175,8 @@ def screen(
         res = run_screen(data, base, out, finetuned=finetuned, image_folder=image_folder,
                          finetune_cfg=finetune_config(params), detectors=st["detectors"],
                          default=detector or st["default"], detector_params=st["detector_params"],
-                         strata_k=st["strata_k"], batch_size=st["batch_size"], projector=st["projector"],
-                         show_progress=not quiet, log=lambda m: typer.echo(m, err=True))
+                         strata_k=st["strata_k"], batch_size=st["batch_size"], shard_size=st["shard_size"],
+                         projector=st["projector"], show_progress=not quiet, log=lambda m: typer.echo(m, err=True))
     counts = res.table["status"].value_counts().to_dict()
     typer.echo(f"{len(res.table)} samples: {counts.get('ok', 0)} ok, {counts.get('quarantined', 0)} quarantined, "
                f"{len(res.flagged_ids)} flagged ({res.default}); release candidate: {len(res.keep_ids)} -> {out}")
@@ -239,15 +239,17 @@ def release(
 
 
 class _bad_input:
-    """Turn data errors into exit code 2 with one readable line, never a traceback."""
+    """Turn data errors (and an output folder held by another run) into exit code 2 with one readable line,
+    never a traceback."""
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
         from poisonguard.data.errors import DataError
+        from poisonguard.runlock import FolderBusyError
 
-        if exc_type is not None and issubclass(exc_type, (DataError, FileNotFoundError)):
+        if exc_type is not None and issubclass(exc_type, (DataError, FileNotFoundError, FolderBusyError)):
             _fail(str(exc))
         return False
 
