@@ -127,7 +127,9 @@ def llava_shaped(args):
 
 
 @torch.no_grad()
-def bench(name: str, model, processor, image_size: int, batch: int, repeats: int) -> None:
+def bench(name: str, model, processor, image_size: int, batch: int, repeats: int) -> dict:
+    """Print and return one model's comparison: per mode best/median seconds and peak bytes, the ratios to
+    SDPA, and max |capture − eager| of the decision rows."""
     inputs = encode_prompts(processor, examples(batch, image_size))
     text = model.config.get_text_config()
     n_layers = text.num_hidden_layers
@@ -168,14 +170,20 @@ def bench(name: str, model, processor, image_size: int, batch: int, repeats: int
             peaks[mode] = peak_bytes(fn)
     t0, m0 = min(times["sdpa"]), peaks["sdpa"]
     print(f"{'mode':<8} {'best ms':>9} {'x sdpa':>7} {'median ms':>10} {'peak MiB':>9} {'x sdpa':>7}")
+    result = {"name": name, "layers": n_layers, "hidden": text.hidden_size, "heads": text.num_attention_heads,
+              "batch": batch, "tokens": int(inputs["input_ids"].shape[1]), "image_tokens": n_image,
+              "max_abs_diff": diff, "modes": {}}
     for mode in fns:
         t, m = min(times[mode]), peaks[mode]
         print(f"{mode:<8} {t * 1e3:>9.1f} {t / t0:>7.2f} {statistics.median(times[mode]) * 1e3:>10.1f} "
               f"{m / 2**20:>9.1f} {m / m0:>7.2f}")
+        result["modes"][mode] = {"best_s": t, "median_s": statistics.median(times[mode]), "peak_bytes": m,
+                                 "time_x_sdpa": t / t0, "peak_x_sdpa": m / m0 if m0 else float("nan")}
+    return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """This script's options (bench_speed.py reuses them)."""
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--world-batch", type=int, default=16)
@@ -188,17 +196,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--patch-size", type=int, default=14, help="(image-size / patch-size)^2 image tokens")
     p.add_argument("--skip-world", action="store_true")
     p.add_argument("--skip-large", action="store_true")
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Both comparisons (unless skipped), printed as they finish; returns their results."""
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s); "
           f"time = best of {args.repeats} (round-robin); "
           "peak = live CPU tensor bytes from torch.profiler allocation events")
+    results = []
     if not args.skip_world:
         model, processor, size = world_model()
-        bench("embedded world LLaVA", model, processor, size, args.world_batch, args.repeats)
+        results.append(bench("embedded world LLaVA", model, processor, size, args.world_batch, args.repeats))
     if not args.skip_large:
         model, processor, size = llava_shaped(args)
-        bench("LLaVA-shaped", model, processor, size, args.batch, args.repeats)
+        results.append(bench("LLaVA-shaped", model, processor, size, args.batch, args.repeats))
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(p)
+    run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -60,30 +60,31 @@ def sklearn_loop(
     return time.perf_counter() - t0, ll, aic, bic
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """This script's options (bench_speed.py reuses them)."""
     ap.add_argument("--quick", action="store_true", help="10,000 samples × 64 heads")
     ap.add_argument("--n", type=int, default=None, help="samples (default 100,000; 10,000 with --quick)")
     ap.add_argument("--m", type=int, default=None, help="heads (default 1,024; 64 with --quick)")
     ap.add_argument("--sk-heads", type=int, default=8, help="heads fitted with sklearn (timed, extrapolated)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    n = args.n or (10_000 if args.quick else 100_000)
-    m = args.m or (64 if args.quick else 1024)
-    torch.set_num_threads(args.threads)
 
+
+def run(n: int, m: int, *, sk_heads: int = 8, threads: int = 2, seed: int = 0) -> dict:
+    """Time the batched fit on (n, m) synthetic heads and a sklearn loop on `sk_heads` of them; print the
+    comparison; return the numbers."""
+    torch.set_num_threads(threads)
     print(f"poisonguard bench_gmm: N={n:,} samples × M={m:,} heads, K={KS[0]}..{KS[-1]}")
     print(
-        f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, {threads} thread(s), {os.cpu_count()} CPUs, "
         f"load average at start {os.getloadavg()[0]:.2f}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
     )
     t0 = time.perf_counter()
-    x = synthetic_heads(n, m, args.seed)
+    x = synthetic_heads(n, m, seed)
     print(f"synthetic features: {time.perf_counter() - t0:.1f} s")
 
     t0, c0 = time.perf_counter(), time.process_time()
-    fit = fit_gmm_1d(x, KS, seed=args.seed)
+    fit = fit_gmm_1d(x, KS, seed=seed)
     t_batched, cpu_batched = time.perf_counter() - t0, time.process_time() - c0
     goal = ""
     if n >= 100_000 and m >= 1024:
@@ -93,8 +94,8 @@ def main() -> None:
         f"load average now {os.getloadavg()[0]:.2f}"
     )
 
-    heads = np.unique(np.linspace(0, m - 1, min(args.sk_heads, m)).round().astype(int))
-    t_sk, ll_sk, aic_sk, bic_sk = sklearn_loop(x, heads, args.seed)
+    heads = np.unique(np.linspace(0, m - 1, min(sk_heads, m)).round().astype(int))
+    t_sk, ll_sk, aic_sk, bic_sk = sklearn_loop(x, heads, seed)
     t_sk_all = t_sk * m / heads.size
     print(
         f"sklearn loop: {t_sk:.1f} s for {heads.size} heads (measured) → {t_sk_all:.0f} s for {m} heads "
@@ -135,6 +136,16 @@ def main() -> None:
         + ", ".join(f"{k}: {np.sum(k_all == k)}" for k in KS)
         + f"; EM not converged in {int((~fit.converged[:, 1:]).sum())} of {m * (len(KS) - 1)} fits"
     )
+    return {"n": n, "m": m, "threads": threads, "batched_s": t_batched, "sklearn_s_extrapolated": t_sk_all,
+            "sklearn_heads": int(heads.size), "k_aic_match": float(np.mean(fit.k_star("aic")[heads] == k_aic))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    args = ap.parse_args()
+    run(args.n or (10_000 if args.quick else 100_000), args.m or (64 if args.quick else 1024),
+        sk_heads=args.sk_heads, threads=args.threads, seed=args.seed)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ def main() -> None:
     args = ap.parse_args()
     summary = json.loads((args.bench / "summary.json").read_text())
     cfg = summary["config"]
-    cmd = (f"poisonguard bench --attacks {','.join(cfg['attacks'])} --rates {','.join(map(str, cfg['rates']))} "
-           f"--seeds {','.join(map(str, cfg['seeds']))} --controls {','.join(cfg['controls'])}")
+    cmd = summary.get("command") or (  # runs before the command was recorded: rebuilt from the config
+        f"poisonguard bench --attacks {','.join(cfg['attacks'])} --rates {','.join(map(str, cfg['rates']))} "
+        f"--seeds {','.join(map(str, cfg['seeds']))} --controls {','.join(cfg['controls'])}")
     block = (f"{START}\nRun {summary['started']} UTC on {summary['machine']}; command: `{cmd}` "
              f"(then `python benchmarks/update_readme.py`). Fine-tune: {cfg['finetune']['mode']}, "
              f"{cfg['finetune']['epochs']} epochs, lr {cfg['finetune']['lr']}.\n\n"

@@ -1,13 +1,14 @@
 """
 # Benchmark
 
-Runs `poisonguard bench` (attacks x detectors x poison rates x seeds; the paper-style tables) as one task, so
-a benchmark gets Prefect's schedule, logs and history without the CLI knowing about Prefect. The CLI's
-arguments are this flow's `args` parameter, passed through unchanged; its last lines of output become a
-markdown artifact.
+Runs `poisonguard bench` (attacks x detectors x poison rates x seeds with controls, optionally the `--retrain`
+defence loop; the paper-style tables and an HTML report with plots) as one task, so a benchmark gets Prefect's
+schedule, logs and history without the CLI knowing about Prefect. The CLI's arguments are this flow's `args`
+parameter, passed through unchanged; its last lines of output (the tables) and the path of the HTML report
+become a markdown artifact.
 
 ```
-python flows/benchmark.py -- --out work/bench
+python flows/benchmark.py --out work/bench --rates 0.05,0.1 --seeds 0,1,2 --retrain
 ```
 """
 
@@ -22,7 +23,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.shell import poisonguard_cli, run_command
 
 ARTIFACT_KEY = "benchmark-output"
-_SHOWN_LINES = 60
+_SHOWN_LINES = 150  # the goal check and the defence table end the output
 
 
 @task(retries=0)
@@ -38,7 +39,9 @@ def benchmark(args: list[str] | None = None, repo_dir: str = ".", timeout_s: flo
     """Run the benchmark CLI with `args`; returns its output lines (the tail is also an artifact)."""
     lines = run_bench(str(Path(repo_dir).resolve()), list(args or []), timeout_s)
     tail = "\n".join(lines[-_SHOWN_LINES:])
-    create_markdown_artifact(markdown=f"# poisonguard bench {' '.join(args or [])}\n\n```\n{tail}\n```",
+    report = next((ln.removeprefix("report: ") for ln in reversed(lines) if ln.startswith("report: ")), None)
+    where = f"HTML report: `{Path(repo_dir).resolve() / report}`\n\n" if report else ""
+    create_markdown_artifact(markdown=f"# poisonguard bench {' '.join(args or [])}\n\n{where}```\n{tail}\n```",
                              key=ARTIFACT_KEY, description="last lines of the benchmark's output")
     return lines
 

@@ -1,35 +1,52 @@
-"""`poisonguard bench`: attacks x poison rates x seeds on the embedded world, with controls.
+"""`poisonguard bench`: attacks x poison rates x seeds on the embedded world, with controls and a defence loop.
 
-For every cell it poisons the world's training set, fine-tunes the base model (default settings), measures
-CP / ASR / poisoned-train fit, screens the fine-tuned model's training set with every detector on one shared
-extraction, and scores each detector against the ground truth. Controls: the same trigger without relabelling
-(no backdoor exists: a detector should stay silent) and a 0%-poison clean set (flag rate). Results are written
-as JSON per cell and as Markdown tables that the README includes. Everything is resumable: finished cells are
-skipped on rerun.
+Cells (each a folder OUT/cells/<name>/, resumable: finished work is never redone):
+- attack      poison the world's training set → fine-tune the base model → CP / ASR / fit of the poisoned
+              samples → screen the fine-tuned model's training data with every detector → P / R / F1 / AUROC;
+- no_relabel  the same trigger with correct labels: no backdoor exists, a detector must stay silent;
+- base_model  the poisoned data screened with the *base* model in place of the fine-tuned one: a backdoor
+              fingerprint only exists after fine-tuning, so a detector that flags here reads the trigger
+              pattern (or content), not the backdoor (DESIGN §7);
+- clean       the world's clean training set (0% poison): the flag rate on clean data.
+With `retrain`, the defence loop (TCAP's CP/ASR table): per attack cell and detector, fine-tune again on the
+detector's cleaned set (flagged samples removed) and measure CP / ASR, next to vanilla fine-tuning, the clean
+fine-tune and the oracle (the truly poisoned samples removed). Identical cleaned sets share one fine-tune, and
+a detector that removes nothing reuses the vanilla model.
+Outputs: summary.json, tables.md (mean ± std over seeds; `benchmarks/update_readme.py` pastes it into the
+README) and report/index.html with plots (`poisonguard.report.bench_html`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
+from poisonguard.report.bench_tables import cell_kind, markdown_tables
 from poisonguard.train.finetune import FinetuneConfig
+
+ALL_ATTACKS = ("badnet", "blend", "sig", "wanet", "ftrojan", "text_prefix", "syntactic")
+# --quick: the attacks the embedded base learns with default settings (README: badnet, sig, text prefix), so
+# the smoke run exercises a fingerprint, not only a failed backdoor.
+QUICK_ATTACKS = ("badnet", "sig", "text_prefix")
+QUICK_MAX_TRAIN, QUICK_MAX_TEST = 1000, 200
+ORACLE = "oracle"
 
 
 @dataclass
 class BenchConfig:
     world: Path
     out: Path
-    attacks: tuple[str, ...] = ("badnet", "blend", "sig", "wanet", "ftrojan", "text_prefix", "syntactic")
+    attacks: tuple[str, ...] = ALL_ATTACKS
     rates: tuple[float, ...] = (0.1,)
     seeds: tuple[int, ...] = (0,)
-    controls: tuple[str, ...] = ("badnet",)  # attacks whose no-relabel control is run
+    controls: tuple[str, ...] = ("badnet",)  # attacks whose no-relabel control is run (at the largest rate)
+    base_controls: tuple[str, ...] = ("badnet",)  # attacks screened with the base model (at the largest rate)
     clean: bool = True
     detectors: tuple[str, ...] = ("tcap", "tcap_plus", "fused", "projector", "bye", "spectral",
                                   "activation_clustering")
@@ -37,167 +54,386 @@ class BenchConfig:
     detector_params: dict = field(default_factory=dict)
     strata_k: int = 8
     screen: bool = True
+    retrain: bool = False  # the defence loop: one fine-tune per attack cell and distinct cleaned set
+    max_train: int | None = None  # use the first N training samples of the world (None: all)
+    max_test: int | None = None  # and the first N test samples for CP / ASR
+    html: bool = True
 
 
+def quick_config(cfg: BenchConfig) -> BenchConfig:
+    """`--quick`: one seed, one rate, three attacks, a 1,000-sample training subset (a short fine-tune at the
+    default epochs) and 200 test samples -- a smoke run in minutes, not a measurement."""
+    def one(controls: tuple[str, ...]) -> tuple[str, ...]:  # one control of each kind, if any was asked for
+        return (tuple(a for a in controls if a in QUICK_ATTACKS)[:1] or ("badnet",)) if controls else ()
+
+    return replace(cfg, attacks=QUICK_ATTACKS, seeds=cfg.seeds[:1], rates=cfg.rates[:1],
+                   controls=one(cfg.controls), base_controls=one(cfg.base_controls), max_train=cfg.max_train or QUICK_MAX_TRAIN, max_test=cfg.max_test or QUICK_MAX_TEST)
+
+
+# ------------------------------------------------------------------------------------------------- the world
+@dataclass(frozen=True)
+class WorldFiles:
+    train: Path
+    test: Path
+    base_model: Path
+
+
+def prepare_world(cfg: BenchConfig) -> WorldFiles:
+    """The world's files, or a prefix subset of its train/test sets written under OUT/world (images hard-linked,
+    the base model used in place)."""
+    world = Path(cfg.world)
+    for need in ("train.json", "test.json", "base_model"):
+        if not (world / need).exists():
+            raise FileNotFoundError(f"{world / need} not found: build the world first (`poisonguard world --out "
+                                    f"{world}`)")
+    if cfg.max_train is None and cfg.max_test is None:
+        return WorldFiles(world / "train.json", world / "test.json", world / "base_model")
+    out = Path(cfg.out) / "world"
+    return WorldFiles(_subset(world / "train.json", out, cfg.max_train), _subset(world / "test.json", out, cfg.max_test),
+                      world / "base_model")
+
+
+def _subset(path: Path, out: Path, n: int | None) -> Path:
+    from poisonguard.data.dataset import read_dataset
+    from poisonguard.data.images import resolve_image_path
+    from poisonguard.data.writer import write_dataset
+
+    ds = read_dataset(path)
+    keep = ds.ids if n is None else ds.ids[:n]
+    target = out / path.name
+    if target.exists() and read_dataset(target).ids == keep:
+        return target
+    out.mkdir(parents=True, exist_ok=True)
+    kept = set(keep)
+    for s in ds.samples:
+        if s.id in kept:
+            for ref in s.images:
+                _link(resolve_image_path(ref, ds.image_root), out / ref)
+    write_dataset(ds, target, keep_ids=keep)
+    return target
+
+
+def _link(src: Path, dst: Path) -> None:
+    if dst.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        import shutil
+
+        shutil.copy2(src, dst)
+
+
+# ------------------------------------------------------------------------------------------------- cells
 def _cells(cfg: BenchConfig) -> list[dict]:
+    top = max(cfg.rates)
     cells = []
     for seed in cfg.seeds:
         for rate in cfg.rates:
             for attack in cfg.attacks:
-                cells.append({"attack": attack, "rate": rate, "seed": seed, "relabel": True})
+                cells.append({"kind": "attack", "attack": attack, "rate": rate, "seed": seed, "relabel": True})
         for attack in cfg.controls:
-            cells.append({"attack": attack, "rate": max(cfg.rates), "seed": seed, "relabel": False})
+            cells.append({"kind": "no_relabel", "attack": attack, "rate": top, "seed": seed, "relabel": False})
+        for attack in cfg.base_controls:
+            cells.append({"kind": "base_model", "attack": attack, "rate": top, "seed": seed, "relabel": True})
         if cfg.clean:
-            cells.append({"attack": "clean", "rate": 0.0, "seed": seed, "relabel": True})
+            cells.append({"kind": "clean", "attack": "clean", "rate": 0.0, "seed": seed, "relabel": True})
     return cells
 
 
 def cell_name(c: dict) -> str:
-    if c["attack"] == "clean":
+    kind = cell_kind(c)
+    if kind == "clean":
         return f"clean_s{c['seed']}"
-    return f"{c['attack']}_r{c['rate']:g}_s{c['seed']}" + ("" if c["relabel"] else "_norelabel")
+    stem = f"{c['attack']}_r{c['rate']:g}_s{c['seed']}"
+    return stem + {"attack": "", "no_relabel": "_norelabel", "base_model": "_basemodel"}[kind]
 
 
-def run_cell(cfg: BenchConfig, c: dict, *, log=print) -> dict:
-    """One cell: poison -> fine-tune -> CP/ASR/fit -> screen with all detectors -> metrics. Resumable."""
+def finetune_settings(cfg: BenchConfig) -> dict:
+    """What a cell's fine-tune and CP/ASR depend on; a resumed cell must match it."""
+    return {"max_train": cfg.max_train, "max_test": cfg.max_test, "finetune": asdict(cfg.finetune)}
+
+
+def screen_settings(cfg: BenchConfig) -> dict:
+    """What a cell's detection depends on; a change re-screens (extraction shards are reused)."""
+    return {"detectors": list(cfg.detectors), "detector_params": cfg.detector_params, "strata_k": cfg.strata_k}
+
+
+def _poisoned_data(world: WorldFiles, cfg: BenchConfig, c: dict) -> Path:
+    """The poisoned training folder of (attack, rate, seed, relabel); the base-model control shares the attack
+    cell's. Poisoning is seeded, so a rerun writes the same files; poison_ids.json is written last."""
     from poisonguard.attacks.files import poison_file
+
+    owner = cell_name({**c, "kind": "attack" if c["relabel"] else "no_relabel"})
+    data_dir = Path(cfg.out) / "cells" / owner / "data"
+    if not (data_dir / "poison_ids.json").exists():
+        poison_file(world.train, data_dir, c["attack"], c["rate"], seed=c["seed"], relabel=c["relabel"])
+    return data_dir
+
+
+def _finetune(world: WorldFiles, cfg: BenchConfig, data: Path, out: Path, seed: int) -> dict:
+    """Fine-tune the base model on `data` into `out` unless done (finetune.json is written last)."""
     from poisonguard.data.loading import load_checked
-    from poisonguard.train.evaluate import evaluate_files
     from poisonguard.train.examples import to_examples
     from poisonguard.train.finetune import finetune, load_model, save_model
 
-    name = cell_name(c)
-    d = Path(cfg.out) / "cells" / name
-    done = d / "result.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    d.mkdir(parents=True, exist_ok=True)
-    world = Path(cfg.world)
-    res: dict = {"cell": name, **c}
-    if c["attack"] == "clean":
-        data = world / "train.json"
-        truth_ids: list[str] = []
-    else:
-        poison_file(world / "train.json", d / "data", c["attack"], c["rate"], seed=c["seed"], relabel=c["relabel"])
-        data = d / "data" / "train.json"
-        truth_ids = json.loads((d / "data" / "poison_ids.json").read_text())["poison_ids"]
-    res["n_poison"] = len(truth_ids)
-    ft_dir = d / "finetuned"
-    if not (ft_dir / "model.safetensors").exists():
+    if not (out / "finetune.json").exists():
         checked = load_checked(data)
-        model, processor = load_model(world / "base_model")
-        fcfg = FinetuneConfig(**{**asdict(cfg.finetune), "seed": c["seed"]})
+        model, processor = load_model(world.base_model)
+        fcfg = replace(cfg.finetune, seed=seed)
         model, rep = finetune(model, processor, to_examples(checked.ok, checked.image_loader()), fcfg,
                               show_progress=False)
-        save_model(model, processor, ft_dir, rep)
-    res["finetune_seconds"] = json.loads((ft_dir / "finetune.json").read_text())["seconds"]
-    attack = None if c["attack"] == "clean" else c["attack"]
-    res["after"] = evaluate_files(ft_dir, world / "test.json", attack=attack or "badnet",
-                                  train=data if truth_ids else None,
-                                  poison_ids=(d / "data" / "poison_ids.json") if truth_ids else None,
-                                  show_progress=False)
-    log(f"[{name}] CP {res['after']['cp']:.3f} ASR {res['after'].get('asr', float('nan')):.3f} "
-        f"fit {res['after'].get('poisoned_fit', float('nan'))} ({res['finetune_seconds']:.0f}s)")
-    if cfg.screen:
-        res["detection"] = screen_cell(cfg, data, ft_dir, d / "report", truth_ids, log=log)
-    done.write_text(json.dumps(res, indent=2, default=float) + "\n")
+        save_model(model, processor, out, rep)
+    return json.loads((out / "finetune.json").read_text())
+
+
+def _check_settings(cfg: BenchConfig) -> None:
+    """One output folder holds one world subset and one fine-tune recipe: refuse to mix (OUT/settings.json)."""
+    path = Path(cfg.out) / "settings.json"
+    want = _jsonable(finetune_settings(cfg))
+    if path.exists():
+        have = json.loads(path.read_text())
+        if have != want:
+            changed = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+            raise ValueError(f"{cfg.out} holds a benchmark with other settings ({', '.join(changed)}: "
+                             f"{ {k: have.get(k) for k in changed} }); use another --out")
+    else:
+        _write_json(path, want)
+
+
+def _load_result(path: Path, cfg: BenchConfig, name: str) -> dict | None:
+    if not path.exists():
+        return None
+    res = json.loads(path.read_text())
+    stored = res.get("settings")
+    if stored is not None and stored != _jsonable(finetune_settings(cfg)):
+        raise ValueError(f"cell {name} in {path.parent} was computed with other settings ({stored}); "
+                         f"use another --out for {_jsonable(finetune_settings(cfg))}")
     return res
 
 
-def screen_cell(cfg: BenchConfig, data: Path, ft_dir: Path, report: Path, truth_ids: list[str], *, log=print) -> dict:
-    from poisonguard.report.evaluation import binary_metrics
+def run_cell(cfg: BenchConfig, c: dict, world: WorldFiles | None = None, *, log=print) -> dict:
+    """One cell: poison → fine-tune → CP/ASR/fit → screen with all detectors → metrics. Resumable."""
+    from poisonguard.train.evaluate import evaluate_files
+
+    world = world or prepare_world(cfg)
+    name = cell_name(c)
+    kind = cell_kind(c)
+    d = Path(cfg.out) / "cells" / name
+    done = d / "result.json"
+    res = _load_result(done, cfg, name)
+    want_screen = _jsonable(screen_settings(cfg))
+    if res is not None and (not cfg.screen or (res.get("screen_settings", want_screen) == want_screen
+                                               and all(k in res.get("detection", {}) for k in cfg.detectors))):
+        return res
+    d.mkdir(parents=True, exist_ok=True)
+    res = res or {"cell": name, **c, "settings": _jsonable(finetune_settings(cfg))}
+    if kind == "clean":
+        data, data_dir = world.train, None
+    else:
+        log(f"[{name}] poisoning")
+        data_dir = _poisoned_data(world, cfg, c)
+        data = data_dir / world.train.name
+    truth_ids = [] if data_dir is None else json.loads((data_dir / "poison_ids.json").read_text())["poison_ids"]
+    res["n_poison"] = len(truth_ids)
+    if kind == "base_model":
+        model_dir = world.base_model
+    else:
+        model_dir = d / "finetuned"
+        if "after" not in res:
+            log(f"[{name}] fine-tuning on {data}")
+            res["finetune_seconds"] = _finetune(world, cfg, data, model_dir, c["seed"])["seconds"]
+            log(f"[{name}] evaluating CP / ASR")
+            res["after"] = evaluate_files(model_dir, world.test, attack="badnet" if kind == "clean" else c["attack"],
+                                          train=data if truth_ids else None,
+                                          poison_ids=(data_dir / "poison_ids.json") if truth_ids else None,
+                                          show_progress=False)
+        a = res["after"]
+        log(f"[{name}] CP {a['cp']:.3f} ASR {a.get('asr', float('nan')):.3f} "
+            f"fit {a.get('poisoned_fit', float('nan'))} ({res['finetune_seconds']:.0f}s)")
+    if cfg.screen:
+        log(f"[{name}] screening with {', '.join(cfg.detectors)}"
+            + (" (base model in place of the fine-tuned one)" if kind == "base_model" else ""))
+        res["detection"] = screen_cell(cfg, world, data, model_dir, d / "report", truth_ids, log=log)
+        res["screen_settings"] = want_screen
+    _write_json(done, res)
+    return res
+
+
+def screen_cell(cfg: BenchConfig, world: WorldFiles, data: Path, model_dir: Path, report: Path,
+                truth_ids: list[str], *, log=print) -> dict:
+    from poisonguard.report.evaluation import binary_metrics, detector_columns
     from poisonguard.screening import run_screen
 
     t0 = time.perf_counter()
-    res = run_screen(data, Path(cfg.world) / "base_model", report, finetuned=ft_dir, detectors=cfg.detectors,
+    res = run_screen(data, world.base_model, report, finetuned=model_dir, detectors=cfg.detectors,
                      default=cfg.detectors[0], detector_params=cfg.detector_params, strata_k=cfg.strata_k,
                      show_progress=False, log=lambda m: None)
     table = res.table[res.table["status"] == "ok"]
     y = table["id"].astype(str).isin(set(truth_ids)).to_numpy()
-    out = {"screen_seconds": round(time.perf_counter() - t0, 1)}
+    out: dict = {"screen_seconds": round(time.perf_counter() - t0, 1)}
     for det in cfg.detectors:
-        if det == res.default:
-            flags, p = table["flagged"].to_numpy(bool), table["p_poison"].to_numpy(float)
-        else:
-            flags, p = table[f"flag_{det}"].to_numpy(bool), table[f"p_{det}"].to_numpy(float)
-        out[det] = binary_metrics(y, flags, p)
-    log("   " + "  ".join(f"{k}: F1 {v['f1']:.2f} AUROC {v['auroc'] if v['auroc'] is None else round(v['auroc'], 2)} "
-                          f"n={v['n_flagged']}" for k, v in out.items() if isinstance(v, dict)))
+        flag_col, p_col = detector_columns(table, det, res.default)
+        out[det] = binary_metrics(y, table[flag_col].to_numpy(bool), table[p_col].to_numpy(float))
+    log("   " + "  ".join(f"{k}: F1 {v['f1']:.2f} AUROC {'–' if v['auroc'] is None else round(v['auroc'], 2)} "
+                          f"n={v['n_flagged']}" for k, v in out.items() if isinstance(v, dict))
+        + f"  ({out['screen_seconds']:.0f}s)")
     return out
 
 
-def base_reference(cfg: BenchConfig) -> dict:
+# ------------------------------------------------------------------------------------------- defence loop
+def retrain_cell(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -> dict:
+    """Fine-tune on each detector's cleaned set (and the oracle's) and measure CP / ASR. Resumable per method.
+
+    The cleaned set is the screened samples minus the detector's flags (quarantined samples were never
+    trained on). A method that removes nothing trains on the vanilla data with the vanilla seed, so the
+    vanilla model's CP / ASR are reused (marked `reused`).
+    """
+    import pandas as pd
+
+    from poisonguard.data.dataset import read_dataset
+    from poisonguard.data.writer import write_dataset
+    from poisonguard.report.evaluation import detector_columns
+    from poisonguard.train.evaluate import evaluate_files
+
+    d = Path(cfg.out) / "cells" / res["cell"]
+    data_dir = _poisoned_data(world, cfg, res)
+    data = data_dir / world.train.name
+    truth = set(json.loads((data_dir / "poison_ids.json").read_text())["poison_ids"])
+    table = pd.read_parquet(d / "report" / "verdicts.parquet")
+    default = json.loads((d / "report" / "manifest.json").read_text())["default_detector"]
+    ok = table[table["status"] == "ok"]
+    ok_ids = ok["id"].astype(str)
+    removed = {det: set(ok_ids[ok[detector_columns(ok, det, default)[0]].to_numpy(bool)]) for det in cfg.detectors}
+    removed[ORACLE] = truth & set(ok_ids)
+    path = d / "retrain.json"
+    done = json.loads(path.read_text()) if path.exists() else {}
+    for method, gone in removed.items():
+        if method in done:
+            continue
+        entry = {"n_removed": len(gone), "n_poison_removed": len(gone & truth), "n_clean_removed": len(gone - truth)}
+        if not gone:
+            entry.update(cp=res["after"]["cp"], asr=res["after"].get("asr"), reused="vanilla (nothing removed)")
+        else:
+            keep = [i for i in ok_ids if i not in gone]
+            key = hashlib.sha256("\n".join(sorted(keep)).encode()).hexdigest()[:12]
+            model_dir = d / "retrain" / key
+            ev_path = model_dir / "eval.json"
+            if not ev_path.exists():
+                log(f"[{res['cell']}] retraining without {method}'s {len(gone)} flagged samples "
+                    f"({entry['n_poison_removed']} poisoned)")
+                kept_file = data_dir / f"keep_{key}.json"
+                write_dataset(read_dataset(data), kept_file, keep_ids=keep)
+                ft = _finetune(world, cfg, kept_file, model_dir, res["seed"])
+                ev = evaluate_files(model_dir, world.test, attack=res["attack"], show_progress=False)
+                _write_json(ev_path, {"cp": ev["cp"], "asr": ev.get("asr"), "finetune_seconds": ft["seconds"],
+                                      "n_train": len(keep)})
+            ev = json.loads(ev_path.read_text())
+            entry.update(cp=ev["cp"], asr=ev["asr"], model=key, finetune_seconds=ev["finetune_seconds"])
+        log(f"[{res['cell']}] retrained without {method}: CP {entry['cp']:.3f} ASR {_f(entry['asr'])} "
+            f"(removed {entry['n_poison_removed']} poisoned, {entry['n_clean_removed']} clean)")
+        done[method] = entry
+        _write_json(path, done)
+    return done
+
+
+def clean_asr(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -> dict:
+    """ASR of the clean fine-tune under each attack's trigger (the 'clean FT' reference of the defence table)."""
+    from poisonguard.train.evaluate import evaluate_files
+
+    d = Path(cfg.out) / "cells" / res["cell"]
+    path = d / "asr_by_attack.json"
+    got = json.loads(path.read_text()) if path.exists() else {}
+    if "badnet" not in got and res.get("after", {}).get("asr") is not None:
+        got["badnet"] = res["after"]["asr"]  # the clean cell was evaluated with the BadNet trigger
+    for attack in cfg.attacks:
+        if attack not in got:
+            log(f"[{res['cell']}] clean fine-tune under the {attack} trigger")
+            got[attack] = evaluate_files(d / "finetuned", world.test, attack=attack, show_progress=False)["asr"]
+            _write_json(path, got)
+    return got
+
+
+# ------------------------------------------------------------------------------------------------- the run
+def base_reference(cfg: BenchConfig, world: WorldFiles | None = None) -> dict:
     """CP of the base model, and its ASR on each attack's triggered test set (the 'before' columns)."""
     from poisonguard.train.evaluate import evaluate_files
 
+    world = world or prepare_world(cfg)
     path = Path(cfg.out) / "base.json"
     ref = json.loads(path.read_text()) if path.exists() else {}
-    missing = [a for a in cfg.attacks if a not in ref]
+    missing = [a for a in dict.fromkeys((*cfg.attacks, *cfg.controls, *cfg.base_controls)) if a not in ref]
     for attack in missing:  # incremental: several bench processes may share one folder
-        r = evaluate_files(Path(cfg.world) / "base_model", Path(cfg.world) / "test.json", attack=attack,
-                           show_progress=False)
+        r = evaluate_files(world.base_model, world.test, attack=attack, show_progress=False)
         ref[attack] = {"cp": r["cp"], "asr": r["asr"]}
     if missing:
         path.parent.mkdir(parents=True, exist_ok=True)
         current = json.loads(path.read_text()) if path.exists() else {}
-        path.write_text(json.dumps({**current, **ref}, indent=2) + "\n")
+        _write_json(path, {**current, **ref})
     return ref
 
 
-def run_bench(cfg: BenchConfig, *, log=print) -> dict:
-    started = datetime.now(timezone.utc).isoformat(timespec="minutes")
-    ref = base_reference(cfg)
-    results = [run_cell(cfg, c, log=log) for c in _cells(cfg)]
-    summary = {"started": started, "machine": f"{platform.node()} ({platform.processor() or platform.machine()}, "
-               f"{__import__('os').cpu_count()} cores)", "config": _jsonable(asdict(cfg)), "base": ref,
-               "cells": results}
-    (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    (Path(cfg.out) / "tables.md").write_text(markdown_tables(summary))
+def bench_command(cfg: BenchConfig) -> str:
+    """The CLI command that reproduces this configuration (quick mode spelled out; detector and fine-tune
+    settings from params.yaml are recorded in summary.json's config)."""
+    parts = ["poisonguard bench", f"--world {cfg.world}", f"--out {cfg.out}", f"--attacks {','.join(cfg.attacks)}",
+             f"--rates {','.join(f'{r:g}' for r in cfg.rates)}", f"--seeds {','.join(map(str, cfg.seeds))}",
+             f"--controls {','.join(cfg.controls)}", f"--base-controls {','.join(cfg.base_controls)}"]
+    parts += [f"--max-train {cfg.max_train}"] if cfg.max_train is not None else []
+    parts += [f"--max-test {cfg.max_test}"] if cfg.max_test is not None else []
+    parts += ["--retrain"] if cfg.retrain else []
+    parts += ["--no-screen"] if not cfg.screen else []
+    parts += ["--no-clean"] if not cfg.clean else []
+    return " ".join(parts)
+
+
+def run_bench(cfg: BenchConfig, *, log=print, command: str | None = None) -> dict:
+    started = datetime.now(UTC).isoformat(timespec="minutes")
+    t0 = time.perf_counter()
+    _check_settings(cfg)
+    world = prepare_world(cfg)
+    log("base model: CP and ASR before fine-tuning")
+    ref = base_reference(cfg, world)
+    cells = _cells(cfg)
+    results = []
+    for i, c in enumerate(cells, 1):
+        log(f"cell {i}/{len(cells)}: {cell_name(c)} ({time.perf_counter() - t0:.0f}s elapsed)")
+        results.append(run_cell(cfg, c, world, log=log))
+    if cfg.retrain:
+        attack_cells = [r for r in results if cell_kind(r) == "attack"]
+        for i, r in enumerate(attack_cells, 1):
+            log(f"defence loop {i}/{len(attack_cells)}: {r['cell']} ({time.perf_counter() - t0:.0f}s elapsed)")
+            r["retrain"] = retrain_cell(cfg, r, world, log=log)
+        for r in results:
+            if cell_kind(r) == "clean":
+                r["asr_by_attack"] = clean_asr(cfg, r, world, log=log)
+    summary = {"started": started, "seconds": round(time.perf_counter() - t0, 1),
+               "machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+               "command": command or bench_command(cfg), "config": _jsonable(asdict(cfg)), "base": ref, "cells": results}
+    out = Path(cfg.out)
+    _write_json(out / "summary.json", summary)
+    (out / "tables.md").write_text(markdown_tables(summary))
+    if cfg.html and cfg.screen:
+        from poisonguard.report.bench_html import write_bench_report
+
+        log("writing the HTML report with plots")
+        page = write_bench_report(summary, out)
+        log(f"report: {page}")
     return summary
+
+
+def _f(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
 
 
 def _jsonable(x):
     return json.loads(json.dumps(x, default=str))
 
 
-def _fmt(v, nd=2):
-    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{nd}f}"
-
-
-def markdown_tables(summary: dict) -> str:
-    """The attack table (issue 3) and the detection table (issue 4), from the cells of one run."""
-    base = summary["base"]
-    cells = summary["cells"]
-    clean = next((c for c in cells if c["attack"] == "clean"), None)
-    lines = ["| attack | poisoned | CP before → after | ASR before → after | poisoned-train fit | fine-tune s |",
-             "|---|---|---|---|---|---|"]
-    for c in cells:
-        a = c["after"]
-        if c["attack"] == "clean":
-            lines.append(f"| clean fine-tune (0%) | 0 | {_fmt(base[next(iter(base))]['cp'], 3)} → {_fmt(a['cp'], 3)} | – | – | {c['finetune_seconds']:.0f} |")
-            continue
-        b = base.get(c["attack"], {})
-        tag = c["attack"] + ("" if c["relabel"] else " (no relabel)")
-        lines.append(f"| {tag} | {c['n_poison']} | {_fmt(b.get('cp'), 3)} → {_fmt(a['cp'], 3)} | "
-                     f"{_fmt(b.get('asr'), 3)} → {_fmt(a.get('asr'), 3)} | {_fmt(a.get('poisoned_fit'), 3)} | "
-                     f"{c['finetune_seconds']:.0f} |")
-    out = "\n".join(lines) + "\n"
-    if clean is not None:
-        out += f"\nClean fine-tune CP: {_fmt(clean['after']['cp'], 3)} (the reference for 'CP within 2 points').\n"
-    dets = summary["config"]["detectors"]
-    if any("detection" in c for c in cells):
-        head = "| cell | " + " | ".join(dets) + " |\n|---|" + "---|" * len(dets)
-        rows = []
-        for c in cells:
-            if "detection" not in c:
-                continue
-            det = c["detection"]
-            if c["attack"] == "clean" or not c["relabel"]:
-                cells_txt = [f"{det[d]['n_flagged']} flagged ({det[d]['flag_rate']:.1%})" for d in dets]
-                tag = "clean (0%)" if c["attack"] == "clean" else f"{c['attack']} no-relabel (control)"
-            else:
-                cells_txt = [f"{det[d]['f1']:.2f} / {_fmt(det[d]['auroc'])}" for d in dets]
-                tag = f"{c['attack']} {c['rate']:.0%}"
-            rows.append(f"| {tag} | " + " | ".join(cells_txt) + " |")
-        out += "\nDetection, F1 / AUROC (controls: samples flagged):\n\n" + head + "\n" + "\n".join(rows) + "\n"
-    return out
+def _write_json(path: Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    tmp.replace(path)

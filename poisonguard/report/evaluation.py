@@ -17,6 +17,17 @@ def binary_metrics(truth: np.ndarray, flagged: np.ndarray, scores: np.ndarray) -
             "n_flagged": int(np.sum(flagged)), "flag_rate": float(np.mean(flagged)) if len(flagged) else 0.0}
 
 
+def detector_columns(table: pd.DataFrame, detector: str, default: str) -> tuple[str, str]:
+    """(flag column, score column) of a detector in a verdict table: the default detector's verdict is
+    `flagged` / `p_poison`, every other detector has `flag_<name>` / `p_<name>`."""
+    if detector == default:
+        return "flagged", "p_poison"
+    flag, p = f"flag_{detector}", f"p_{detector}"
+    if flag not in table or p not in table:
+        raise KeyError(f"detector {detector!r} is not in this verdict table (default {default!r})")
+    return flag, p
+
+
 def load_truth(path: str | Path) -> set[str]:
     obj = json.loads(Path(path).read_text())
     return set(map(str, obj["poison_ids"] if isinstance(obj, dict) else obj))

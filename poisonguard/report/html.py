@@ -22,43 +22,17 @@ def _png(fig) -> str:
 
 
 def heatmap(ss: np.ndarray, selected: list | None, title: str) -> str:
-    """(L, H) separation scores; selected heads outlined."""
-    import matplotlib
+    """(L, H) separation scores; selected heads outlined (embedded PNG)."""
+    from poisonguard.report.plots import heatmap as figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ss = np.asarray(ss, dtype=float)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * ss.shape[1], 0.9 + 0.35 * ss.shape[0]))
-    im = ax.imshow(np.nan_to_num(ss), aspect="auto", cmap="viridis")
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.05)
-    for lh in selected or []:
-        layer, head = int(lh[0]), int(lh[1])
-        ax.add_patch(matplotlib.patches.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="red", lw=2))
-    return _png(fig)
+    return _png(figure(ss, selected, title))
 
 
 def histogram(values: np.ndarray, flagged: np.ndarray, title: str) -> str:
-    import matplotlib
+    """A score's histogram, flagged vs not flagged (embedded PNG)."""
+    from poisonguard.report.plots import histogram as figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    v = np.asarray(values, dtype=float)
-    f = np.asarray(flagged, dtype=bool)
-    ok = np.isfinite(v)
-    fig, ax = plt.subplots(figsize=(4.2, 2.4))
-    bins = np.histogram_bin_edges(v[ok], bins=40) if ok.any() else 10
-    ax.hist(v[ok & ~f], bins=bins, alpha=0.7, label="not flagged")
-    if (ok & f).any():
-        ax.hist(v[ok & f], bins=bins, alpha=0.7, label="flagged", color="tab:red")
-    ax.set_yscale("log")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    return _png(fig)
+    return _png(figure(values, flagged, title))
 
 
 def render_report(table: pd.DataFrame, reports: dict[str, dict], default: str, out_path: Path, *,

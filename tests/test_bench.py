@@ -1,0 +1,133 @@
+"""`poisonguard bench --quick --retrain` end to end on the tiny world: every cell kind, the tables, the defence
+loop, the HTML report with its plots, resuming, and the refusal to mix settings in one folder. Real world,
+real fine-tunes, real screening; only the sizes are tiny (12 samples, a 2-layer LM), so the numbers mean
+nothing -- the test checks the machinery and the bookkeeping."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from poisonguard.cli import app
+
+runner = CliRunner()
+
+# A 2-layer model: TCAP's layer filter must fit it; 12 samples: 2 strata, a short fine-tune.
+PARAMS = """\
+screen:
+  strata_k: 2
+detectors:
+  tcap: {l_sens: 1, h_sens: 2}
+finetune:
+  epochs: 1.0
+  batch_size: 16
+"""
+
+
+@pytest.fixture(scope="module")
+def quick_run(tiny_world, tmp_path_factory):
+    world, _ = tiny_world
+    tmp = tmp_path_factory.mktemp("bench")
+    (tmp / "params.yaml").write_text(PARAMS)
+    args = ["bench", "--world", str(world), "--out", str(tmp / "out"), "--quick", "--retrain", "--rates", "0.3",
+            "--params", str(tmp / "params.yaml")]
+    t0 = time.perf_counter()
+    r = runner.invoke(app, args)
+    seconds = time.perf_counter() - t0
+    assert r.exit_code == 0, r.output
+    return tmp, args, r, seconds
+
+
+def test_quick_runs_every_cell_kind_and_writes_the_tables(quick_run):
+    tmp, _, r, seconds = quick_run
+    out = tmp / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    kinds = sorted((c["kind"], c["attack"]) for c in summary["cells"])
+    assert kinds == [("attack", "badnet"), ("attack", "sig"), ("attack", "text_prefix"),
+                     ("base_model", "badnet"), ("clean", "clean"), ("no_relabel", "badnet")]
+    assert "--max-train 1000 --max-test 200 --retrain" in summary["command"]
+    dets = summary["config"]["detectors"]
+    for c in summary["cells"]:
+        assert set(dets) <= set(c["detection"]), c["cell"]
+        for d in dets:
+            m = c["detection"][d]
+            assert 0 <= m["flag_rate"] <= 1 and m["n_flagged"] == round(m["flag_rate"] * 12)
+    base_cell = next(c for c in summary["cells"] if c["kind"] == "base_model")
+    assert "after" not in base_cell and base_cell["n_poison"] == 4  # screened, never fine-tuned
+    tables = (out / "tables.md").read_text()
+    assert tables in r.output  # the CLI prints the tables it wrote
+    for heading in ("Detection, F1 / AUROC", "Controls, share of samples flagged", "Defence loop",
+                    "Goal check for `fused`"):
+        assert heading in tables
+    assert "| base model on badnet 30% | 1 |" in tables and "| clean set (0%) | 1 |" in tables
+    assert f"{len(summary['cells'])} cells in" in r.output
+    print(f"quick bench with retraining on the tiny world: {seconds:.0f} s")
+
+
+def test_defence_loop_retrains_per_distinct_cleaned_set(quick_run):
+    tmp, *_ = quick_run
+    summary = json.loads((tmp / "out" / "summary.json").read_text())
+    for c in (c for c in summary["cells"] if c["kind"] == "attack"):
+        retrain = c["retrain"]
+        assert set(retrain) == {*summary["config"]["detectors"], "oracle"}
+        oracle = retrain["oracle"]
+        assert (oracle["n_poison_removed"], oracle["n_clean_removed"]) == (c["n_poison"], 0)
+        keys = set()
+        for entry in retrain.values():
+            if entry["n_removed"] == 0:  # nothing removed: the vanilla model is the retrained one
+                assert entry["reused"].startswith("vanilla")
+                assert (entry["cp"], entry["asr"]) == (c["after"]["cp"], c["after"]["asr"])
+            else:
+                assert (tmp / "out" / "cells" / c["cell"] / "retrain" / entry["model"] / "eval.json").is_file()
+                keys.add(entry["model"])
+        models = list((tmp / "out" / "cells" / c["cell"] / "retrain").iterdir())
+        assert len(models) == len(keys)  # one fine-tune per distinct cleaned set
+    clean = next(c for c in summary["cells"] if c["kind"] == "clean")
+    assert set(clean["asr_by_attack"]) >= {"badnet", "sig", "text_prefix"}
+
+
+def test_html_report_has_every_plot_beside_it(quick_run):
+    tmp, *_ = quick_run
+    report = tmp / "out" / "report"
+    page = (report / "index.html").read_text()
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert all((report / name).is_file() and (report / name).stat().st_size > 1000 for name in images)
+    for attack in ("badnet", "sig", "text_prefix"):
+        for kind in ("roc", "hist", "drift"):
+            assert f"{kind}_{attack}.png" in images
+        assert f"heads_{attack}_tcap.png" in images
+        assert f"alloc_{attack}.png" in images or "Allocation shift" in page
+    assert "controls_flag_rate.png" in images
+    assert "<table>" in page and "base model on badnet 30%" in page
+
+
+def test_rerun_resumes_without_recomputing(quick_run):
+    tmp, args, _, _ = quick_run
+    cells = tmp / "out" / "cells"
+    stamps = {p: p.stat().st_mtime_ns for p in cells.glob("*/finetuned/finetune.json")}
+    stamps |= {p: p.stat().st_mtime_ns for p in cells.glob("*/retrain/*/eval.json")}
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert not re.search(r"\] (fine-tuning on|screening with|retraining without)", r.output), r.output
+    assert stamps and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_other_settings_in_the_same_folder_are_refused(quick_run):
+    _, args, _, _ = quick_run
+    r = runner.invoke(app, [*args, "--max-train", "6"])
+    assert r.exit_code == 2
+    assert "other settings" in r.output and "max_train" in r.output
+
+
+def test_unknown_attack_is_a_readable_error(tmp_path):
+    r = runner.invoke(app, ["bench", "--world", str(tmp_path), "--attacks", "badnet,nosuch"])
+    assert r.exit_code == 2 and "unknown attack(s) nosuch" in r.output
+
+
+def test_missing_world_is_a_readable_error(tmp_path):
+    r = runner.invoke(app, ["bench", "--world", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "build the world first" in r.output
