@@ -197,33 +197,49 @@ def evaluate(
 @app.command()
 def bench(
     world_dir: Annotated[Path, typer.Option("--world", help="World folder from `poisonguard world`.")] = Path("work/world"),
-    out: Annotated[Path, typer.Option(help="Benchmark folder (resumable: finished cells are skipped).")] = Path("work/bench"),
+    out: Annotated[Path | None, typer.Option(help="Benchmark folder, resumable (default work/bench; work/bench-quick with --quick).")] = None,
     attacks: Annotated[str, typer.Option(help="Comma-separated attacks.")] = "badnet,blend,sig,wanet,ftrojan,text_prefix,syntactic",
-    rates: Annotated[str, typer.Option(help="Comma-separated poison rates.")] = "0.1",
-    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0",
-    controls: Annotated[str, typer.Option(help="Attacks whose no-relabel control runs.")] = "badnet",
-    quick: Annotated[bool, typer.Option(help="One seed, 3 attacks (badnet, blend, text_prefix): minutes.")] = False,
+    rates: Annotated[str, typer.Option(help="Comma-separated poison rates (the paper-style run: 0.05,0.1).")] = "0.1",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds (the paper-style run: 0,1,2).")] = "0",
+    controls: Annotated[str, typer.Option(help="Attacks whose no-relabel control runs (largest rate).")] = "badnet",
+    base_controls: Annotated[str, typer.Option(help="Attacks whose poisoned data is also screened with the base model.")] = "badnet",
+    quick: Annotated[bool, typer.Option(help="Smoke run in minutes: one seed and rate, badnet/sig/text_prefix, 1,000 train / 200 test samples.")] = False,
+    retrain: Annotated[bool, typer.Option("--retrain", help="Defence loop: fine-tune again on each detector's cleaned set, CP/ASR (one fine-tune per distinct cleaned set).")] = False,
+    max_train: Annotated[int | None, typer.Option(help="Use only the world's first N training samples.")] = None,
+    max_test: Annotated[int | None, typer.Option(help="Use only the world's first N test samples for CP/ASR.")] = None,
     no_screen: Annotated[bool, typer.Option("--no-screen", help="Only the attack table (CP/ASR/fit).")] = False,
     clean: Annotated[bool, typer.Option(help="Include the 0%-poison clean cell.")] = True,
     params: Annotated[Path | None, typer.Option(help="params.yaml (finetune, detectors, screen sections).")] = None,
 ) -> None:
-    """The benchmark: attacks x rates x seeds x detectors with controls; writes tables.md and summary.json."""
-    from poisonguard.bench import BenchConfig, run_bench
+    """The benchmark: attacks x rates x seeds x detectors with controls (and --retrain, the defence loop);
+    writes summary.json, tables.md (mean ± std over seeds) and report/index.html with plots."""
+    from poisonguard.attacks import ATTACKS
+    from poisonguard.bench import BenchConfig, quick_config, run_bench
     from poisonguard.params import finetune_config, screen_settings
 
     _setup_threads()
     st = screen_settings(params)
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
+    unknown = sorted(set(split(attacks) + split(controls) + split(base_controls)) - set(ATTACKS))
+    if unknown:
+        _fail(f"unknown attack(s) {', '.join(unknown)}; choose from: {', '.join(ATTACKS)}")
+    out = out or Path("work/bench-quick" if quick else "work/bench")
     cfg = BenchConfig(world=world_dir, out=out, attacks=split(attacks), rates=tuple(map(float, split(rates))),
-                      seeds=tuple(map(int, split(seeds))), controls=split(controls), screen=not no_screen, clean=clean,
+                      seeds=tuple(map(int, split(seeds))), controls=split(controls),
+                      base_controls=split(base_controls), screen=not no_screen, clean=clean, retrain=retrain,
+                      max_train=max_train, max_test=max_test,
                       detectors=st["detectors"] if st["default"] not in st["detectors"] else
                       (st["default"], *[d for d in st["detectors"] if d != st["default"]]),
                       finetune=finetune_config(params), detector_params=st["detector_params"], strata_k=st["strata_k"])
     if quick:
-        cfg.attacks, cfg.seeds, cfg.rates = ("badnet", "blend", "text_prefix"), cfg.seeds[:1], cfg.rates[:1]
-    summary = run_bench(cfg, log=lambda m: typer.echo(m, err=True))
+        cfg = quick_config(cfg)
+    with _bad_input():
+        try:
+            summary = run_bench(cfg, log=lambda m: typer.echo(m, err=True))
+        except ValueError as exc:  # e.g. a resumed cell computed with other settings
+            _fail(str(exc))
     typer.echo((Path(out) / "tables.md").read_text())
-    typer.echo(f"{len(summary['cells'])} cells -> {out}")
+    typer.echo(f"{len(summary['cells'])} cells in {summary['seconds']:.0f}s -> {out}")
 
 
 @app.command()
