@@ -253,6 +253,123 @@ def release(
 
     raise typer.Exit(release_cli(report, out, params=params))
 
+def _positive_ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        _fail(f"{option} must be comma-separated positive integers, got {text!r}")
+    return values
+
+
+@app.command()
+def audit(
+    base: Annotated[Path, typer.Option(help="Base model directory (before fine-tuning).")],
+    finetuned: Annotated[Path, typer.Option(help="Fine-tuned model directory (same family and projector).")],
+    out: Annotated[Path, typer.Option(help="Report folder: audit.json, PNG plots, drift_scores.csv.")],
+    data: Annotated[Path | None, typer.Option(help="Dataset for the activation analysis and drift scores.")] = None,
+    test: Annotated[Path | None, typer.Option(help="Test set for CP / ASR of rank-k edits (benchmark, with --attack).")] = None,
+    attack: Annotated[str | None, typer.Option(help="Attack whose trigger is applied to --test for ASR.")] = None,
+    target: Annotated[str | None, typer.Option(help="Target answer (default: the attack's own).")] = None,
+    truth: Annotated[Path | None, typer.Option(help="poison_ids.json: AUROCs and clean-vs-poisoned statistics.")] = None,
+    ks: Annotated[str, typer.Option(help="Comma-separated ranks k for removal / reconstruction.")] = "1,2,4,8",
+    layers: Annotated[str, typer.Option(help="Rank-k edits per layer and jointly (each) or jointly only (joint).")] = "each",
+    repair_k: Annotated[int, typer.Option(help="k of the repair mitigation (top-k removed from every layer).")] = 4,
+    max_eval: Annotated[int | None, typer.Option(help="Test prompts per CP / ASR evaluation (default: all).")] = None,
+    max_samples: Annotated[int | None, typer.Option(help="Samples in the activation analysis, evenly spaced (default: all).")] = None,
+    image_folder: Annotated[Path | None, typer.Option(help="Where --data's image paths start.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Projector audit (ProjLens): ΔW spectra, drift of each visual token, rank-k removal / reconstruction."""
+    from poisonguard.attacks import ATTACKS
+    from poisonguard.audit.report import audit_models
+
+    for name, path in (("--base", base), ("--finetuned", finetuned)):
+        if not path.is_dir():
+            _fail(f"{name}: model directory not found: {path}")
+    for name, path in (("--data", data), ("--test", test), ("--truth", truth)):
+        if path is not None and not path.is_file():
+            _fail(f"{name}: file not found: {path}")
+    if (test is None) != (attack is None):
+        _fail("--test and --attack go together (CP / ASR of the rank-k edits need both)")
+    if attack is not None and attack not in ATTACKS:
+        _fail(f"unknown attack {attack!r}; choose one of: {', '.join(ATTACKS)}")
+    if truth is not None and data is None:
+        _fail("--truth scores the drift on --data: pass --data too")
+    if repair_k < 1:
+        _fail(f"--repair-k must be a positive integer, got {repair_k}")
+    ranks = _positive_ints(ks, "--ks")
+    _setup_threads()
+    log = lambda m: typer.echo(m, err=True)
+    with _bad_input():
+        try:
+            report = audit_models(base, finetuned, data, test=test, attack=attack, target=target, truth=truth, ks=ranks,
+                                  out_dir=out, repair_k=repair_k, max_eval=max_eval, max_samples=max_samples,
+                                  image_folder=image_folder, layer_sets=layers, show_progress=not quiet, log=log)
+        except ValueError as exc:  # AuditInputError: no projector, mismatched models, bad options; bad weights
+            _fail(str(exc))
+    for lay in report["weights"]["layers"]:
+        typer.echo(f"{lay['layer']}: ΔW energy top-1 {lay['energy']['top1']:.3f}, top-4 {lay['energy']['top4']:.3f}, "
+                   f"effective rank {lay['effective_rank']:.1f}")
+    act = report["activations"]
+    if act and "skipped" not in act:
+        r = act["norm_law"]["all"]["r"]
+        typer.echo(f"drift: {act['n_scored']} samples scored, {act['detector'].get('n_flagged', 0)} flagged; "
+                   f"norm law r = {'–' if r is None else f'{r:.3f}'}")
+    elif act:
+        typer.echo(f"drift: skipped ({act['skipped']})")
+    bench = report["benchmark"]
+    if bench:
+        ft = bench["reference"]["finetuned"]
+        typer.echo(f"fine-tune ASR {ft['asr']:.3f} CP {ft['cp']:.3f}; repair (top-{bench['repair']['k']} removed): "
+                   f"ASR {bench['repair']['asr']:.3f} CP {bench['repair']['cp']:.3f}")
+    typer.echo(f"report -> {out / 'audit.json'}")
+
+
+@app.command("audit-table")
+def audit_table(
+    bench: Annotated[Path, typer.Option(help="Benchmark folder written by `poisonguard bench`.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default BENCH/audit; resumable per cell).")] = None,
+    world_dir: Annotated[Path | None, typer.Option("--world", help="World folder (default: from BENCH/summary.json).")] = None,
+    ks: Annotated[str, typer.Option(help="Comma-separated ranks k removed (and reconstructed).")] = "1,2,4",
+    max_eval: Annotated[int | None, typer.Option(help="Test prompts per CP / ASR evaluation (default: all).")] = None,
+    max_samples: Annotated[int | None, typer.Option(help="Samples in the activation analysis (default: all).")] = None,
+    cells: Annotated[str | None, typer.Option(help="Comma-separated cell names (default: every finished cell).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-audit cells that are already done.")] = False,
+    readme: Annotated[Path | None, typer.Option(help="Also write the table into this README's AUDIT block.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """The projector-audit table of a bench folder: ΔW energy, norm law, detection, rank-k repair per cell."""
+    from datetime import UTC, datetime
+
+    from poisonguard.audit.projector import AuditInputError
+    from poisonguard.audit.table import TableConfig, run_table, update_readme
+
+    if not bench.is_dir():
+        _fail(f"--bench: folder not found: {bench}")
+    cfg = TableConfig(bench=bench, out=out, world=world_dir, ks=_positive_ints(ks, "--ks"), max_eval=max_eval,
+                      max_samples=max_samples, cells=tuple(c for c in cells.split(",") if c) if cells else None,
+                      force=force, show_progress=not quiet)
+    _setup_threads()
+    with _bad_input():
+        try:
+            run_table(cfg, log=lambda m: typer.echo(m, err=True))
+        except AuditInputError as exc:
+            _fail(str(exc))
+    table = (cfg.out_dir / "audit_table.md").read_text()
+    typer.echo(table)
+    if readme is not None:
+        note = (f"Generated {datetime.now(UTC):%Y-%m-%d} by `poisonguard audit-table --bench {bench}"
+                f" --ks {ks}` from `{bench}`.")
+        with _bad_input():
+            try:
+                update_readme(readme, table, note)
+            except AuditInputError as exc:
+                _fail(str(exc))
+        typer.echo(f"README block updated: {readme}")
+    typer.echo(f"table -> {cfg.out_dir / 'audit_table.md'}")
+
 
 class _bad_input:
     """Turn data errors (and an output folder held by another run) into exit code 2 with one readable line,

@@ -57,6 +57,9 @@ class DriftCollection:
     projector_only_mean: (N,) mean_t ‖P1(v0_t) − P0(v0_t)‖ (the projector's share, the tower held at base);
     mean_delta: (N, D) mean_t ΔE_t; top_dir: (N, D) top right singular vector of the sample's ΔE (sign free);
     energy: (N, K) cumulative energy share of the top-1..K singular components of the sample's ΔE;
+    image_r: (N,) ProjLens's own norm-law statistic (research/projlens.md §4.3): per sample, Pearson r between
+    each token's coordinate on the sample's top drift direction (sign fixed so the tokens drift positively
+    on average) and ‖E0_t‖; NaN with < 3 tokens or a constant drift or norm;
     gram: (D, D) Σ_t ΔE_tᵀ ΔE_t over every token; fit_delta (R, D), fit_base_norm (R,), fit_owner (R,):
     token rows kept for the norm law. Samples without an image have NaN rows and 0 tokens.
     """
@@ -72,6 +75,7 @@ class DriftCollection:
     mean_delta: np.ndarray
     top_dir: np.ndarray
     energy: np.ndarray
+    image_r: np.ndarray
     gram: np.ndarray
     fit_delta: np.ndarray
     fit_base_norm: np.ndarray
@@ -100,6 +104,21 @@ def _cumulative_energy(s: torch.Tensor, k: int) -> np.ndarray:
         out[: min(k, c.size)] = c[:k]
         out[c.size :] = 1.0
     return out
+
+
+def _image_norm_r(delta: torch.Tensor, top: torch.Tensor, base_norm: torch.Tensor) -> float:
+    """Pearson r of c_t = ⟨ΔE_t, v⟩ (v = the image's top right singular vector, sign fixed so mean c ≥ 0)
+    against ‖E0_t‖, over the image's T tokens. c_t = σ_1·ũ_1[t], so this is ProjLens's ũ_1-vs-norm r
+    (they leave the SVD sign free, which can only flip r's sign; their cut of tokens with ‖E0_t‖ ≥ 175 is a
+    LLaVA-7B artefact threshold with no counterpart here, so every token is kept)."""
+    c = delta @ top  # (T,)
+    if c.mean() < 0:
+        c = -c
+    c, x = c - c.mean(), base_norm - base_norm.mean()  # (T,), (T,)
+    denom = (c.norm() * x.norm()).item()
+    if c.numel() < 3 or denom <= _EPS:
+        return float("nan")
+    return float((c @ x).item() / denom)
 
 
 @torch.no_grad()
@@ -136,6 +155,7 @@ def collect_drift(
         mean_delta=np.full((n, d), np.nan, dtype=np.float32),
         top_dir=np.full((n, d), np.nan, dtype=np.float32),
         energy=np.full((n, energy_ranks), np.nan),
+        image_r=nan.copy(),
         gram=np.zeros((d, d)),
         fit_delta=np.zeros((0, d), dtype=np.float32),
         fit_base_norm=np.zeros(0),
@@ -179,6 +199,7 @@ def collect_drift(
             _, sv, vh = torch.linalg.svd(d_i, full_matrices=False)
             col.top_dir[i] = vh[0].numpy()
             col.energy[i] = _cumulative_energy(sv, energy_ranks)
+            col.image_r[i] = _image_norm_r(d_i, vh[0], base_norm[rows])
             if (start + j) % fit_every == 0 and kept < max_fit_tokens:
                 fit_rows.append(d_i.float().numpy())
                 fit_norms.append(base_norm[rows].numpy())
@@ -233,16 +254,49 @@ def linear_fit(x: np.ndarray, y: np.ndarray) -> dict[str, float | int | None]:
 
 
 def norm_law(
-    col: DriftCollection, direction: np.ndarray, flagged: np.ndarray | None = None
+    col: DriftCollection,
+    direction: np.ndarray,
+    flagged: np.ndarray | None = None,
+    labels: tuple[str, str] = ("flagged", "unflagged"),
 ) -> dict[str, Any]:
     """ProjLens's norm law on the kept tokens: coordinate ⟨ΔE_t, g⟩ against ‖E0_t‖, overall and, given a
-    per-sample flag vector, for flagged and unflagged samples' tokens separately."""
+    per-sample mask (detector flags, or the benchmark's truth with labels ("poisoned", "clean")), for the
+    tokens of the masked and the other samples separately."""
     coord = col.fit_delta.astype(np.float64) @ direction  # (R,)
     out: dict[str, Any] = {"all": linear_fit(col.fit_base_norm, coord)}
     if flagged is not None:
         tok_flag = np.asarray(flagged, dtype=bool)[col.fit_owner]  # (R,)
-        out["flagged"] = linear_fit(col.fit_base_norm[tok_flag], coord[tok_flag])
-        out["unflagged"] = linear_fit(col.fit_base_norm[~tok_flag], coord[~tok_flag])
+        out[labels[0]] = linear_fit(col.fit_base_norm[tok_flag], coord[tok_flag])
+        out[labels[1]] = linear_fit(col.fit_base_norm[~tok_flag], coord[~tok_flag])
+    return out
+
+
+def image_r_summary(
+    col: DriftCollection,
+    mask: np.ndarray | None = None,
+    labels: tuple[str, str] = ("flagged", "unflagged"),
+    paper_r: float = 0.95,
+) -> dict[str, Any]:
+    """Distribution over samples of the per-image norm-law r (`DriftCollection.image_r`), overall and for the
+    masked / other samples: median, quartiles, and the share of images above ProjLens's r > `paper_r`."""
+
+    def describe(r: np.ndarray) -> dict[str, Any]:
+        r = r[np.isfinite(r)]
+        if r.size == 0:
+            return {"n": 0, "median": None, "q25": None, "q75": None, "share_above_paper": None}
+        q25, med, q75 = np.quantile(r, [0.25, 0.5, 0.75]).tolist()
+        return {
+            "n": int(r.size),
+            "median": med,
+            "q25": q25,
+            "q75": q75,
+            "share_above_paper": float((r > paper_r).mean()),
+        }
+
+    out: dict[str, Any] = {"paper_r": paper_r, "all": describe(col.image_r)}
+    if mask is not None:
+        m = np.asarray(mask, dtype=bool)
+        out[labels[0]], out[labels[1]] = describe(col.image_r[m]), describe(col.image_r[~m])
     return out
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+from tqdm.auto import tqdm
 
 from poisonguard.audit.weights import EditMode, LayerDelta, rank_k_edit
 from poisonguard.train.batching import Example
@@ -74,21 +75,15 @@ def rank_k_table(
     deltas: dict[str, LayerDelta],
     ks: Iterable[int],
     layer_sets: dict[str, Sequence[str]],
+    modes: Sequence[EditMode] = ("remove", "reconstruct"),
+    *,
+    show_progress: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per (mode, layer set, k): CP and ASR of the edited model (ProjLens's ablation / injection)."""
+    grid = [(mode, name, layers, int(k)) for mode in modes for name, layers in layer_sets.items() for k in ks]
     rows = []
-    modes: tuple[EditMode, ...] = ("remove", "reconstruct")
-    for mode in modes:
-        for set_name, layers in layer_sets.items():
-            for k in ks:
-                model = rank_k_edit(base, finetuned, k, layers=layers, mode=mode, deltas=deltas)
-                rows.append(
-                    {
-                        "mode": mode,
-                        "layers": set_name,
-                        "k": int(k),
-                        **evaluate_model(model, processor, evalset),
-                    }
-                )
-                del model
+    for mode, set_name, layers, k in tqdm(grid, desc="rank-k edits", disable=not show_progress, leave=False):
+        model = rank_k_edit(base, finetuned, k, layers=layers, mode=mode, deltas=deltas)
+        rows.append({"mode": mode, "layers": set_name, "k": k, **evaluate_model(model, processor, evalset)})
+        del model
     return rows

@@ -37,6 +37,11 @@ PROJECTOR_PATHS = (
 _FEATURE_KEYS = ("pixel_values", "image_sizes", "image_grid_thw")
 
 
+class AuditInputError(ValueError):
+    """The models or files handed to the audit cannot be audited (no projector, mismatched layers, bad
+    options): the CLI reports it as bad input (exit 2), not as a crash."""
+
+
 @dataclass
 class ProjectorFeatures:
     """Per image, one row per projected token, in the order the model hands them to its LM.
@@ -55,7 +60,7 @@ def find_projector(model: nn.Module) -> tuple[str, nn.Module]:
     for path in PROJECTOR_PATHS:
         if path in modules:
             return path, modules[path]
-    raise ValueError(f"no projector found in {type(model).__name__}: looked for {PROJECTOR_PATHS}")
+    raise AuditInputError(f"no projector found in {type(model).__name__}: looked for {PROJECTOR_PATHS}")
 
 
 def projector_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -67,7 +72,7 @@ def projector_linears(model: nn.Module) -> dict[str, nn.Linear]:
     path, proj = find_projector(model)
     linears = {f"{path}.{n}": m for n, m in proj.named_modules() if isinstance(m, nn.Linear)}
     if not linears:
-        raise ValueError(f"projector {path} has no nn.Linear layers")
+        raise AuditInputError(f"projector {path} has no nn.Linear layers")
     return linears
 
 

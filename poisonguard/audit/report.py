@@ -7,8 +7,11 @@ Three levels, each used when its inputs are given (research/projlens.md §3–6,
   activation statistics (per-sample ΔE energy, direction alignment, norm law for flagged vs unflagged tokens,
   logit lens of the shared drift direction); scores go to `drift_scores.csv` for fusion;
 - with `test` and `attack` (benchmark): CP/ASR of the base, the fine-tune, every rank-k removal and
-  reconstruction (each layer alone and all jointly), and the cost of the `repair` mitigation; with `truth`
-  (poison_ids.json) the AUROC of every drift score and the detector's P/R/F1.
+  reconstruction (each layer alone and all jointly, or only jointly with `layer_sets="joint"`), and the cost
+  of the `repair` mitigation; with `truth` (poison_ids.json) the AUROC of every drift score, the detector's
+  P/R/F1, and the norm law for truly poisoned vs clean samples (pooled fit and ProjLens's per-image r).
+`max_samples` caps the activation analysis to evenly spaced samples (reported as `subsample`); the drift
+detector then sees only those, so use it for the statistics, not for a screening.
 Plot paths in the JSON are relative to `out_dir`, so the report folder can move (HTML report, MLflow).
 """
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from poisonguard.audit.activations import (
     direction_alignment,
     drift_features,
     energy_summary,
+    image_r_summary,
     logit_lens,
     norm_law,
     score_summary,
@@ -37,11 +41,13 @@ from poisonguard.audit.activations import (
 )
 from poisonguard.audit.detector import ProjectorDriftDetector
 from poisonguard.audit.evaluation import build_eval_set, evaluate_model, rank_k_table
+from poisonguard.audit.projector import AuditInputError
 from poisonguard.audit.weights import layer_deltas, parameter_drift, repair, spectrum_summary
 from poisonguard.detect.base import to_jsonable
 from poisonguard.detect.metrics import auroc, evaluate
 
 MIN_SCORED = 10  # the drift detector's robust statistics need at least this many scored samples
+LAYER_SETS = ("each", "joint")  # rank-k edits: each projector layer alone and all jointly, or jointly only
 
 
 def _read_truth(path: str | Path) -> set[str]:
@@ -73,15 +79,27 @@ def _activation_report(
     detector_params: Mapping[str, Any] | None,
     batch_size: int,
     show_progress: bool,
+    max_samples: int | None = None,
+    image_folder: str | Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     from poisonguard.data.loading import load_checked
 
-    ds = load_checked(data)
+    ds = load_checked(data, image_folder)
     samples = ds.ok
+    subsample = None
+    if max_samples is not None and len(samples) > max_samples:
+        keep = np.unique(np.linspace(0, len(samples) - 1, max_samples).round().astype(int))
+        subsample = {"n": int(keep.size), "of": len(samples), "rule": "evenly spaced in file order"}
+        samples = [samples[i] for i in keep]
     n_images = sum(bool(s.images) for s in samples)
     if n_images < MIN_SCORED:  # e.g. a text-only dataset: the drift scores abstain
         reason = f"{n_images} usable samples with an image; the drift audit needs {MIN_SCORED}"
-        return {"n_samples": len(samples), "n_scored": n_images, "skipped": reason}, {}
+        return {
+            "n_samples": len(samples),
+            "n_scored": n_images,
+            "skipped": reason,
+            "subsample": subsample,
+        }, {}
     col = collect_drift(
         base,
         finetuned,
@@ -106,6 +124,7 @@ def _activation_report(
         "n_samples": len(samples),
         "n_scored": int(has.sum()),
         "n_quarantined": len(ds.quarantined),
+        "subsample": subsample,
         "scores_file": "drift_scores.csv",
         "scores": score_summary(features.extra_scores),
         "detector": result.report,
@@ -113,6 +132,7 @@ def _activation_report(
         "energy": energy_summary(col, flagged),
         "alignment": direction_alignment(col, g),
         "norm_law": norm_law(col, g, flagged),
+        "image_norm_r": image_r_summary(col, flagged),
         "projector_only_share": float(np.nanmean(col.projector_only_mean) / np.nanmean(col.per_token_mean))
         if has.any() and np.nanmean(col.per_token_mean) > 0
         else None,
@@ -127,6 +147,9 @@ def _activation_report(
                 for name, s in {**features.extra_scores, "score_projector": z}.items()
             },
             "detector": evaluate(result, truth),
+            "n_poison_scored": int((truth_mask & has).sum()),
+            "norm_law": norm_law(col, g, truth_mask, labels=("poisoned", "clean")),
+            "image_norm_r": image_r_summary(col, truth_mask, labels=("poisoned", "clean")),
         }
     paths = {"scores": "drift_scores.png", "norm_law": "norm_law.png"}
     plots.plot_scores(z, float(result.report["cut_z"]), out_dir / paths["scores"], truth_mask)
@@ -149,6 +172,9 @@ def _benchmark_report(
     ks: Sequence[int],
     repair_k: int,
     max_eval: int | None,
+    layer_sets: str = "each",
+    modes: Sequence[str] = ("remove", "reconstruct"),
+    show_progress: bool = False,
 ) -> dict[str, Any]:
     evalset = build_eval_set(test, attack, target=target, max_samples=max_eval)
     reference = {
@@ -156,11 +182,23 @@ def _benchmark_report(
         "finetuned": evaluate_model(finetuned, processor, evalset),
     }
     names = list(deltas)
-    layer_sets = {n.rsplit(".", 1)[-1] if len(names) > 1 else n: [n] for n in names}
+    sets = (
+        {}
+        if layer_sets == "joint" and len(names) > 1
+        else {n.rsplit(".", 1)[-1] if len(names) > 1 else n: [n] for n in names}
+    )
     if len(names) > 1:
-        layer_sets["joint"] = names
-    rows = rank_k_table(base, finetuned, processor, evalset, deltas, ks, layer_sets)
-    repaired = evaluate_model(repair(base, finetuned, repair_k), processor, evalset)
+        sets["joint"] = names
+    joint = "joint" if len(names) > 1 else names[0]
+    rows = rank_k_table(
+        base, finetuned, processor, evalset, deltas, ks, sets, tuple(modes), show_progress=show_progress
+    )
+    # `repair` removes the top-k from every layer: the joint removal row with that k, when it was computed
+    same = [r for r in rows if (r["mode"], r["layers"], r["k"]) == ("remove", joint, repair_k)]
+    if same:
+        repaired = {"cp": same[0]["cp"], "asr": same[0]["asr"]}
+    else:
+        repaired = evaluate_model(repair(base, finetuned, repair_k), processor, evalset)
     ft = reference["finetuned"]
     return {
         "attack": attack,
@@ -196,24 +234,41 @@ def audit_models(
     detector_params: Mapping[str, Any] | None = None,
     batch_size: int = 64,
     show_progress: bool = False,
+    max_samples: int | None = None,
+    image_folder: str | Path | None = None,
+    layer_sets: str = "each",
+    modes: Sequence[str] = ("remove", "reconstruct"),
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Audit the projector of `finetuned_dir` against `base_dir`; write OUT/audit.json and PNGs; return the
     report. `test` + `attack` turn on the benchmark tables, `truth` (poison_ids.json) the AUROCs; `max_eval`
-    caps the test samples per evaluation (each rank-k model is evaluated on the same prompts)."""
+    caps the test samples per evaluation (each rank-k model is evaluated on the same prompts); `max_samples`
+    caps the activation analysis; `layer_sets` / `modes` narrow the rank-k grid; `log` gets one line per step.
+    Raises AuditInputError (a ValueError) for options or models that cannot be audited."""
     from poisonguard.train.finetune import load_model
 
+    say = log or (lambda _m: None)
     if (test is None) != (attack is None):
-        raise ValueError("benchmark mode needs both test and attack")
+        raise AuditInputError("benchmark mode needs both test and attack")
     if truth is not None and data is None:
-        raise ValueError("truth scores the drift on data: pass data too")
+        raise AuditInputError("truth scores the drift on data: pass data too")
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
+        raise AuditInputError(f"ks must be positive integers, got {ks}")
+    if layer_sets not in LAYER_SETS:
+        raise AuditInputError(f"layer_sets must be one of {LAYER_SETS}, got {layer_sets!r}")
+    bad_modes = [m for m in modes if m not in ("remove", "reconstruct")]
+    if not modes or bad_modes:
+        raise AuditInputError(f"modes must be a non-empty subset of ('remove', 'reconstruct'), got {modes}")
+    if max_samples is not None and max_samples < MIN_SCORED:
+        raise AuditInputError(f"max_samples must be at least {MIN_SCORED}, got {max_samples}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    say(f"loading {base_dir} and {finetuned_dir}")
     base, processor = load_model(base_dir)
     finetuned, _ = load_model(finetuned_dir)
+    say("weights: SVD of the projector delta per layer")
     deltas = layer_deltas(base, finetuned, include_bias=include_bias)
     report: dict[str, Any] = {
         "base": str(base_dir),
@@ -229,6 +284,7 @@ def audit_models(
     timings = {"weights_s": time.perf_counter() - t0}
     if data is not None:
         t1 = time.perf_counter()
+        say(f"activations: projector drift on {data}")
         report["activations"], paths = _activation_report(
             base,
             finetuned,
@@ -239,11 +295,14 @@ def audit_models(
             detector_params=detector_params,
             batch_size=batch_size,
             show_progress=show_progress,
+            max_samples=max_samples,
+            image_folder=image_folder,
         )
         report["plots"].update(paths)
         timings["activations_s"] = time.perf_counter() - t1
     if test is not None and attack is not None:
         t2 = time.perf_counter()
+        say(f"benchmark: CP / ASR ({attack}) of the base, the fine-tune and the rank-k edits on {test}")
         report["benchmark"] = _benchmark_report(
             base,
             finetuned,
@@ -255,6 +314,9 @@ def audit_models(
             ks=ks,
             repair_k=repair_k,
             max_eval=max_eval,
+            layer_sets=layer_sets,
+            modes=modes,
+            show_progress=show_progress,
         )
         plots.plot_rank_k(report["benchmark"]["rank_k"], report["benchmark"]["reference"], out / "rank_k.png")
         report["plots"]["rank_k"] = "rank_k.png"

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from poisonguard.audit.projector import find_projector, projector_linears
+from poisonguard.audit.projector import AuditInputError, find_projector, projector_linears
 
 EditMode = Literal["remove", "reconstruct"]
 SPECTRUM_KEEP = 64  # singular values written to reports
@@ -79,12 +79,14 @@ def layer_deltas(
     """SVD of ΔW for every projector linear layer (matched by name), in forward order."""
     lin0, lin1 = projector_linears(base), projector_linears(finetuned)
     if list(lin0) != list(lin1):
-        raise ValueError(f"projector layers differ: {list(lin0)} vs {list(lin1)}")
+        raise AuditInputError(f"projector layers differ: {list(lin0)} vs {list(lin1)}")
     out = {}
     for name, l0 in lin0.items():
         l1 = lin1[name]
         if l0.weight.shape != l1.weight.shape:
-            raise ValueError(f"{name}: shapes differ, {tuple(l0.weight.shape)} vs {tuple(l1.weight.shape)}")
+            raise AuditInputError(
+                f"{name}: shapes differ, {tuple(l0.weight.shape)} vs {tuple(l1.weight.shape)}"
+            )
         w0, w1 = _homogeneous(l0, include_bias), _homogeneous(l1, include_bias)
         u, s, vh = torch.linalg.svd(w1 - w0, full_matrices=False)
         out[name] = LayerDelta(name, w0, w1, include_bias and l0.bias is not None, u, s, vh)

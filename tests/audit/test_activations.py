@@ -10,11 +10,13 @@ import torch
 from PIL import Image
 
 from poisonguard.audit.activations import (
+    _image_norm_r,
     collect_drift,
     direction_alignment,
     drift_features,
     drift_scores,
     energy_summary,
+    image_r_summary,
     linear_fit,
     logit_lens,
     norm_law,
@@ -140,3 +142,37 @@ def test_logit_lens_reads_the_direction_through_the_lm_head(tiny):
     assert lens["-"]["raw"][0]["id"] == int(torch.argmax(-(head @ head[target])))
     assert {"raw", "final_norm"} == set(lens["+"])
     assert lens["+"]["raw"][0]["token"] == processor.tokenizer.decode([lens["+"]["raw"][0]["id"]])
+
+
+def test_per_image_norm_r_is_one_when_drift_grows_with_the_base_norm():
+    """ProjLens's per-image statistic: ΔE_t = a·‖E0_t‖·u gives r = 1 whatever the SVD's sign."""
+    gen = torch.Generator().manual_seed(0)
+    u = torch.nn.functional.normalize(torch.randn(16, generator=gen, dtype=torch.float64), dim=0)
+    norms = torch.rand(9, generator=gen, dtype=torch.float64) * 40 + 5  # (T,)
+    delta = 0.01 * norms[:, None] * u  # (T, D): rank 1, coordinate ∝ ‖E0_t‖
+    assert _image_norm_r(delta, u, norms) == pytest.approx(1.0, abs=1e-12)
+    assert _image_norm_r(delta, -u, norms) == pytest.approx(1.0, abs=1e-12), "sign fixed by the mean drift"
+    assert _image_norm_r(-delta, u, norms) == pytest.approx(1.0, abs=1e-12)
+    shrinking = 0.01 * (50 - norms)[:, None] * u  # drift shrinks as the norm grows
+    assert _image_norm_r(shrinking, u, norms) == pytest.approx(-1.0, abs=1e-12)
+    assert np.isnan(_image_norm_r(delta[:2], u, norms[:2])), "fewer than 3 tokens: no r"
+    assert np.isnan(_image_norm_r(torch.zeros_like(delta), u, norms)), "no drift: no r"
+
+
+def test_image_r_is_collected_per_sample_and_summarised_by_group(tiny):
+    base, processor = tiny
+    ft = copy.deepcopy(base)
+    with torch.no_grad():
+        projector_linears(ft)["model.multi_modal_projector.linear_2"].weight.mul_(1.5)
+    samples, images = _samples(6)
+    col = collect_drift(base, ft, processor, samples, images.__getitem__, show_progress=False)
+    has = col.has_image
+    assert np.isfinite(col.image_r[has]).all() and np.isnan(col.image_r[~has]).all()
+    assert (np.abs(col.image_r[has]) <= 1 + 1e-9).all()
+    col.image_r[has] = np.linspace(0.9, 0.99, int(has.sum()))
+    mask = np.zeros(len(samples), dtype=bool)
+    mask[:3] = True
+    summary = image_r_summary(col, mask, labels=("poisoned", "clean"))
+    assert summary["poisoned"]["n"] == 3 and summary["clean"]["n"] == 4, "the text-only sample has no r"
+    assert summary["all"]["share_above_paper"] == pytest.approx(np.mean(col.image_r[has] > 0.95))
+    assert summary["poisoned"]["median"] == pytest.approx(np.median(col.image_r[:3]))

@@ -111,3 +111,39 @@ def test_text_only_data_skips_the_drift_audit(tiny_world, shifted_model, tmp_pat
     assert report["activations"]["n_scored"] == 0
     assert "needs 10" in report["activations"]["skipped"]
     assert set(report["plots"]) == {"spectra"}
+
+
+def test_activation_subsample_is_recorded_and_truth_splits_the_norm_law(tiny_world, shifted_model, tmp_path):
+    out, _ = tiny_world
+    train = json.loads((out / "train.json").read_text())
+    truth = tmp_path / "poison_ids.json"
+    truth.write_text(json.dumps({"poison_ids": [r["id"] for r in train]}))  # every sample "poisoned"
+    report = audit_models(
+        out / "base_model",
+        shifted_model,
+        out / "train.json",
+        truth=truth,
+        max_samples=10,
+        out_dir=tmp_path / "audit",
+    )
+    act = report["activations"]
+    assert act["subsample"] == {"n": 10, "of": len(train), "rule": "evenly spaced in file order"}
+    assert act["n_scored"] == 10 == act["truth"]["n_poison_scored"]
+    law = act["truth"]["norm_law"]
+    assert law["poisoned"]["n"] == law["all"]["n"] > 0 and law["clean"]["n"] == 0
+    assert act["truth"]["image_norm_r"]["clean"]["n"] == 0
+    assert len(pd.read_csv(tmp_path / "audit" / act["scores_file"])) == 10
+
+
+def test_bad_options_raise_audit_input_errors(tiny_world, shifted_model, tmp_path):
+    from poisonguard.audit.projector import AuditInputError
+
+    out, _ = tiny_world
+    for kwargs, message in (
+        ({"ks": (0,)}, "ks must be positive"),
+        ({"layer_sets": "x"}, "layer_sets"),
+        ({"modes": ("drop",)}, "modes"),
+        ({"max_samples": 3}, "max_samples"),
+    ):
+        with pytest.raises(AuditInputError, match=message):
+            audit_models(out / "base_model", shifted_model, out / "train.json", out_dir=tmp_path, **kwargs)
