@@ -253,6 +253,7 @@ def release(
 
     raise typer.Exit(release_cli(report, out, params=params))
 
+
 def _positive_ints(text: str, option: str) -> tuple[int, ...]:
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
