@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 LOCK_FILE = ".poisonguard.lock"
@@ -43,7 +43,7 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
                 f"{folder} is in use by another poisonguard run ({_holder(fd)}); wait for it to finish or "
                 "choose another output folder") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "started": datetime.now(timezone.utc).isoformat(
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "started": datetime.now(UTC).isoformat(
             timespec="seconds"), "command": " ".join(sys.argv)}).encode() + b"\n", 0)
         yield path
     finally:

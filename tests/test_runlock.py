@@ -24,9 +24,9 @@ def _holder(folder) -> subprocess.Popen:
 def test_a_second_holder_is_refused_while_the_first_holds(tmp_path):
     with folder_lock(tmp_path / "out") as path:
         assert path.name == LOCK_FILE
-        with pytest.raises(FolderBusyError, match=rf"in use by another poisonguard run \(pid {os.getpid()}, started "):
-            with folder_lock(tmp_path / "out"):
-                pass
+        busy = rf"in use by another poisonguard run \(pid {os.getpid()}, started "
+        with pytest.raises(FolderBusyError, match=busy), folder_lock(tmp_path / "out"):
+            pass
     with folder_lock(tmp_path / "out"):  # released on exit
         pass
 
@@ -34,9 +34,8 @@ def test_a_second_holder_is_refused_while_the_first_holds(tmp_path):
 def test_another_process_holds_it_and_kill_9_releases_it(tmp_path):
     proc = _holder(tmp_path)
     try:
-        with pytest.raises(FolderBusyError, match=f"pid {proc.pid}"):
-            with folder_lock(tmp_path):
-                pass
+        with pytest.raises(FolderBusyError, match=f"pid {proc.pid}"), folder_lock(tmp_path):
+            pass
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
