@@ -412,13 +412,19 @@ def run_bench(cfg: BenchConfig, *, log=print, command: str | None = None) -> dic
                "machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
                "command": command or bench_command(cfg), "config": _jsonable(asdict(cfg)), "base": ref, "cells": results}
     out = Path(cfg.out)
+    previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     _write_json(out / "summary.json", summary)
     (out / "tables.md").write_text(markdown_tables(summary))
     if cfg.html and cfg.screen:
         from poisonguard.report.bench_html import write_bench_report
 
-        log("writing the HTML report with plots")
-        page = write_bench_report(summary, out)
+        page = out / "report" / "index.html"
+        same = all(previous.get(k) == _jsonable(summary[k]) for k in ("config", "base", "cells"))
+        if same and page.exists():  # a resumed run that computed nothing new: the plots would be identical
+            log("results unchanged; HTML report kept")
+        else:
+            log("writing the HTML report with plots")
+            page = write_bench_report(summary, out)
         log(f"report: {page}")
     return summary
 

@@ -113,6 +113,7 @@ def test_rerun_resumes_without_recomputing(quick_run):
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert not re.search(r"\] (fine-tuning on|screening with|retraining without)", r.output), r.output
+    assert "results unchanged; HTML report kept" in r.output
     assert stamps and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 
 
