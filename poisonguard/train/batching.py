@@ -70,11 +70,14 @@ def encode_for_training(processor, examples: list[Example]) -> dict:
             if m["role"] != "assistant":
                 continue
             before = render(processor, ex.messages[:j], generation_prompt=True)
-            through = render(processor, ex.messages[: j + 1], generation_prompt=False)
+            # the last turn ends the conversation: its rendering is `full` (saves a template render per sample)
+            through = full if j == len(ex.messages) - 1 else render(processor, ex.messages[: j + 1],
+                                                                        generation_prompt=False)
             if not full.startswith(before) or image_token in full[len(before):]:
                 spans.append(_spans_by_processor(processor, ex, j))
                 continue
-            n_before, n_through = len(tok(before)["input_ids"]), len(tok(through)["input_ids"])
+            n_before = len(tok(before)["input_ids"])
+            n_through = n_full if through is full else len(tok(through)["input_ids"])
             tail_after = n_full - n_through
             spans.append((lengths[i] - (n_full - n_before), lengths[i] - tail_after))
         if not spans:
