@@ -58,11 +58,15 @@ def extract_one_shard(shard: int, data: str, image_root: str | None, model_dir: 
 
     from poisonguard.extract import extract_shard
 
+    before = torch.get_num_threads()
     torch.set_num_threads(torch_threads)
-    model, processor = _cached_model(model_dir, tag, device)
-    examples = LazyExamples(data, image_root, ids)
-    path = extract_shard(model, processor, examples, ids, out_dir, shard, shard_size=shard_size,
-                         batch_size=batch_size, backend=backend, tag=tag)
+    try:  # a thread-pool runner shares the process: give the caller its thread count back
+        model, processor = _cached_model(model_dir, tag, device)
+        examples = LazyExamples(data, image_root, ids)
+        path = extract_shard(model, processor, examples, ids, out_dir, shard, shard_size=shard_size,
+                             batch_size=batch_size, backend=backend, tag=tag)
+    finally:
+        torch.set_num_threads(before)
     return str(path)
 
 
