@@ -32,8 +32,14 @@ Options and why (research/prototype.md, detector-probe.md, world-probe.md):
 - Clean-data guard (`guard`): flag only when the EM's poison class is a real, consistent minority:
   ≥ `min_sources` annotators; mean pairwise correlation of their votes ≥ `min_agreement` (independent noise
   heads give ≈ 0; heads moved by one trigger gave 0.5–1.0 on the synthetic tests); estimated prior and flag
-  rate in [`min_prior`, `max_prior`]; and ≥ `min_concentration` of all positive votes falling on the flagged
-  samples. Otherwise nothing is flagged (p_poison still ranks). Every unguarded detector in the probes flagged
+  rate in [`min_prior`, `max_prior`]; and positive votes concentrated on the flagged samples: their share of
+  all positive votes at least `min_lift` times the flag rate (votes spread at random give a lift of 1).
+  Otherwise nothing is flagged (p_poison still ranks). The lift replaced an absolute share (≥ 0.5) after the
+  2026-11-29 benchmark on the 97 % world: with 12–16 head annotators, perfect detections of the text
+  triggers put 0.34–0.40 of the votes on their 10 % of flagged samples (lift 3.4–4.0) and were withheld,
+  while the clean set's flagged minority had lift 1.6 (and agreement 0.05, which the agreement check
+  already rejects). The change was chosen on seed 0 of that benchmark: it is a selection on measured
+  results, to be confirmed on further seeds, not a constant fitted inside the detector. Every unguarded detector in the probes flagged
   hundreds of samples on some clean control; the target here is ≤ 1% on clean data. The guard cannot tell a
   consistent *clean* minority (a rare question type the fine-tune changed) from poison: that is the job of
   differencing and strata. The guard is decided at `fit` and carries over to `score` on new data. The
@@ -108,7 +114,7 @@ class TCAPPlusParams(MixtureVoteParams):
     min_agreement: float = 0.2
     min_prior: float = 0.002
     max_prior: float = 0.35
-    min_concentration: float = 0.5
+    min_lift: float = 3.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -143,7 +149,8 @@ class TCAPPlusParams(MixtureVoteParams):
         check_float("max_prior", self.max_prior, 0.0, 1.0)
         if self.min_prior >= self.max_prior:
             raise ValueError(f"min_prior ({self.min_prior}) must be < max_prior ({self.max_prior})")
-        check_float("min_concentration", self.min_concentration, 0.0, 1.0)
+        if not self.min_lift >= 1.0:
+            raise ValueError(f"min_lift must be >= 1 (1 = votes spread at random), got {self.min_lift}")
 
 
 class TCAPPlusDetector(Detector):
@@ -386,6 +393,7 @@ class TCAPPlusDetector(Detector):
         cast = votes * mask
         concentration = float(cast[flagged].sum() / cast.sum()) if cast.sum() > 0 else 0.0
         flag_rate = float(flagged.mean())
+        lift = concentration / flag_rate if flag_rate > 0 else 0.0  # 1.0: votes land on flagged at random
         n_src = votes.shape[1]
         checks = [
             (n_src >= p.min_sources, f"annotators {n_src} < min_sources {p.min_sources}"),
@@ -399,8 +407,8 @@ class TCAPPlusDetector(Detector):
                 f"flag rate {flag_rate:.4f} outside [{p.min_prior}, {p.max_prior}]",
             ),
             (
-                concentration >= p.min_concentration,
-                f"concentration {concentration:.3f} < min_concentration {p.min_concentration}",
+                lift >= p.min_lift,
+                f"vote lift {lift:.2f} (share {concentration:.3f} at flag rate {flag_rate:.3f}) < min_lift {p.min_lift}",
             ),
         ]
         reasons = [msg for ok, msg in checks if not ok]
@@ -411,7 +419,7 @@ class TCAPPlusDetector(Detector):
                 "min_sources": p.min_sources,
                 "min_agreement": p.min_agreement,
                 "prior_range": [p.min_prior, p.max_prior],
-                "min_concentration": p.min_concentration,
+                "min_lift": p.min_lift,
             },
             "reasons": reasons,
             "n_annotators": int(n_src),
@@ -420,6 +428,7 @@ class TCAPPlusDetector(Detector):
             "prior": prior,
             "flag_rate_before_guard": flag_rate,
             "concentration": concentration,
+            "lift": lift,
         }
 
 
