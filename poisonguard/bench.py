@@ -156,8 +156,17 @@ def finetune_settings(cfg: BenchConfig) -> dict:
 
 
 def screen_settings(cfg: BenchConfig) -> dict:
-    """What a cell's detection depends on; a change re-screens (extraction shards are reused)."""
-    return {"detectors": list(cfg.detectors), "detector_params": cfg.detector_params, "strata_k": cfg.strata_k}
+    """What a cell's detection depends on; a change re-screens (extraction shards are reused).
+
+    The detectors' effective parameters (their defaults with the overrides applied) are part of it, so a
+    changed default in the code re-screens finished cells instead of keeping results the code no longer gives.
+    """
+    from poisonguard.screening import make_detectors
+
+    effective = {name: _jsonable(asdict(det.params)) for name, det in
+                 make_detectors(cfg.detectors, cfg.detector_params).items()}
+    return {"detectors": list(cfg.detectors), "detector_params": cfg.detector_params, "strata_k": cfg.strata_k,
+            "effective_params": effective}
 
 
 def _poisoned_data(world: WorldFiles, cfg: BenchConfig, c: dict) -> Path:
