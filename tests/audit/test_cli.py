@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from poisonguard.cli import app
-from poisonguard.train.finetune import load_model, save_model
+from tests.audit.conftest import rank_one_projector_change
 
 runner = CliRunner()
 
@@ -18,18 +17,7 @@ runner = CliRunner()
 def rank_one_model(tiny_world, tmp_path_factory):
     """The tiny world's base with a rank-1 change of the projector's last layer (a stand-in fine-tune)."""
     out, _ = tiny_world
-    model, processor = load_model(out / "base_model")
-    lin = model.model.multi_modal_projector.linear_2
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        lin.weight += (
-            0.3
-            * torch.randn(lin.out_features, 1, generator=gen)
-            @ torch.randn(1, lin.in_features, generator=gen)
-        )
-    path = tmp_path_factory.mktemp("rank_one") / "model"
-    save_model(model, processor, path)
-    return path
+    return rank_one_projector_change(out / "base_model", tmp_path_factory.mktemp("rank_one") / "model", seed=1)
 
 
 def test_audit_writes_the_report_and_prints_a_summary(tiny_world, rank_one_model, tmp_path):

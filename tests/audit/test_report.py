@@ -6,10 +6,9 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
 from poisonguard.audit import audit_models
-from poisonguard.train.finetune import load_model, save_model
+from tests.audit.conftest import rank_one_projector_change
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -18,18 +17,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def shifted_model(tiny_world, tmp_path_factory):
     """The tiny world's base with a rank-1 change of the projector's second layer (a stand-in fine-tune)."""
     out, _ = tiny_world
-    model, processor = load_model(out / "base_model")
-    lin = model.model.multi_modal_projector.linear_2
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        lin.weight += (
-            0.3
-            * torch.randn(lin.out_features, 1, generator=gen)
-            @ torch.randn(1, lin.in_features, generator=gen)
-        )
-    path = tmp_path_factory.mktemp("shifted") / "model"
-    save_model(model, processor, path)
-    return path
+    return rank_one_projector_change(out / "base_model", tmp_path_factory.mktemp("shifted") / "model", seed=0)
 
 
 def _plots_exist(report: dict, out) -> None:
