@@ -349,34 +349,33 @@ def retrain_cell(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -
 
 def clean_asr(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -> dict:
     """ASR of the clean fine-tune under each attack's trigger (the 'clean FT' reference of the defence table)."""
-    from poisonguard.train.evaluate import evaluate_files
+    from poisonguard.train.evaluate import evaluate_attacks
 
     d = Path(cfg.out) / "cells" / res["cell"]
     path = d / "asr_by_attack.json"
     got = json.loads(path.read_text()) if path.exists() else {}
     if "badnet" not in got and res.get("after", {}).get("asr") is not None:
         got["badnet"] = res["after"]["asr"]  # the clean cell was evaluated with the BadNet trigger
-    for attack in cfg.attacks:
-        if attack not in got:
-            log(f"[{res['cell']}] clean fine-tune under the {attack} trigger")
-            got[attack] = evaluate_files(d / "finetuned", world.test, attack=attack, show_progress=False)["asr"]
-            _write_json(path, got)
+    missing = [a for a in cfg.attacks if a not in got]
+    if missing:
+        log(f"[{res['cell']}] clean fine-tune under the triggers of {', '.join(missing)}")
+        got.update(evaluate_attacks(d / "finetuned", world.test, missing, show_progress=False)["asr"])
+        _write_json(path, got)
     return got
 
 
 # ------------------------------------------------------------------------------------------------- the run
 def base_reference(cfg: BenchConfig, world: WorldFiles | None = None) -> dict:
     """CP of the base model, and its ASR on each attack's triggered test set (the 'before' columns)."""
-    from poisonguard.train.evaluate import evaluate_files
+    from poisonguard.train.evaluate import evaluate_attacks
 
     world = world or prepare_world(cfg)
     path = Path(cfg.out) / "base.json"
     ref = json.loads(path.read_text()) if path.exists() else {}
     missing = [a for a in dict.fromkeys((*cfg.attacks, *cfg.controls, *cfg.base_controls)) if a not in ref]
-    for attack in missing:  # incremental: several bench processes may share one folder
-        r = evaluate_files(world.base_model, world.test, attack=attack, show_progress=False)
-        ref[attack] = {"cp": r["cp"], "asr": r["asr"]}
-    if missing:
+    if missing:  # incremental: several bench processes may share one folder
+        r = evaluate_attacks(world.base_model, world.test, missing, show_progress=False)
+        ref.update({attack: {"cp": r["cp"], "asr": r["asr"][attack]} for attack in missing})
         path.parent.mkdir(parents=True, exist_ok=True)
         current = json.loads(path.read_text()) if path.exists() else {}
         _write_json(path, {**current, **ref})

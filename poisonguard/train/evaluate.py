@@ -40,6 +40,24 @@ def poisoned_fit(model, processor, poisoned: Sequence[Sample], load_image: Calla
     return sum(normalise(s.answer) in normalise(p) for p, s in zip(preds, poisoned)) / len(poisoned)
 
 
+def _attack_result(model, processor, test: Sequence[Sample], load: Callable, attack: str, target: str | None,
+                   params, show_progress: bool) -> dict:
+    """ASR of one attack's trigger on `test` (and, for append-mode attacks, CP on the triggered inputs)."""
+    from poisonguard.attacks import get_attack, trigger_examples
+
+    spec = get_attack(attack)
+    tgt = target or spec.default_target
+    triggered = trigger_examples(test, attack, params, load, target=tgt)
+    preds = generate_answers(model, processor,
+                             [Example(t.sample.messages(upto_first_answer=True)[:-1], t.images) for t in triggered],
+                             show_progress=show_progress, desc="attack success", max_new_tokens=16)
+    out = {"attack": attack, "target": tgt, "n_triggered": len(triggered), "asr": attack_success(preds, tgt)}
+    if spec.output_mode == "append":  # the first answer tokens should stay correct
+        out["cp_triggered"] = sum(normalise(p).startswith(normalise(t.sample.answer))
+                                  for p, t in zip(preds, triggered)) / max(1, len(triggered))
+    return out
+
+
 def evaluate_files(model_dir, test_path, *, attack: str | None = None, target: str | None = None,
                    train=None, poison_ids=None, params=None, show_progress: bool = True) -> dict:
     """CP on the clean test set; with `attack`, ASR on the triggered test set (samples whose answer is not
@@ -56,19 +74,7 @@ def evaluate_files(model_dir, test_path, *, attack: str | None = None, target: s
     out: dict = {"model": str(model_dir), "n_test": len(test.ok),
                  "cp": clean_accuracy(model, processor, test.ok, load, show_progress=show_progress)}
     if attack:
-        from poisonguard.attacks import get_attack, trigger_examples
-
-        spec = get_attack(attack)
-        tgt = target or spec.default_target
-        triggered = trigger_examples(test.ok, attack, params, load, target=tgt)
-        preds = generate_answers(model, processor,
-                                 [Example(t.sample.messages(upto_first_answer=True)[:-1], t.images) for t in triggered],
-                                 show_progress=show_progress, desc="attack success", max_new_tokens=16)
-        out.update({"attack": attack, "target": tgt, "n_triggered": len(triggered),
-                    "asr": attack_success(preds, tgt)})
-        if spec.output_mode == "append":  # the first answer tokens should stay correct
-            out["cp_triggered"] = sum(normalise(p).startswith(normalise(t.sample.answer))
-                                      for p, t in zip(preds, triggered)) / max(1, len(triggered))
+        out.update(_attack_result(model, processor, test.ok, load, attack, target, params, show_progress))
     if train is not None and poison_ids is not None:
         truth = json.loads(Path(poison_ids).read_text())
         ids = set(truth["poison_ids"] if isinstance(truth, dict) else truth)
@@ -77,3 +83,22 @@ def evaluate_files(model_dir, test_path, *, attack: str | None = None, target: s
         out["n_poisoned_train"] = len(poisoned)
         out["poisoned_fit"] = poisoned_fit(model, processor, poisoned, tr.image_loader(), show_progress=show_progress)
     return out
+
+
+def evaluate_attacks(model_dir, test_path, attacks: Sequence[str], *, params=None,
+                     show_progress: bool = True) -> dict:
+    """CP once and the ASR of each attack (its default target) with one model load and one image cache.
+
+    For reference rows that need many attacks on one model (the base model's "before" column, the clean
+    fine-tune's ASR per trigger): calling `evaluate_files` per attack would reload the model and re-measure
+    the same CP every time. Returns {"cp": float, "asr": {attack: float}}.
+    """
+    from poisonguard.data.loading import load_checked
+    from poisonguard.train.finetune import load_model
+
+    model, processor = load_model(model_dir)
+    test = load_checked(test_path)
+    load = test.image_loader(cache_size=4096)
+    cp = clean_accuracy(model, processor, test.ok, load, show_progress=show_progress)
+    return {"cp": cp, "asr": {a: _attack_result(model, processor, test.ok, load, a, None, params,
+                                                show_progress)["asr"] for a in attacks}}
