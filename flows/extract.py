@@ -62,7 +62,7 @@ def extract_one_shard(shard: int, data: str, image_root: str | None, model_dir: 
     torch.set_num_threads(torch_threads)
     try:  # a thread-pool runner shares the process: give the caller its thread count back
         model, processor = _cached_model(model_dir, tag, device)
-        examples = LazyExamples(data, image_root, ids)
+        examples = lazy_examples(data, image_root, ids)
         path = extract_shard(model, processor, examples, ids, out_dir, shard, shard_size=shard_size,
                              batch_size=batch_size, backend=backend, tag=tag)
     finally:
@@ -149,31 +149,19 @@ def _cached_model(model_dir: str, tag: str, device: str):
     return model.to(target), processor
 
 
-class LazyExamples(Sequence):
-    """The examples of `ids`, built only for the slice a shard asks for: a worker decodes its shard's images,
-    not the whole dataset's."""
+def lazy_examples(data: str, image_root: str | None, ids: Sequence[str]):
+    """The examples of `ids`, built only for the slice a shard asks for (`screening.LazyExamples`): a worker
+    decodes its shard's images, not the whole dataset's."""
+    from poisonguard.data import read_dataset
+    from poisonguard.data.loading import image_loader
+    from poisonguard.screening import LazyExamples
 
-    def __init__(self, data: str, image_root: str | None, ids: Sequence[str]) -> None:
-        from poisonguard.data import read_dataset
-        from poisonguard.data.loading import image_loader
-
-        dataset = read_dataset(data, image_root=image_root)
-        by_id = {s.id: s for s in dataset.samples}
-        missing = [i for i in ids if i not in by_id]
-        if missing:
-            raise ValueError(f"{len(missing)} id(s) to extract are not in {data}: {missing[:5]}")
-        self._samples = [by_id[i] for i in ids]
-        self._load = image_loader(dataset.image_root)
-
-    def __len__(self) -> int:
-        return len(self._samples)
-
-    def __getitem__(self, index):
-        from poisonguard.train.examples import to_example
-
-        if isinstance(index, slice):
-            return [to_example(s, self._load, prompt_only=True) for s in self._samples[index]]
-        return to_example(self._samples[index], self._load, prompt_only=True)
+    dataset = read_dataset(data, image_root=image_root)
+    by_id = {s.id: s for s in dataset.samples}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ValueError(f"{len(missing)} id(s) to extract are not in {data}: {missing[:5]}")
+    return LazyExamples([by_id[i] for i in ids], image_loader(dataset.image_root))
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ def test_dask_fan_out_matches_in_process_extraction(prefect_server, tiny_model_d
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter
 
-    from flows.extract import LazyExamples, extract_features, model_tag
+    from flows.extract import extract_features, lazy_examples, model_tag
     from poisonguard.extract import extract
     from poisonguard.extract.storage import shard_path
     from poisonguard.train.finetune import load_model
@@ -42,7 +42,7 @@ def test_dask_fan_out_matches_in_process_extraction(prefect_server, tiny_model_d
     assert shard_path(out, 0).is_file() and shard_path(out, 1).is_file() and not shard_path(out, 2).exists()
 
     model, processor = load_model(tiny_model_dir)
-    direct = extract(model, processor, LazyExamples(str(data), None, screened)[:], batch_size=4,
+    direct = extract(model, processor, lazy_examples(str(data), None, screened)[:], batch_size=4,
                      show_progress=False)
     np.testing.assert_allclose(ext.alloc, direct.alloc, atol=1e-5)
     np.testing.assert_allclose(ext.hidden, direct.hidden, atol=1e-4)
