@@ -404,13 +404,17 @@ def _tag(row: dict) -> str:
     return f"{tag} no-relabel (control)" if row["kind"] == "no_relabel" else tag
 
 
-def _detection(row: dict, det: str) -> str:
-    m = row["detection"].get(det)
+def _metrics_cell(row: dict, m: dict | None) -> str:
+    """F1 / AUROC on an attack row; the samples flagged on a control or clean row (nothing there to find)."""
     if not m:
         return "–"
     if row["kind"] != "attack":
         return f"{m['n_flagged']} flagged ({m['flag_rate']:.1%})"
     return _pair(m.get("f1"), m.get("auroc"))
+
+
+def _detection(row: dict, det: str) -> str:
+    return _metrics_cell(row, row["detection"].get(det))
 
 
 def _asr(row: dict, entry: dict | None) -> str:
@@ -423,12 +427,7 @@ def _asr(row: dict, entry: dict | None) -> str:
 
 
 def _fused(row: dict, variant: str) -> str:
-    m = row["fusion"].get(variant)
-    if not m:
-        return "–"
-    if row["kind"] != "attack":
-        return f"{m['n_flagged']} flagged ({m['flag_rate']:.1%})"
-    return _pair(m["f1"], m["auroc"])
+    return _metrics_cell(row, row["fusion"].get(variant))
 
 
 def markdown_table(summary: dict) -> str:
