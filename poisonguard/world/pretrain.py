@@ -34,6 +34,7 @@ class PretrainConfig:
     vision_steps: int = 250
     vision_lr: float = 2e-3
     vision_batch: int = 128
+    slot_head: bool = True  # each patch also predicts its slot (position reaches the values; see above)
     lm_steps: int = 3000
     lm_lr: float = 5e-4
     lm_batch: int = 64
@@ -111,7 +112,7 @@ def pretrain_vision(model, pixel_values: torch.Tensor, scenes: list[Scene], cfg:
         f = feats(x)
         loss = (F.cross_entropy(heads["colour"](f).flatten(0, 1), colour_y[idx].flatten())
                 + F.cross_entropy(heads["shape"](f).flatten(0, 1), shape_y[idx].flatten())
-                + F.cross_entropy(heads["slot"](f).flatten(0, 1), slot_y.repeat(len(idx)))
+                + (F.cross_entropy(heads["slot"](f).flatten(0, 1), slot_y.repeat(len(idx))) if cfg.slot_head else 0.0)
                 + 4.0 * F.mse_loss(heads["pixels"](f), _pixel_targets(x)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
