@@ -48,13 +48,18 @@ class BenchConfig:
     controls: tuple[str, ...] = ("badnet",)  # attacks whose no-relabel control is run (at the largest rate)
     base_controls: tuple[str, ...] = ("badnet",)  # attacks screened with the base model (at the largest rate)
     clean: bool = True
-    detectors: tuple[str, ...] = ("tcap", "tcap_plus", "fused", "projector", "bye", "spectral",
+    detectors: tuple[str, ...] = ("shift", "fused", "tcap_plus", "tcap", "projector", "bye", "spectral",
                                   "activation_clustering")
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     detector_params: dict = field(default_factory=dict)
     strata_k: int = 8
     screen: bool = True
     retrain: bool = False  # the defence loop: one fine-tune per attack cell and distinct cleaned set
+    # The defence loop's scope (None: all). Every retrain is a full fine-tune, so a 2-core run limits it, e.g. to
+    # one seed and rate, and to the detectors whose cleaned sets differ; the tables say which cells were retrained.
+    retrain_seeds: tuple[int, ...] | None = None
+    retrain_rates: tuple[float, ...] | None = None
+    retrain_detectors: tuple[str, ...] | None = None
     max_train: int | None = None  # use the first N training samples of the world (None: all)
     max_test: int | None = None  # and the first N test samples for CP / ASR
     html: bool = True
@@ -314,7 +319,9 @@ def retrain_cell(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -
     default = json.loads((d / "report" / "manifest.json").read_text())["default_detector"]
     ok = table[table["status"] == "ok"]
     ok_ids = ok["id"].astype(str)
-    removed = {det: set(ok_ids[ok[detector_columns(ok, det, default)[0]].to_numpy(bool)]) for det in cfg.detectors}
+    methods = cfg.detectors if cfg.retrain_detectors is None else [d for d in cfg.detectors
+                                                                   if d in cfg.retrain_detectors]
+    removed = {det: set(ok_ids[ok[detector_columns(ok, det, default)[0]].to_numpy(bool)]) for det in methods}
     removed[ORACLE] = truth & set(ok_ids)
     path = d / "retrain.json"
     done = json.loads(path.read_text()) if path.exists() else {}
@@ -344,7 +351,12 @@ def retrain_cell(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -
             f"(removed {entry['n_poison_removed']} poisoned, {entry['n_clean_removed']} clean)")
         done[method] = entry
         _write_json(path, done)
-    return done
+    return {m: done[m] for m in removed}  # earlier runs' wider scope stays on disk, not in this summary
+
+
+def in_retrain_scope(cfg: BenchConfig, cell: dict) -> bool:
+    return ((cfg.retrain_seeds is None or cell["seed"] in cfg.retrain_seeds)
+            and (cfg.retrain_rates is None or any(abs(cell["rate"] - r) < 1e-9 for r in cfg.retrain_rates)))
 
 
 def clean_asr(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -> dict:
@@ -391,6 +403,10 @@ def bench_command(cfg: BenchConfig) -> str:
     parts += [f"--max-train {cfg.max_train}"] if cfg.max_train is not None else []
     parts += [f"--max-test {cfg.max_test}"] if cfg.max_test is not None else []
     parts += ["--retrain"] if cfg.retrain else []
+    if cfg.retrain:
+        for flag, vals in (("--retrain-seeds", cfg.retrain_seeds), ("--retrain-rates", cfg.retrain_rates),
+                           ("--retrain-detectors", cfg.retrain_detectors)):
+            parts += [f"{flag} {','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in vals)}"] if vals else []
     parts += ["--no-screen"] if not cfg.screen else []
     parts += ["--no-clean"] if not cfg.clean else []
     return " ".join(parts)
@@ -409,12 +425,12 @@ def run_bench(cfg: BenchConfig, *, log=print, command: str | None = None) -> dic
         log(f"cell {i}/{len(cells)}: {cell_name(c)} ({time.perf_counter() - t0:.0f}s elapsed)")
         results.append(run_cell(cfg, c, world, log=log))
     if cfg.retrain:
-        attack_cells = [r for r in results if cell_kind(r) == "attack"]
+        attack_cells = [r for r in results if cell_kind(r) == "attack" and in_retrain_scope(cfg, r)]
         for i, r in enumerate(attack_cells, 1):
             log(f"defence loop {i}/{len(attack_cells)}: {r['cell']} ({time.perf_counter() - t0:.0f}s elapsed)")
             r["retrain"] = retrain_cell(cfg, r, world, log=log)
         for r in results:
-            if cell_kind(r) == "clean":
+            if cell_kind(r) == "clean" and in_retrain_scope(cfg, r):
                 r["asr_by_attack"] = clean_asr(cfg, r, world, log=log)
     summary = {"started": started, "seconds": round(time.perf_counter() - t0, 1),
                "machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",

@@ -72,7 +72,7 @@ def screen_settings(path: str | Path | None) -> dict:
     from poisonguard.screening import DETECTORS
 
     sec = section(path, "screen")
-    return {"detectors": tuple(sec.get("detectors") or DETECTORS), "default": sec.get("default", "fused"),
+    return {"detectors": tuple(sec.get("detectors") or DETECTORS), "default": sec.get("default", "shift"),
             "strata_k": int(sec.get("strata_k", 8)), "batch_size": int(sec.get("batch_size", 64)),
             "shard_size": int(sec.get("shard_size", 1024)),  # extraction resumes shard by shard
             "projector": bool(sec.get("projector", True)),

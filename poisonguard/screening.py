@@ -263,16 +263,16 @@ def write_report_dir(checked: CheckedDataset, results: dict, default: str, detec
 
 
 # ----------------------------------------------------------------------------------------------- detectors
-DETECTORS = ("tcap", "tcap_plus", "fused", "bye", "spectral", "activation_clustering", "projector")
+DETECTORS = ("tcap", "tcap_plus", "fused", "shift", "bye", "spectral", "activation_clustering", "projector")
 
 
 def make_detectors(names, params: dict | None = None) -> dict:
     """Detector objects by name; `params[name]` overrides that detector's declared parameters."""
-    from poisonguard.detect import (ActivationClusteringDetector, BYEDetector, SpectralSignatureDetector,
-                                    TCAPDetector, TCAPPlusDetector)
+    from poisonguard.detect import (ActivationClusteringDetector, BYEDetector, DecisionShiftDetector,
+                                    SpectralSignatureDetector, TCAPDetector, TCAPPlusDetector)
 
     classes = {"tcap": TCAPDetector, "tcap_plus": TCAPPlusDetector, "fused": TCAPPlusDetector,
-               "bye": BYEDetector, "spectral": SpectralSignatureDetector,
+               "shift": DecisionShiftDetector, "bye": BYEDetector, "spectral": SpectralSignatureDetector,
                "activation_clustering": ActivationClusteringDetector}
     try:
         from poisonguard.audit import ProjectorDriftDetector
@@ -348,7 +348,8 @@ def build_features(extract_dir: Path, *, strata_k: int = 8, seed: int = 0, extra
         extra_scores = load_drift_scores(Path(extract_dir) / DRIFT_FILE, ft.ids)
     strata = label_free_strata(base.hidden, strata_k, seed)
     return FeatureSet(ids=np.asarray(ft.ids), alloc=ft.alloc, alloc_base=base.alloc, strata=strata,
-                      vis_entropy=ft.vis_entropy, hidden=ft.hidden, extra_scores=dict(extra_scores or {}))
+                      vis_entropy=ft.vis_entropy, hidden=ft.hidden, hidden_base=base.hidden,
+                      extra_scores=dict(extra_scores or {}))
 
 
 def _without_unfit_projector(names: list[str], drift: dict, log) -> list[str]:
@@ -370,7 +371,7 @@ def run_detectors(features, names, params: dict | None = None) -> tuple[dict, di
 
 
 def run_screen(data: str | Path, base: str | Path, out: str | Path, *, finetuned: str | Path | None = None,
-               image_folder=None, finetune_cfg=None, detectors=DETECTORS, default: str = "fused",
+               image_folder=None, finetune_cfg=None, detectors=DETECTORS, default: str = "shift",
                detector_params: dict | None = None, strata_k: int = 8, batch_size: int = 64,
                shard_size: int = 1024, projector: bool = True, show_progress: bool = True,
                log=print) -> ScreenResult:
@@ -451,7 +452,7 @@ def load_validation(data: str | Path, path: Path, image_folder=None) -> CheckedD
 
 def save_features(features, path: Path) -> None:
     arrays = {"ids": np.asarray(features.ids)}
-    for name in ("alloc", "alloc_base", "strata", "vis_entropy", "hidden"):
+    for name in ("alloc", "alloc_base", "strata", "vis_entropy", "hidden", "hidden_base"):
         v = getattr(features, name)
         if v is not None:
             arrays[name] = v

@@ -61,7 +61,7 @@ def test_quick_runs_every_cell_kind_and_writes_the_tables(quick_run):
     tables = (out / "tables.md").read_text()
     assert tables in r.output  # the CLI prints the tables it wrote
     for heading in ("Detection, F1 / AUROC", "Controls, share of samples flagged", "Defence loop",
-                    "Goal check for `fused`"):
+                    "Goal check for `shift`", "Goal check for `fused`"):
         assert heading in tables
     assert "| base model on badnet 30% | 1 |" in tables and "| clean set (0%) | 1 |" in tables
     assert f"{len(summary['cells'])} cells in" in r.output
@@ -132,3 +132,21 @@ def test_unknown_attack_is_a_readable_error(tmp_path):
 def test_missing_world_is_a_readable_error(tmp_path):
     r = runner.invoke(app, ["bench", "--world", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "build the world first" in r.output
+
+
+def test_defence_loop_scope_limits_the_retrained_cells_and_methods(quick_run):
+    """--retrain-seeds/-rates/-detectors: the summary holds only the asked-for methods (plus the oracle), no
+    new fine-tune runs for methods already retrained, and the command that reproduces it names the scope."""
+    tmp, args, _, _ = quick_run
+    r = runner.invoke(app, [*args, "--retrain-detectors", "fused,spectral", "--retrain-rates", "0.3"])
+    assert r.exit_code == 0, r.output
+    assert "retraining without" not in r.output  # everything in scope was retrained by the first run
+    summary = json.loads((tmp / "out" / "summary.json").read_text())
+    assert "--retrain --retrain-rates 0.3 --retrain-detectors fused,spectral" in summary["command"]
+    for c in (c for c in summary["cells"] if c["kind"] == "attack"):
+        assert set(c["retrain"]) == {"fused", "spectral", "oracle"}
+    r = runner.invoke(app, [*args, "--retrain-seeds", "7"])  # no cell of seed 7: no defence rows at all
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp / "out" / "summary.json").read_text())
+    assert not any(c.get("retrain") or c.get("asr_by_attack") for c in summary["cells"])
+    assert "Defence loop" not in (tmp / "out" / "tables.md").read_text()

@@ -62,7 +62,7 @@ def test_screen_writes_the_report_contract(tiny_world, tmp_path):
 
     name, det = load_report_detector(json.loads((rep / "detector.json").read_text()))
     scored = score_extractions(det, [str(rep / "extract")], strata_k=2)
-    assert name == "fused" and len(scored) == len(ok)
+    assert name == "shift" and len(scored) == len(ok)  # the default detector (params.yaml, README)
     assert (rep / "extract" / "drift_scores.npz").is_file()
 
 

@@ -26,7 +26,9 @@ class FeatureSet:
                   cluster).
     vis_entropy:  (N, L) BYE's per-layer entropy of the head-mean attention over image tokens; NaN for
                   text-only samples.
-    hidden:       (N, D) decision-position hidden state.
+    hidden:       (N, D) decision-position hidden state (final normed, the LM head's input) of the fine-tuned
+                  model.
+    hidden_base:  same shape, from the base model (the decision-shift detector differences the two).
     extra_scores: name → (N,) other label-free per-sample scores (higher = more suspicious; NaN = no score,
                   e.g. an image-only score on a text-only sample).
     """
@@ -37,6 +39,7 @@ class FeatureSet:
     strata: np.ndarray | None = None
     vis_entropy: np.ndarray | None = None
     hidden: np.ndarray | None = None
+    hidden_base: np.ndarray | None = None
     extra_scores: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -68,6 +71,9 @@ class FeatureSet:
             object.__setattr__(self, "strata", s.astype(np.int64))
         self._set_float("vis_entropy", ndim=2, allow_nan=True)
         self._set_float("hidden", ndim=2, allow_nan=False)
+        self._set_float("hidden_base", ndim=2, allow_nan=False)
+        if self.hidden_base is not None and (self.hidden is None or self.hidden_base.shape != self.hidden.shape):
+            raise ValueError("hidden_base needs hidden of the same shape")
         extras = {}
         for key, val in self.extra_scores.items():
             v = np.asarray(val, dtype=np.float64)
@@ -80,7 +86,7 @@ class FeatureSet:
         a = getattr(self, name)
         if a is None:
             return
-        a = np.asarray(a, dtype=np.float32 if name == "hidden" else np.float64)
+        a = np.asarray(a, dtype=np.float32 if name.startswith("hidden") else np.float64)
         if a.ndim != ndim or a.shape[0] != len(self.ids):
             raise ValueError(f"{name} must be {ndim}-D with N={len(self.ids)} rows, got {a.shape}")
         bad = np.isinf(a).any() if allow_nan else not np.all(np.isfinite(a))
@@ -113,5 +119,6 @@ class FeatureSet:
             strata=take(self.strata),
             vis_entropy=take(self.vis_entropy),
             hidden=take(self.hidden),
+            hidden_base=take(self.hidden_base),
             extra_scores={k: v[idx] for k, v in self.extra_scores.items()},
         )

@@ -48,7 +48,8 @@ def features_from_extraction(extraction_dir: str | Path, base_extraction_dir: st
     base = load_extraction(base_extraction_dir, ids=ext.ids) if base_extraction_dir else None
     return FeatureSet(ids=np.asarray(ext.ids), alloc=ext.alloc,
                       alloc_base=base.alloc if base is not None else None,
-                      vis_entropy=ext.vis_entropy, hidden=ext.hidden)
+                      vis_entropy=ext.vis_entropy, hidden=ext.hidden,
+                      hidden_base=base.hidden if base is not None else None)
 
 
 def score_extractions(detector: Detector, extraction_dirs: Sequence[str],

@@ -166,7 +166,8 @@ def defence_rows(summary: dict) -> dict[tuple[str, float], dict[str, list[tuple]
     clean = _clean_reference(summary)
     out: dict[tuple[str, float], dict[str, list[tuple]]] = {}
     for key, cs in groups(summary, "attack").items():
-        if not any(c.get("retrain") for c in cs):
+        cs = [c for c in cs if c.get("retrain")]  # a scoped loop (--retrain-seeds): compare like with like
+        if not cs:
             continue
         by: dict[str, list[tuple]] = {"vanilla FT": [], "clean FT": []}
         for c in cs:
@@ -192,7 +193,8 @@ def defence_table(summary: dict) -> str:
             for (a, r), by in rows_by.items()]
     removed = []
     for (a, r), cs in groups(summary, "attack").items():
-        if any(c.get("retrain") for c in cs):
+        cs = [c for c in cs if c.get("retrain")]
+        if cs:
             removed.append([_label(a, r)] + [
                 f"{fmt([(c.get('retrain') or {}).get(m, {}).get('n_poison_removed') for c in cs], 0)} / "
                 f"{fmt([(c.get('retrain') or {}).get(m, {}).get('n_clean_removed') for c in cs], 0)}"
@@ -266,4 +268,6 @@ def markdown_tables(summary: dict) -> str:
                    "poisoned samples removed; clean FT = the world's clean training set):"), defence]
     if any("detection" in c for c in summary["cells"]):
         parts += ["\n", goal_check(summary)]
+        if "fused" in _detectors(summary)[1:]:  # issue 7 states its goal for the fused attention vote
+            parts += ["\n", goal_check(summary, "fused")]
     return "\n\n".join(p.strip("\n") for p in parts if p.strip()) + "\n"

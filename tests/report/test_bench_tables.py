@@ -99,3 +99,21 @@ def test_markdown_block_separates_every_table_by_a_blank_line():
     for i, line in enumerate(lines[1:], 1):
         if line.startswith("|") and not lines[i - 1].startswith("|"):
             assert lines[i - 1] == "", f"table at line {i} follows text without a blank line"
+
+
+def test_scoped_defence_loop_compares_only_the_retrained_seeds():
+    """--retrain-seeds 0: the vanilla and clean references come from seed 0 alone, not from all seeds."""
+    s = _summary()
+    for c in s["cells"]:
+        if c["kind"] == "attack" and c["seed"] != 0:
+            del c["retrain"]
+    table = defence_table(s)
+    assert "| badnet 10% | 0.600 / 0.990 | 0.610 / 0.000 | 0.610 / 0.000 | 0.600 / 0.000 | 0.550 / 0.900 |" in table
+    assert "| badnet 10% | 10 / 0 | 9 / 1 | 5 / 45 |" in table
+
+
+def test_goal_check_also_for_fused_when_another_detector_is_the_default():
+    s = _summary()
+    s["config"]["detectors"] = ["tcap", "fused"]
+    md = markdown_tables(s)
+    assert md.index("Goal check for `tcap`") < md.index("Goal check for `fused`")
