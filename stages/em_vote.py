@@ -1,5 +1,6 @@
-"""Stage `em_vote`: apply the fitted detectors (head votes -> Dawid-Skene EM, fused with the projector
-annotators) and write the report: verdict table, release candidate, manifest, HTML."""
+"""Stage `em_vote`: apply the fitted detectors (the default `shift`: decision-state drift with a guarded cut;
+`tcap_plus` / `fused`: head votes -> Dawid-Skene EM, fused with the projector annotators) and write the report:
+verdict table, release candidate (the default detector decides), manifest, HTML."""
 
 import json
 

@@ -13,17 +13,28 @@ differencing of the decision state, where TCAP+ differences attention shares. Tw
 construction: a trigger the model did not learn (no relabel, or too weak a trigger) moves nothing special,
 and screening with the base model in place of the fine-tuned one gives shift 0 for every sample.
 
-The cut is label-free, as in TCAP+'s head profile: 1-D GMMs with K = 1 and 2 on the shifts, and the upper
-component counts as poison only if it is a real, separated minority -- BIC gain of K = 2 over K = 1
-≥ `min_bic_gain`, weight in [`min_weight`, `max_weight`], and standardised separation
-|μ₂ − μ₁| / sqrt((σ₁² + σ₂²) / 2) ≥ `min_separation`. Otherwise nothing is flagged (p_poison still ranks).
-`min_separation` = 3 was set after the 2026-11-29 seed-0 10 % benchmark (poisoned minorities 6.5–9.4; the
-clean set and the no-relabel control 1.4, where the BIC already rejects the clean set); seeds 1–2 and 5 %
-check it. It is a selection on measured results, not a constant fitted inside the detector.
+The cut is label-free, as in TCAP+'s head profile: 1-D GMMs with K = 1..`k_max` on the shifts; for K = 2, 3, …
+in turn, the upper component counts as poison if it is a real, separated, *coherent* minority:
+- BIC gain of that K over K = 1 ≥ `min_bic_gain` (more than one mode);
+- weight in [`min_weight`, `max_weight`] (a minority);
+- standardised separation |μ_top − μ_rest| / sqrt((σ_top² + σ_rest²) / 2) ≥ `min_separation`, the rest being
+  the sub-mixture of the lower components (a shifted mode, not a skewed tail);
+- tightness ≤ `max_spread`: the RMS distance of the candidates' fine-tuned decision states to their centroid,
+  over the same for all samples. A backdoor sends its samples to *one* answer, so their states bunch up
+  (0.15–0.55 on the learned attacks); a tail of clean or merely triggered samples keeps answering many
+  different things (0.71–1.00).
+The first K that passes decides; otherwise nothing is flagged (p_poison still ranks, from K = 2). K = 3 is
+there for a clean bulk that is itself bimodal (BadNet 5 %, seed 1: K = 2 split the bulk, weight 0.42).
+`min_separation` = 3 and `max_spread` = 0.65 were set on the 2026-11-29 benchmark's first cells (poisoned
+minorities: separation 5.2–9.4, tightness ≤ 0.55; the clean set, the no-relabel control and the unlearned
+WaNet / FTrojan / ProjLens triggers: separation ≤ 3.0 or tightness ≥ 0.71); the remaining seeds check them.
+That is a selection on measured results, stated as such, not a constant fitted inside the detector.
 
 What it cannot tell apart: a clean minority the fine-tune genuinely changed (a new task in 10 % of the data)
-looks like poison, as for every detector built on differencing; the report names the separation so a
-reviewer can judge. A model that did not learn the trigger gives no shift to find (README, WaNet).
+looks like poison if it also converges to one answer, as for every detector built on differencing; the
+report names the separation and tightness so a reviewer can judge. A model that did not learn the trigger
+gives no shift to find (README, WaNet). A backdoor that keeps the first answer token and appends its payload
+(ProjLens's green square) leaves the decision state where it was: out of reach by construction.
 """
 
 from __future__ import annotations
@@ -44,18 +55,22 @@ _FLOOR = 1e-8
 
 @dataclass(frozen=True)
 class ShiftParams:
+    k_max: int = 3
     min_bic_gain: float = 10.0
     min_weight: float = 0.002
     max_weight: float = 0.4
     min_separation: float = 3.0
+    max_spread: float = 0.65
     n_init: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_int("k_max", self.k_max, 2, 5)
         check_float("min_bic_gain", self.min_bic_gain, 0.0)
         check_float("min_weight", self.min_weight, 0.0, 0.5)
         check_float("max_weight", self.max_weight, self.min_weight, 0.5)
         check_float("min_separation", self.min_separation, 0.0)
+        check_float("max_spread", self.max_spread, 0.0, 1.0, open_lo=True)
         check_int("n_init", self.n_init, 1)
         check_int("seed", self.seed, 0)
 
@@ -64,6 +79,12 @@ def decision_shift(hidden: np.ndarray, hidden_base: np.ndarray) -> np.ndarray:
     """(N,) log ‖h_ft − h_base‖ of (N, D) decision states, floored at log(_FLOOR)."""
     d = np.asarray(hidden, dtype=np.float64) - np.asarray(hidden_base, dtype=np.float64)  # (N, D)
     return np.log(np.maximum(np.linalg.norm(d, axis=1), _FLOOR))
+
+
+def spread(hidden: np.ndarray) -> float:
+    """RMS distance of (n, D) states to their centroid."""
+    h = np.asarray(hidden, dtype=np.float64)
+    return float(np.sqrt(((h - h.mean(axis=0)) ** 2).sum(axis=1).mean())) if len(h) else 0.0
 
 
 class DecisionShiftDetector(Detector):
@@ -75,21 +96,20 @@ class DecisionShiftDetector(Detector):
         features.require("hidden", "hidden_base")
         x = decision_shift(features.hidden, features.hidden_base)  # (N,)
         p = self.params
-        fitted: dict[str, Any] = {"accepted": False, "mixture": None, "bic_gain": 0.0, "weight": 0.0,
-                                  "separation": 0.0}
-        if x.size >= 2 and np.ptp(x) > 1e-9:
-            fit = fit_gmm_1d(x[:, None], ks=(1, 2), n_init=p.n_init, seed=p.seed)
-            two = fit.at(2)
-            top = np.zeros((1, 2), dtype=bool)
-            top[0, 1] = True  # components are sorted by mean: the upper one is the candidate poison mode
-            gain = float(fit.bic[0, 0] - fit.bic[0, 1])
-            weight = float(two.weights[0, 1])
-            sep = float(standardised_separation(two, top)[0])
-            fitted.update(mixture={"weights": two.weights[0], "means": two.means[0], "variances": two.variances[0]},
-                          bic_gain=gain, weight=weight, separation=sep,
-                          accepted=bool(gain >= p.min_bic_gain and p.min_weight <= weight <= p.max_weight
-                                        and sep >= p.min_separation))
-        fitted["reason"] = _reason(fitted, p)
+        # candidates by K (a dict, not a list: the JSON state turns lists into arrays)
+        fitted: dict[str, Any] = {"accepted": False, "mixture": None, "k": 0, "candidates": {}}
+        ks = tuple(range(1, min(p.k_max, x.size) + 1))
+        if len(ks) > 1 and np.ptp(x) > 1e-9:
+            fit = fit_gmm_1d(x[:, None], ks=ks, n_init=p.n_init, seed=p.seed)
+            total = spread(features.hidden)
+            for k in ks[1:]:
+                cand = _candidate(fit, k, x, features.hidden, total, p)
+                fitted["candidates"][str(k)] = cand
+                if cand["passed"]:
+                    break
+            chosen = cand if cand["passed"] else fitted["candidates"][str(ks[1])]
+            fitted.update(mixture=chosen["mixture"], k=chosen["k"], accepted=bool(chosen["passed"]))
+        fitted["reason"] = _reason(fitted)
         self._fitted = fitted
         return self
 
@@ -97,37 +117,63 @@ class DecisionShiftDetector(Detector):
         st = self._state()
         features.require("hidden", "hidden_base")
         x = decision_shift(features.hidden, features.hidden_base)  # (N,)
-        mix = st["mixture"]
-        if mix is None:
-            p_poison = np.zeros(x.size)
-        else:
-            params = GMMParams(np.asarray(mix["weights"], dtype=np.float64)[None, :],
-                               np.asarray(mix["means"], dtype=np.float64)[None, :],
-                               np.asarray(mix["variances"], dtype=np.float64)[None, :], np.array([2]))
-            top = np.array([[False, True]])
-            # posterior of the upper component; below the lower mean it is forced to 0 (a narrow upper
-            # component's Gaussian can regain mass far in the lower tail)
-            p_poison = np.where(x > params.means[0, 0], target_posterior(x[:, None], params, top)[:, 0], 0.0)
+        p_poison = np.zeros(x.size) if st["mixture"] is None else _top_posterior(x, st["mixture"])
         flagged = bool(st["accepted"]) & (p_poison >= 0.5)
+        chosen = st["candidates"].get(str(int(st["k"])))
         report = {"detector": self.name, "accepted": bool(st["accepted"]), "reason": st["reason"],
-                  "bic_gain": st["bic_gain"], "weight": st["weight"], "separation": st["separation"],
+                  "k": int(st["k"]), **({} if chosen is None else {key: chosen[key] for key in
+                                                                   ("bic_gain", "weight", "separation", "spread")}),
                   "n": int(x.size), "n_flagged": int(flagged.sum()),
                   "flag_rate": float(flagged.mean()) if x.size else 0.0}
         return DetectionResult(features.ids, np.clip(p_poison, 0.0, 1.0), flagged,
                                {"score_shift": x, "p_shift": p_poison}, report)
 
 
-def _reason(f: dict, p: ShiftParams) -> str:
+def _params(mix: dict) -> tuple[GMMParams, np.ndarray]:
+    """A stored K-component mixture and its top-component mask, shaped (1, K)."""
+    w = np.asarray(mix["weights"], dtype=np.float64)[None, :]
+    params = GMMParams(w, np.asarray(mix["means"], dtype=np.float64)[None, :],
+                       np.asarray(mix["variances"], dtype=np.float64)[None, :], np.array([w.shape[1]]))
+    top = np.zeros(w.shape, dtype=bool)
+    top[0, -1] = True  # components are sorted by mean
+    return params, top
+
+
+def _top_posterior(x: np.ndarray, mix: dict) -> np.ndarray:
+    """(N,) posterior of the upper component; 0 below the lowest mean (a wide upper component's Gaussian can
+    regain mass far in the lower tail)."""
+    params, top = _params(mix)
+    return np.where(x > params.means[0, 0], target_posterior(x[:, None], params, top)[:, 0], 0.0)
+
+
+def _candidate(fit, k: int, x: np.ndarray, hidden: np.ndarray, total_spread: float, p: ShiftParams) -> dict:
+    """The upper component of the K = k fit, its statistics and whether it passes every check."""
+    at = fit.at(k)
+    mix = {"weights": at.weights[0, :k], "means": at.means[0, :k], "variances": at.variances[0, :k]}
+    params, top = _params(mix)
+    members = _top_posterior(x, mix) >= 0.5  # (N,)
+    cand = {"k": k, "mixture": mix, "bic_gain": float(fit.bic[0, 0] - fit.bic[0, fit.ks.index(k)]),
+            "weight": float(mix["weights"][-1]), "separation": float(standardised_separation(params, top)[0]),
+            "spread": spread(hidden[members]) / total_spread if members.sum() > 1 and total_spread > 0 else 1.0,
+            "n_members": int(members.sum())}
+    cand["failed"] = [why for ok, why in (
+        (cand["bic_gain"] >= p.min_bic_gain, f"BIC gain {cand['bic_gain']:.1f} < {p.min_bic_gain:g} (one mode)"),
+        (p.min_weight <= cand["weight"] <= p.max_weight,
+         f"upper-mode weight {cand['weight']:.3f} outside [{p.min_weight:g}, {p.max_weight:g}]"),
+        (cand["separation"] >= p.min_separation, f"separation {cand['separation']:.2f} < {p.min_separation:g}"),
+        (cand["spread"] <= p.max_spread,
+         f"spread {cand['spread']:.2f} > {p.max_spread:g} (the samples do not converge to one answer)"),
+    ) if not ok]
+    cand["passed"] = not cand["failed"]
+    return cand
+
+
+def _reason(f: dict) -> str:
     """Why the upper mode was (not) taken as poison, in words for the report."""
     if f["mixture"] is None:
         return "no shift: the fine-tuned and base decision states are identical"
-    failed = [why for ok, why in (
-        (f["bic_gain"] >= p.min_bic_gain, f"BIC gain {f['bic_gain']:.1f} < {p.min_bic_gain:g} (one mode)"),
-        (p.min_weight <= f["weight"] <= p.max_weight,
-         f"upper-mode weight {f['weight']:.3f} outside [{p.min_weight:g}, {p.max_weight:g}]"),
-        (f["separation"] >= p.min_separation, f"separation {f['separation']:.2f} < {p.min_separation:g}"),
-    ) if not ok]
-    if failed:
-        return "nothing flagged: " + "; ".join(failed)
-    return (f"a separated minority moved by fine-tuning: weight {f['weight']:.3f}, separation "
-            f"{f['separation']:.2f}, BIC gain {f['bic_gain']:.0f}")
+    if not f["accepted"]:
+        return "nothing flagged: " + " / ".join(f"K={c['k']}: " + "; ".join(c["failed"]) for c in f["candidates"].values())
+    c = f["candidates"][str(f["k"])]
+    return (f"a separated minority moved by fine-tuning to one answer (K={c['k']}): weight {c['weight']:.3f}, "
+            f"separation {c['separation']:.2f}, spread {c['spread']:.2f}, BIC gain {c['bic_gain']:.0f}")

@@ -14,18 +14,24 @@ from poisonguard.detect.shift import decision_shift
 N, D = 2000, 32
 
 
-def _states(poison_rate: float = 0.1, seed: int = 0, target_move: float = 18.0):
+def _states(poison_rate: float = 0.1, seed: int = 0, target_move: float = 18.0, one_answer: bool = True):
     """Base states (N, D); fine-tuned = base + the fine-tune's general drift (per-sample size log-normal around
-    3.5, as the world's clean fine-tune shows), and the poisoned ones also move along one shared target
-    direction (the backdoor's answer)."""
+    3.5, as the world's clean fine-tune shows). A learned backdoor (`one_answer`) puts the poisoned samples'
+    fine-tuned states at one target state, `target_move` away from the base mean, plus a little noise;
+    otherwise each poisoned sample moves `target_move` in its own random direction."""
     rng = np.random.default_rng(seed)
     base = rng.normal(0, 1, (N, D))
     size = np.exp(rng.normal(np.log(3.5), 0.3, N))  # (N,)
     ft = base + rng.normal(0, 1, (N, D)) * (size / np.sqrt(D))[:, None]
     poison = np.zeros(N, dtype=bool)
     poison[rng.choice(N, int(round(poison_rate * N)), replace=False)] = True
-    target = rng.normal(0, 1, D)
-    ft[poison] += target_move * target / np.linalg.norm(target)
+    n_p = int(poison.sum())
+    if one_answer:
+        target = rng.normal(0, 1, D)
+        ft[poison] = target_move * target / np.linalg.norm(target) + rng.normal(0, 0.5, (n_p, D))
+    else:
+        away = rng.normal(0, 1, (n_p, D))
+        ft[poison] = base[poison] + target_move * away / np.linalg.norm(away, axis=1, keepdims=True)
     ids = np.array([f"s{i}" for i in range(N)])
     return FeatureSet(ids=ids, hidden=ft, hidden_base=base), poison
 
@@ -64,9 +70,18 @@ def test_base_model_control_flags_nothing():
 
 def test_weak_move_is_withheld_by_the_separation_guard():
     """A minority that moved about as much as the bulk (an unlearned trigger) is not a separated mode."""
-    fs, _ = _states(target_move=1.5)
+    fs, _ = _states(target_move=1.5, one_answer=False)
     res = DecisionShiftDetector().detect(fs)
     assert res.flagged.sum() == 0 and "separation" in res.report["reason"]
+
+
+def test_large_moves_to_many_answers_are_withheld_by_the_spread_guard():
+    """A separated minority whose states do not converge (each sample changed its own way) is no backdoor."""
+    fs, _ = _states(one_answer=False)
+    res = DecisionShiftDetector().detect(fs)
+    assert res.flagged.sum() == 0
+    assert "do not converge to one answer" in res.report["reason"]
+    assert res.report["separation"] >= 3  # it would have passed on separation alone
 
 
 def test_state_round_trip_scores_new_data_alike():
