@@ -1,8 +1,10 @@
 """Insert the benchmark tables (work/bench/tables.md from `poisonguard bench`) into README.md.
 
-Usage: python benchmarks/update_readme.py [--bench work/bench]
-The tables sit between the markers `<!-- BENCH:START -->` and `<!-- BENCH:END -->`; the run's date, machine
-and command are written above them, so every number in the README traces to a command anyone can rerun.
+Usage: python benchmarks/update_readme.py [--bench work/bench] [--block NAME]
+The tables sit between the markers `<!-- BENCH:START -->` and `<!-- BENCH:END -->` (with `--block NAME`:
+`<!-- BENCH-NAME:START -->` … `<!-- BENCH-NAME:END -->`, e.g. a second run's copy of summary.json and
+tables.md); the run's date, machine and command are written above them, so every number in the README traces
+to a command anyone can rerun.
 """
 
 from __future__ import annotations
@@ -12,13 +14,19 @@ import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-START, END = "<!-- BENCH:START -->", "<!-- BENCH:END -->"
+
+
+def markers(block: str) -> tuple[str, str]:
+    tag = f"BENCH-{block}" if block else "BENCH"
+    return f"<!-- {tag}:START -->", f"<!-- {tag}:END -->"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bench", type=Path, default=ROOT / "work" / "bench")
+    ap.add_argument("--block", default="", help="named marker pair in the README (default: BENCH)")
     args = ap.parse_args()
+    START, END = markers(args.block)
     summary = json.loads((args.bench / "summary.json").read_text())
     cfg = summary["config"]
     cmd = summary.get("command") or (  # runs before the command was recorded: rebuilt from the config
@@ -33,6 +41,8 @@ def main() -> None:
     if START in text:
         a, b = text.index(START), text.index(END) + len(END)
         text = text[:a] + block + text[b:]
+    elif args.block:
+        raise SystemExit(f"README.md has no {START} … {END} markers: add them where the tables belong")
     else:
         text = text.replace("BENCH_TABLES_PLACEHOLDER", block)
     readme.write_text(text)

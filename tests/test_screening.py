@@ -55,7 +55,10 @@ def test_screen_writes_the_report_contract(tiny_world, tmp_path):
     assert kept == set(ok.loc[~ok["flagged"], "id"])
     manifest = json.loads((rep / "manifest.json").read_text())
     assert manifest["input"]["n_samples"] == len(data) and manifest["counts"]["quarantined"] == 1
-    assert (rep / "report.html").read_text().count("<img") >= 1
+    page = (rep / "report.html").read_text()
+    assert page.count("<img") >= 1
+    # the default detector says why it flagged (or not): here the "fine-tuned" model is the base model itself
+    assert "no shift: the fine-tuned and base decision states are identical" in page
     assert json.loads((rep / "detector.json").read_text())["default"]
     # the registered detector scores a drop from its extraction folder alone (drift scores stored beside it)
     from poisonguard.registry.scoring import load_report_detector, score_extractions

@@ -46,7 +46,7 @@ def render_report(table: pd.DataFrame, reports: dict[str, dict], default: str, o
              f"({n_flag / max(1, counts.get('ok', 1)):.1%} of usable); released {counts.get('ok', 0) - n_flag}.</p>"]
     for name, rep in reports.items():
         parts.append(f"<h2>{html.escape(name)}</h2>")
-        notes = rep.get("notes") if rep.get("notes") is not None else rep.get("guard")
+        notes = next((rep[k] for k in ("notes", "guard", "reason") if rep.get(k) is not None), None)
         if notes is not None and len(notes):
             parts.append(f"<p><small>{html.escape(str(notes))}</small></p>")
         if rep.get("ss") is not None:
