@@ -326,14 +326,15 @@ def retrain_cell(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -
     path = d / "retrain.json"
     done = json.loads(path.read_text()) if path.exists() else {}
     for method, gone in removed.items():
-        if method in done:
-            continue
+        keep = [i for i in ok_ids if i not in gone]
+        key = hashlib.sha256("\n".join(sorted(keep)).encode()).hexdigest()[:12] if gone else None
+        if method in done and done[method].get("model") == key:
+            continue  # the same cleaned set as before (a re-screen that changed a detector's flags retrains)
         entry = {"n_removed": len(gone), "n_poison_removed": len(gone & truth), "n_clean_removed": len(gone - truth)}
         if not gone:
-            entry.update(cp=res["after"]["cp"], asr=res["after"].get("asr"), reused="vanilla (nothing removed)")
+            entry.update(cp=res["after"]["cp"], asr=res["after"].get("asr"), reused="vanilla (nothing removed)",
+                         model=None)
         else:
-            keep = [i for i in ok_ids if i not in gone]
-            key = hashlib.sha256("\n".join(sorted(keep)).encode()).hexdigest()[:12]
             model_dir = d / "retrain" / key
             ev_path = model_dir / "eval.json"
             if not ev_path.exists():

@@ -22,7 +22,13 @@ in turn, the upper component counts as poison if it is a real, separated, *coher
 - tightness ≤ `max_spread`: the RMS distance of the candidates' fine-tuned decision states to their centroid,
   over the same for all samples. A backdoor sends its samples to *one* answer, so their states bunch up
   (0.15–0.55 on the learned attacks); a tail of clean or merely triggered samples keeps answering many
-  different things (0.71–1.00).
+  different things (0.71–1.00);
+- stratum lift ≤ `max_stratum_lift` (when label-free prompt strata are given): the largest ratio, over strata,
+  of the candidates' share in a stratum to that stratum's share of all samples. A trigger does not care
+  which question it rides on, so poisoned samples spread over the strata in proportion (lift 0.9–1.3 on the
+  benchmark); a clean minority that fine-tuning genuinely changed is one kind of question (clean set, seed 1:
+  38 of 39 candidates in one stratum holding 17 % of the data, lift 5.8). Added after that clean cell: a
+  backdoor conditioned on one question type would pass it unseen.
 The first K that passes decides; otherwise nothing is flagged (p_poison still ranks, from K = 2). K = 3 is
 there for a clean bulk that is itself bimodal (BadNet 5 %, seed 1: K = 2 split the bulk, weight 0.42).
 `min_separation` = 3 and `max_spread` = 0.65 were set on the 2026-11-29 benchmark's first cells (poisoned
@@ -61,6 +67,7 @@ class ShiftParams:
     max_weight: float = 0.4
     min_separation: float = 3.0
     max_spread: float = 0.65
+    max_stratum_lift: float = 3.0
     n_init: int = 2
     seed: int = 0
 
@@ -71,6 +78,7 @@ class ShiftParams:
         check_float("max_weight", self.max_weight, self.min_weight, 0.5)
         check_float("min_separation", self.min_separation, 0.0)
         check_float("max_spread", self.max_spread, 0.0, 1.0, open_lo=True)
+        check_float("max_stratum_lift", self.max_stratum_lift, 1.0)
         check_int("n_init", self.n_init, 1)
         check_int("seed", self.seed, 0)
 
@@ -103,7 +111,7 @@ class DecisionShiftDetector(Detector):
             fit = fit_gmm_1d(x[:, None], ks=ks, n_init=p.n_init, seed=p.seed)
             total = spread(features.hidden)
             for k in ks[1:]:
-                cand = _candidate(fit, k, x, features.hidden, total, p)
+                cand = _candidate(fit, k, x, features.hidden, total, features.strata, p)
                 fitted["candidates"][str(k)] = cand
                 if cand["passed"]:
                     break
@@ -122,7 +130,8 @@ class DecisionShiftDetector(Detector):
         chosen = st["candidates"].get(str(int(st["k"])))
         report = {"detector": self.name, "accepted": bool(st["accepted"]), "reason": st["reason"],
                   "k": int(st["k"]), **({} if chosen is None else {key: chosen[key] for key in
-                                                                   ("bic_gain", "weight", "separation", "spread")}),
+                                                                   ("bic_gain", "weight", "separation", "spread",
+                                                                    "stratum_lift")}),
                   "n": int(x.size), "n_flagged": int(flagged.sum()),
                   "flag_rate": float(flagged.mean()) if x.size else 0.0}
         return DetectionResult(features.ids, np.clip(p_poison, 0.0, 1.0), flagged,
@@ -146,7 +155,19 @@ def _top_posterior(x: np.ndarray, mix: dict) -> np.ndarray:
     return np.where(x > params.means[0, 0], target_posterior(x[:, None], params, top)[:, 0], 0.0)
 
 
-def _candidate(fit, k: int, x: np.ndarray, hidden: np.ndarray, total_spread: float, p: ShiftParams) -> dict:
+def stratum_lift(members: np.ndarray, strata: np.ndarray | None) -> float:
+    """max over strata of (share of the members in the stratum) / (share of all samples in it); 1.0 without
+    strata or members."""
+    if strata is None or not members.any():
+        return 1.0
+    _, codes = np.unique(strata, return_inverse=True)
+    everyone = np.bincount(codes) / codes.size  # (S,)
+    chosen = np.bincount(codes[members], minlength=everyone.size) / members.sum()  # (S,)
+    return float((chosen / everyone).max())
+
+
+def _candidate(fit, k: int, x: np.ndarray, hidden: np.ndarray, total_spread: float, strata: np.ndarray | None,
+               p: ShiftParams) -> dict:
     """The upper component of the K = k fit, its statistics and whether it passes every check."""
     at = fit.at(k)
     mix = {"weights": at.weights[0, :k], "means": at.means[0, :k], "variances": at.variances[0, :k]}
@@ -155,7 +176,7 @@ def _candidate(fit, k: int, x: np.ndarray, hidden: np.ndarray, total_spread: flo
     cand = {"k": k, "mixture": mix, "bic_gain": float(fit.bic[0, 0] - fit.bic[0, fit.ks.index(k)]),
             "weight": float(mix["weights"][-1]), "separation": float(standardised_separation(params, top)[0]),
             "spread": spread(hidden[members]) / total_spread if members.sum() > 1 and total_spread > 0 else 1.0,
-            "n_members": int(members.sum())}
+            "stratum_lift": stratum_lift(members, strata), "n_members": int(members.sum())}
     cand["failed"] = [why for ok, why in (
         (cand["bic_gain"] >= p.min_bic_gain, f"BIC gain {cand['bic_gain']:.1f} < {p.min_bic_gain:g} (one mode)"),
         (p.min_weight <= cand["weight"] <= p.max_weight,
@@ -163,6 +184,8 @@ def _candidate(fit, k: int, x: np.ndarray, hidden: np.ndarray, total_spread: flo
         (cand["separation"] >= p.min_separation, f"separation {cand['separation']:.2f} < {p.min_separation:g}"),
         (cand["spread"] <= p.max_spread,
          f"spread {cand['spread']:.2f} > {p.max_spread:g} (the samples do not converge to one answer)"),
+        (cand["stratum_lift"] <= p.max_stratum_lift,
+         f"stratum lift {cand['stratum_lift']:.1f} > {p.max_stratum_lift:g} (one kind of question, not a trigger)"),
     ) if not ok]
     cand["passed"] = not cand["failed"]
     return cand
@@ -176,4 +199,5 @@ def _reason(f: dict) -> str:
         return "nothing flagged: " + " / ".join(f"K={c['k']}: " + "; ".join(c["failed"]) for c in f["candidates"].values())
     c = f["candidates"][str(f["k"])]
     return (f"a separated minority moved by fine-tuning to one answer (K={c['k']}): weight {c['weight']:.3f}, "
-            f"separation {c['separation']:.2f}, spread {c['spread']:.2f}, BIC gain {c['bic_gain']:.0f}")
+            f"separation {c['separation']:.2f}, spread {c['spread']:.2f}, stratum lift {c['stratum_lift']:.1f}, "
+            f"BIC gain {c['bic_gain']:.0f}")

@@ -4,6 +4,7 @@ controls (clean drift, a base-model screen, a changed-but-unseparated tail) stay
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -102,3 +103,16 @@ def test_needs_both_states_and_matching_shapes():
         FeatureSet(ids=fs.ids, hidden=fs.hidden, hidden_base=fs.hidden_base[:, :5])
     with pytest.raises(ValueError, match="max_weight"):
         DecisionShiftDetector(max_weight=0.9)
+
+
+def test_a_changed_minority_of_one_question_type_is_withheld_by_the_stratum_lift():
+    """Fine-tuning that moves one kind of question to one answer (a clean change, not a trigger) is confined to
+    one label-free stratum; a trigger spreads over the strata in proportion."""
+    fs, poison = _states(poison_rate=0.01, seed=4)
+    rng = np.random.default_rng(0)
+    strata = rng.integers(0, 8, N)
+    strata[poison] = 3  # every moved sample asks the same kind of question
+    res = DecisionShiftDetector().detect(replace(fs, strata=strata))
+    assert res.flagged.sum() == 0 and "one kind of question" in res.report["reason"]
+    spread_out = DecisionShiftDetector().detect(replace(fs, strata=rng.integers(0, 8, N)))
+    assert (spread_out.flagged == poison).mean() > 0.99 and spread_out.report["stratum_lift"] < 3
