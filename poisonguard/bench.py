@@ -356,8 +356,12 @@ def retrain_cell(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -
 
 
 def in_retrain_scope(cfg: BenchConfig, cell: dict) -> bool:
-    return ((cfg.retrain_seeds is None or cell["seed"] in cfg.retrain_seeds)
-            and (cfg.retrain_rates is None or any(abs(cell["rate"] - r) < 1e-9 for r in cfg.retrain_rates)))
+    """Whether the defence loop covers this cell; the clean cell (rate 0, the 'clean FT' reference) goes by
+    seed alone."""
+    if cfg.retrain_seeds is not None and cell["seed"] not in cfg.retrain_seeds:
+        return False
+    return (cell_kind(cell) == "clean" or cfg.retrain_rates is None
+            or any(abs(cell["rate"] - r) < 1e-9 for r in cfg.retrain_rates))
 
 
 def clean_asr(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -> dict:

@@ -145,6 +145,8 @@ def test_defence_loop_scope_limits_the_retrained_cells_and_methods(quick_run):
     assert "--retrain --retrain-rates 0.3 --retrain-detectors fused,spectral" in summary["command"]
     for c in (c for c in summary["cells"] if c["kind"] == "attack"):
         assert set(c["retrain"]) == {"fused", "spectral", "oracle"}
+    clean = next(c for c in summary["cells"] if c["kind"] == "clean")  # rate 0: in scope by its seed
+    assert set(clean["asr_by_attack"]) >= {"badnet", "sig", "text_prefix"}
     r = runner.invoke(app, [*args, "--retrain-seeds", "7"])  # no cell of seed 7: no defence rows at all
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp / "out" / "summary.json").read_text())
