@@ -33,7 +33,8 @@ The first K that passes decides; otherwise nothing is flagged (p_poison still ra
 there for a clean bulk that is itself bimodal (BadNet 5 %, seed 1: K = 2 split the bulk, weight 0.42).
 `min_separation` = 3 and `max_spread` = 0.65 were set on the 2026-11-29 benchmark's first cells (poisoned
 minorities: separation 5.2–9.4, tightness ≤ 0.55; the clean set, the no-relabel control and the unlearned
-WaNet / FTrojan / ProjLens triggers: separation ≤ 3.0 or tightness ≥ 0.71); the remaining seeds check them.
+WaNet / FTrojan / ProjLens triggers: separation ≤ 3.0 or tightness ≥ 0.71); the cells looked at were every
+seed-0 cell and, of seed 1, BadNet 5 %, Blend 5 %, WaNet 5 % and the clean set; the remaining cells check them.
 That is a selection on measured results, stated as such, not a constant fitted inside the detector.
 
 What it cannot tell apart: a clean minority the fine-tune genuinely changed (a new task in 10 % of the data)
