@@ -53,7 +53,8 @@ import numpy as np
 
 from poisonguard.detect.base import DetectionResult, Detector, check_float, check_int
 from poisonguard.detect.features import FeatureSet
-from poisonguard.detect.gmm import GMMParams, fit_gmm_1d
+from poisonguard.detect.gmm import fit_gmm_1d
+from poisonguard.detect.profile import mixture_from_state, mixture_state
 from poisonguard.detect.separation import standardised_separation, target_posterior
 
 # Shift norms below this are "no movement" (the base-model control gives exact zeros); log of 0 is avoided.
@@ -139,20 +140,10 @@ class DecisionShiftDetector(Detector):
                                {"score_shift": x, "p_shift": p_poison}, report)
 
 
-def _params(mix: dict) -> tuple[GMMParams, np.ndarray]:
-    """A stored K-component mixture and its top-component mask, shaped (1, K)."""
-    w = np.asarray(mix["weights"], dtype=np.float64)[None, :]
-    params = GMMParams(w, np.asarray(mix["means"], dtype=np.float64)[None, :],
-                       np.asarray(mix["variances"], dtype=np.float64)[None, :], np.array([w.shape[1]]))
-    top = np.zeros(w.shape, dtype=bool)
-    top[0, -1] = True  # components are sorted by mean
-    return params, top
-
-
 def _top_posterior(x: np.ndarray, mix: dict) -> np.ndarray:
-    """(N,) posterior of the upper component; 0 below the lowest mean (a wide upper component's Gaussian can
-    regain mass far in the lower tail)."""
-    params, top = _params(mix)
+    """(N,) posterior of the upper component of a stored mixture (`profile.mixture_state`); 0 below the lowest
+    mean (a wide upper component's Gaussian can regain mass far in the lower tail)."""
+    params, top = mixture_from_state(mix, np.size(mix["weights"]))
     return np.where(x > params.means[0, 0], target_posterior(x[:, None], params, top)[:, 0], 0.0)
 
 
@@ -170,12 +161,13 @@ def stratum_lift(members: np.ndarray, strata: np.ndarray | None) -> float:
 def _candidate(fit, k: int, x: np.ndarray, hidden: np.ndarray, total_spread: float, strata: np.ndarray | None,
                p: ShiftParams) -> dict:
     """The upper component of the K = k fit, its statistics and whether it passes every check."""
-    at = fit.at(k)
-    mix = {"weights": at.weights[0, :k], "means": at.means[0, :k], "variances": at.variances[0, :k]}
-    params, top = _params(mix)
+    params = fit.at(k)  # (1, Kmax), padded beyond k; components sorted by mean
+    top = np.arange(params.k_max)[None, :] == k - 1  # the upper component
+    mix = mixture_state(params, top)
     members = _top_posterior(x, mix) >= 0.5  # (N,)
     cand = {"k": k, "mixture": mix, "bic_gain": float(fit.bic[0, 0] - fit.bic[0, fit.ks.index(k)]),
-            "weight": float(mix["weights"][-1]), "separation": float(standardised_separation(params, top)[0]),
+            "weight": float(params.weights[0, k - 1]),
+            "separation": float(standardised_separation(params, top)[0]),
             "spread": spread(hidden[members]) / total_spread if members.sum() > 1 and total_spread > 0 else 1.0,
             "stratum_lift": stratum_lift(members, strata), "n_members": int(members.sum())}
     cand["failed"] = [why for ok, why in (

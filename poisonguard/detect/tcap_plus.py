@@ -149,8 +149,7 @@ class TCAPPlusParams(MixtureVoteParams):
         check_float("max_prior", self.max_prior, 0.0, 1.0)
         if self.min_prior >= self.max_prior:
             raise ValueError(f"min_prior ({self.min_prior}) must be < max_prior ({self.max_prior})")
-        if not self.min_lift >= 1.0:
-            raise ValueError(f"min_lift must be >= 1 (1 = votes spread at random), got {self.min_lift}")
+        check_float("min_lift", self.min_lift, 1.0)  # 1 = votes land on the flagged samples at random
 
 
 class TCAPPlusDetector(Detector):
