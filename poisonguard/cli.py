@@ -223,19 +223,30 @@ def bench(
     _setup_threads()
     st = screen_settings(params)
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
+
+    def numbers(option: str, text: str, kind: type) -> tuple:
+        try:
+            return tuple(map(kind, split(text)))
+        except ValueError:
+            _fail(f"--{option} takes comma-separated {kind.__name__}s, got {text!r}")
+
     unknown = sorted(set(split(attacks) + split(controls) + split(base_controls)) - set(ATTACKS))
     if unknown:
         _fail(f"unknown attack(s) {', '.join(unknown)}; choose from: {', '.join(ATTACKS)}")
+    detectors = (st["detectors"] if st["default"] not in st["detectors"] else
+                 (st["default"], *[d for d in st["detectors"] if d != st["default"]]))
+    not_run = sorted(set(split(retrain_detectors)) - set(detectors))
+    if not_run:
+        _fail(f"--retrain-detectors: {', '.join(not_run)} not among the benchmark's detectors "
+              f"({', '.join(detectors)})")
     out = out or Path("work/bench-quick" if quick else "work/bench")
-    cfg = BenchConfig(world=world_dir, out=out, attacks=split(attacks), rates=tuple(map(float, split(rates))),
-                      seeds=tuple(map(int, split(seeds))), controls=split(controls),
+    cfg = BenchConfig(world=world_dir, out=out, attacks=split(attacks), rates=numbers("rates", rates, float),
+                      seeds=numbers("seeds", seeds, int), controls=split(controls),
                       base_controls=split(base_controls), screen=not no_screen, clean=clean, retrain=retrain,
-                      retrain_seeds=tuple(map(int, split(retrain_seeds))) or None,
-                      retrain_rates=tuple(map(float, split(retrain_rates))) or None,
+                      retrain_seeds=numbers("retrain-seeds", retrain_seeds, int) or None,
+                      retrain_rates=numbers("retrain-rates", retrain_rates, float) or None,
                       retrain_detectors=split(retrain_detectors) or None,
-                      max_train=max_train, max_test=max_test,
-                      detectors=st["detectors"] if st["default"] not in st["detectors"] else
-                      (st["default"], *[d for d in st["detectors"] if d != st["default"]]),
+                      max_train=max_train, max_test=max_test, detectors=detectors,
                       finetune=finetune_config(params), detector_params=st["detector_params"], strata_k=st["strata_k"])
     if quick:
         cfg = quick_config(cfg)

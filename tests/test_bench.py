@@ -152,3 +152,13 @@ def test_defence_loop_scope_limits_the_retrained_cells_and_methods(quick_run):
     summary = json.loads((tmp / "out" / "summary.json").read_text())
     assert not any(c.get("retrain") or c.get("asr_by_attack") for c in summary["cells"])
     assert "Defence loop" not in (tmp / "out" / "tables.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0,x"], "--seeds takes comma-separated ints, got '0,x'"),
+    (["--retrain-rates", "ten"], "--retrain-rates takes comma-separated floats"),
+    (["--retrain-detectors", "shift,nosuch"], "--retrain-detectors: nosuch not among the benchmark's detectors"),
+])
+def test_bad_option_values_are_readable_errors(tmp_path, args, message):
+    r = runner.invoke(app, ["bench", "--world", str(tmp_path), *args])
+    assert r.exit_code == 2 and message in r.output, r.output
