@@ -117,7 +117,8 @@ def generate(out: Path, n: int, unique: int, seed: int = 0) -> Path:
 def synthetic_features(ids: list[str], n_layers: int = 6, n_heads: int = 4, hidden: int = 128, seed: int = 0):
     """Feature rows with the embedded model's shapes: Dirichlet attention shares, Gaussian hidden states."""
     from poisonguard.detect import FeatureSet
-    from poisonguard.screening import FUSED_DRIFT_SCORES, label_free_strata
+    from poisonguard.detect.strata import label_free_strata
+    from poisonguard.pipeline.config import AuditConfig
 
     rng = np.random.default_rng(seed)
     n = len(ids)
@@ -126,7 +127,7 @@ def synthetic_features(ids: list[str], n_layers: int = 6, n_heads: int = 4, hidd
     h = rng.normal(size=(n, hidden)).astype(np.float32)  # (N, D)
     return FeatureSet(ids=np.asarray(ids), alloc=alloc, alloc_base=alloc_base, strata=label_free_strata(h, 8),
                       vis_entropy=rng.uniform(1.0, 2.2, size=(n, n_layers)).astype(np.float32), hidden=h,
-                      extra_scores={k: rng.lognormal(size=n) for k in FUSED_DRIFT_SCORES})
+                      extra_scores={k: rng.lognormal(size=n) for k in AuditConfig().scores})
 
 
 def main() -> None:
@@ -142,8 +143,12 @@ def main() -> None:
 
     from poisonguard.data.dataset import read_dataset
     from poisonguard.data.loading import check_dataset
+    from poisonguard.detect.registry import make_detectors
     from poisonguard.extract import extract_to_dir
-    from poisonguard.screening import DETECTORS, LazyExamples, context_check, run_detectors, write_report_dir
+    from poisonguard.pipeline.config import load_config
+    from poisonguard.pipeline.validate import context_check
+    from poisonguard.pipeline.verdicts import write_report_dir
+    from poisonguard.train.examples import LazyExamples
     from poisonguard.world.model import WorldModelConfig, build_model
     from poisonguard.world.tokenizer import build_processor
 
@@ -178,9 +183,11 @@ def main() -> None:
             full = per_sample * len(ok) * 2
             row["note"] += f"; {per_sample * 1e3:.1f} ms/sample -> {full / 60:.0f} min for {len(ok):,} x 2 models"
             row["extrapolated_full_s"] = round(full)
-        with st.stage("detect", f"all {len(DETECTORS)} detectors on {len(ok):,} synthetic feature rows"):
+        detectors = load_config().fit_gmm.detectors
+        with st.stage("detect", f"all {len(detectors)} detectors on {len(ok):,} synthetic feature rows"):
             features = synthetic_features([s.id for s in ok])
-            results, dets = run_detectors(features, list(DETECTORS), {"tcap": {"l_sens": 3, "h_sens": 6}})
+            dets = make_detectors(detectors)
+            results = {name: det.fit(features).score(features) for name, det in dets.items()}
         with st.stage("verdict table", "verdicts.parquet/csv, clean.json, manifest (input hashes)") as row:
             res = write_report_dir(checked, results, "fused",
                                    {"default": "fused", "detectors": {n: d.to_state() for n, d in dets.items()}},

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,26 +30,33 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect_dask import DaskTaskRunner
 
 DASK_ADDRESS_ENV = "PG_DASK_ADDRESS"
-_WEIGHT_SUFFIXES = (".safetensors",)
 
 
 # --- tasks --------------------------------------------------------------------------------------------------
 
 
 @task(retries=0)
-def plan_extraction(data: str, image_root: str | None, ids: list[str] | None) -> list[str]:
-    """The ids to extract, in input order: `ids` if given, else every sample that passes validation (the
-    others are quarantined by the screen and never reach the model). Deterministic, so no retries."""
-    from poisonguard.data.loading import load_checked
+def plan_extraction(data: str, image_root: str | None, model_dir: str, ids: list[str] | None) -> dict:
+    """The same plan as `poisonguard screen` and the DVC stage make (`pipeline.extraction.plan_extraction`):
+    the usable samples after validation against the model (or `ids`, a subset of them), their content
+    digests and the model's digest -- so shards made here are reused by a screen, and the other way round.
+    Deterministic, so no retries."""
+    from poisonguard.pipeline.extraction import plan_extraction as plan
+    from poisonguard.pipeline.validate import validate_for_model
 
-    if ids is not None:
-        return list(ids)
-    return [s.id for s in load_checked(data, image_root).ok]
+    checked = validate_for_model(data, model_dir, image_root)
+    p = plan(checked, {"model": Path(model_dir)})
+    digests = dict(zip(p.ids, p.inputs))
+    wanted = p.ids if ids is None else list(ids)
+    missing = [i for i in wanted if i not in digests]
+    if missing:
+        raise ValueError(f"{len(missing)} id(s) to extract are not usable samples of {data}: {missing[:5]}")
+    return {"ids": wanted, "inputs": [digests[i] for i in wanted], "tag": p.tags["model"]}
 
 
 @task(retries=1, retry_delay_seconds=30)
 def extract_one_shard(shard: int, data: str, image_root: str | None, model_dir: str, out_dir: str,
-                      ids: list[str], shard_size: int, batch_size: int, backend: str, tag: str,
+                      ids: list[str], inputs: list[str], shard_size: int, batch_size: int, backend: str, tag: str,
                       device: str, torch_threads: int) -> str:
     """Extract one shard (skipped when already on disk). One retry: a worker lost mid-shard (preemption,
     OOM kill) leaves no partial file, so the retry starts the shard cleanly."""
@@ -64,7 +70,7 @@ def extract_one_shard(shard: int, data: str, image_root: str | None, model_dir: 
         model, processor = _cached_model(model_dir, tag, device)
         examples = lazy_examples(data, image_root, ids)
         path = extract_shard(model, processor, examples, ids, out_dir, shard, shard_size=shard_size,
-                             batch_size=batch_size, backend=backend, tag=tag)
+                             batch_size=batch_size, backend=backend, tag=tag, inputs=inputs)
     finally:
         torch.set_num_threads(before)
     return str(path)
@@ -75,12 +81,12 @@ def extract_one_shard(shard: int, data: str, image_root: str | None, model_dir: 
 
 @flow(name="extract-shards")
 def extract_shards(data: str, image_root: str | None, model_dir: str, out_dir: str, ids: list[str],
-                   shards: list[int], shard_size: int, batch_size: int, backend: str, tag: str, device: str,
-                   torch_threads: int) -> list[str]:
+                   inputs: list[str], shards: list[int], shard_size: int, batch_size: int, backend: str, tag: str,
+                   device: str, torch_threads: int) -> list[str]:
     """One task per shard on whatever task runner the caller set (see `extract_features`)."""
     futures = extract_one_shard.map(
         shards, unmapped(data), unmapped(image_root), unmapped(model_dir), unmapped(out_dir),
-        unmapped(ids), unmapped(shard_size), unmapped(batch_size), unmapped(backend), unmapped(tag),
+        unmapped(ids), unmapped(inputs), unmapped(shard_size), unmapped(batch_size), unmapped(backend), unmapped(tag),
         unmapped(device), unmapped(torch_threads))
     return [f.result() for f in futures]
 
@@ -96,15 +102,15 @@ def extract_features(data: str, model_dir: str, out_dir: str, shard_size: int = 
     from poisonguard.extract import ensure_manifest, load_extraction
     from poisonguard.extract.storage import shard_path
 
-    wanted = plan_extraction(data, image_root, ids)
-    tag = tag or model_tag(model_dir)
+    planned = plan_extraction(data, image_root, model_dir, ids)
+    wanted, inputs, tag = planned["ids"], planned["inputs"], tag or planned["tag"]
     # Written once here, before the workers start: they only check it, never race to create it.
-    plan = ensure_manifest(out_dir, wanted, shard_size=shard_size, backend=backend, tag=tag)
+    plan = ensure_manifest(out_dir, wanted, shard_size=shard_size, backend=backend, tag=tag, inputs=inputs)
     todo = [k for k in range(plan["n_shards"]) if not shard_path(out_dir, k).exists()]
     if todo:  # a finished extraction starts no cluster; load_extraction still checks every shard's ids
         runner = dask_runner(address or os.environ.get(DASK_ADDRESS_ENV), n_workers)
         extract_shards.with_options(task_runner=runner)(
-            data, image_root, model_dir, out_dir, wanted, todo, shard_size, batch_size, backend, tag, device,
+            data, image_root, model_dir, out_dir, wanted, inputs, todo, shard_size, batch_size, backend, tag, device,
             torch_threads)
     else:
         get_run_logger().info("all %d shards of %s are done; loading them", plan["n_shards"], out_dir)
@@ -124,19 +130,6 @@ def dask_runner(address: str | None, n_workers: int) -> DaskTaskRunner:
                                           "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
 
 
-def model_tag(model_dir: str) -> str:
-    """Identity of a model folder for the extraction manifest: its resolved path and each weight file's name,
-    size and mtime. Cheap (no hashing of gigabytes); a copied or rewritten model gets a new tag, which only
-    costs a re-extraction, never a mix of shards from two models."""
-    root = Path(model_dir).resolve()
-    h = hashlib.sha256(str(root).encode())
-    for path in sorted(root.iterdir()):
-        if path.suffix in _WEIGHT_SUFFIXES or path.name == "config.json":
-            st = path.stat()
-            h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return f"{root.name}-{h.hexdigest()[:16]}"
-
-
 @functools.lru_cache(maxsize=1)
 def _cached_model(model_dir: str, tag: str, device: str):
     """Load once per worker process; `tag` in the key so a changed model is reloaded."""
@@ -150,11 +143,11 @@ def _cached_model(model_dir: str, tag: str, device: str):
 
 
 def lazy_examples(data: str, image_root: str | None, ids: Sequence[str]):
-    """The examples of `ids`, built only for the slice a shard asks for (`screening.LazyExamples`): a worker
-    decodes its shard's images, not the whole dataset's."""
+    """The examples of `ids`, built only for the slice a shard asks for (`LazyExamples`): a worker decodes its
+    shard's images, not the whole dataset's."""
     from poisonguard.data import read_dataset
     from poisonguard.data.loading import image_loader
-    from poisonguard.screening import LazyExamples
+    from poisonguard.train.examples import LazyExamples
 
     dataset = read_dataset(data, image_root=image_root)
     by_id = {s.id: s for s in dataset.samples}

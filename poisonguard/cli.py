@@ -44,11 +44,11 @@ def world(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Generate the embedded world (synthetic VQA data) and pretrain its tiny LLaVA from scratch."""
-    from poisonguard.params import world_configs
-    from poisonguard.world.build import make_world
+    from poisonguard.params import section
+    from poisonguard.world.build import make_world, world_configs
 
     _setup_threads()
-    model_cfg, pretrain_cfg = world_configs(params, seed=seed)
+    model_cfg, pretrain_cfg = world_configs(section(params, "world"), seed=seed)
     summary = make_world(out, seed=seed, n_train=n_train, n_test=n_test, model_cfg=model_cfg,
                          pretrain_cfg=pretrain_cfg, show_progress=not quiet,
                          log=lambda m: typer.echo(m, err=True))
@@ -73,7 +73,7 @@ def poison(
     """Plant a backdoor (benchmark tool): trigger a share of samples and relabel them to a target."""
     from poisonguard.attacks import ATTACKS
     from poisonguard.attacks.files import poison_file
-    from poisonguard.params import attack_params
+    from poisonguard.pipeline.config import attack_params
 
     if attack not in ATTACKS:
         _fail(f"unknown attack {attack!r}; choose one of: {', '.join(ATTACKS)}")
@@ -110,25 +110,18 @@ def finetune(
     params: Annotated[Path | None, typer.Option(help="params.yaml to read the `finetune` section from.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Fine-tune a model on a dataset (quarantined samples are left out and counted)."""
-    from poisonguard.data.loading import load_checked
-    from poisonguard.params import finetune_config
-    from poisonguard.train.examples import to_examples
-    from poisonguard.train.finetune import finetune as run, load_model, save_model
+    """Fine-tune a model on a dataset (the pipeline's `finetune` stage: samples that fail validation against
+    the base model are left out and counted; `poisonguard screen` lists their reasons)."""
+    from poisonguard.pipeline.finetuning import finetune as run
 
     _setup_threads()
-    cfg = finetune_config(params, mode="lora" if lora else mode, epochs=epochs, lr=lr, seed=seed)
+    cfg = _config(params, finetune={"mode": "lora" if lora else mode, "epochs": epochs, "lr": lr,
+                                    "seed": seed}).finetune
     with _bad_input():
-        checked = load_checked(data, image_folder)
-        model, processor = load_model(base)
-    if checked.quarantined:
-        typer.echo(f"{len(checked.quarantined)} quarantined samples left out of training "
-                   f"(run `poisonguard screen` for the reasons)", err=True)
-    examples = to_examples(checked.ok, checked.image_loader())
-    model, report = run(model, processor, examples, cfg, show_progress=not quiet)
-    save_model(model, processor, out, report)
-    typer.echo(f"fine-tuned {report['steps']} steps ({cfg.mode}) in {report['seconds']:.0f}s, "
-               f"final loss {report['final_loss']:.3f} -> {out}")
+        res = run(data, base, out, cfg, image_folder=image_folder, show_progress=not quiet,
+                  log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"fine-tuned {res.report['steps']} steps ({cfg.mode}) in {res.seconds:.0f}s, "
+               f"final loss {res.report['final_loss']:.3f} -> {out}")
 
 
 @app.command("eval")
@@ -143,7 +136,7 @@ def eval_model(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Clean accuracy (CP), attack success rate (ASR) and poisoned-train fit, as JSON (benchmark tool)."""
-    from poisonguard.params import attack_params
+    from poisonguard.pipeline.config import attack_params
     from poisonguard.train.evaluate import evaluate_files
 
     _setup_threads()
@@ -161,22 +154,19 @@ def screen(
     out: Annotated[Path, typer.Option(help="Report folder: verdicts.parquet/csv, clean.json, report.html, ...")],
     finetuned: Annotated[Path | None, typer.Option(help="Already fine-tuned model; fine-tunes when absent.")] = None,
     image_folder: Annotated[Path | None, typer.Option(help="Where image paths start.")] = None,
-    detector: Annotated[str | None, typer.Option(help="Default detector whose verdict decides (params: screen.default).")] = None,
-    params: Annotated[Path | None, typer.Option(help="params.yaml (sections screen, finetune, detectors).")] = None,
+    detector: Annotated[str | None, typer.Option(help="Whose verdict decides: a detector of fit_gmm, or 'vote' (params: em_vote.decide).")] = None,
+    params: Annotated[Path | None, typer.Option(help="params.yaml (every pipeline section; default the repo's).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Screen a dataset: verdict per sample (ok / quarantined / flagged) and a release candidate."""
-    from poisonguard.params import finetune_config, screen_settings
-    from poisonguard.screening import run_screen
+    """Screen a dataset: verdict per sample (ok / quarantined / flagged) and a release candidate. Runs the
+    pipeline's stages (those of `dvc repro`) in one process."""
+    from poisonguard.pipeline.screen import run_screen
 
     _setup_threads()
-    st = screen_settings(params)
+    cfg = _config(params, em_vote={"decide": detector})
     with _bad_input():
-        res = run_screen(data, base, out, finetuned=finetuned, image_folder=image_folder,
-                         finetune_cfg=finetune_config(params), detectors=st["detectors"],
-                         default=detector or st["default"], detector_params=st["detector_params"],
-                         strata_k=st["strata_k"], batch_size=st["batch_size"], shard_size=st["shard_size"],
-                         projector=st["projector"], show_progress=not quiet, log=lambda m: typer.echo(m, err=True))
+        res = run_screen(data, base, out, finetuned=finetuned, image_folder=image_folder, config=cfg,
+                         show_progress=not quiet, log=lambda m: typer.echo(m, err=True))
     counts = res.table["status"].value_counts().to_dict()
     typer.echo(f"{len(res.table)} samples: {counts.get('ok', 0)} ok, {counts.get('quarantined', 0)} quarantined, "
                f"{len(res.flagged_ids)} flagged ({res.default}); release candidate: {len(res.keep_ids)} -> {out}")
@@ -212,16 +202,15 @@ def bench(
     max_test: Annotated[int | None, typer.Option(help="Use only the world's first N test samples for CP/ASR.")] = None,
     no_screen: Annotated[bool, typer.Option("--no-screen", help="Only the attack table (CP/ASR/fit).")] = False,
     clean: Annotated[bool, typer.Option(help="Include the 0%-poison clean cell.")] = True,
-    params: Annotated[Path | None, typer.Option(help="params.yaml (finetune, detectors, screen sections).")] = None,
+    params: Annotated[Path | None, typer.Option(help="params.yaml (the pipeline's sections; default the repo's).")] = None,
 ) -> None:
     """The benchmark: attacks x rates x seeds x detectors with controls (and --retrain, the defence loop);
     writes summary.json, tables.md (mean ± std over seeds) and report/index.html with plots."""
     from poisonguard.attacks import ATTACKS
     from poisonguard.bench import BenchConfig, quick_config, run_bench
-    from poisonguard.params import finetune_config, screen_settings
 
     _setup_threads()
-    st = screen_settings(params)
+    pipeline = _config(params)
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
 
     def numbers(option: str, text: str, kind: type) -> tuple:
@@ -233,8 +222,7 @@ def bench(
     unknown = sorted(set(split(attacks) + split(controls) + split(base_controls)) - set(ATTACKS))
     if unknown:
         _fail(f"unknown attack(s) {', '.join(unknown)}; choose from: {', '.join(ATTACKS)}")
-    detectors = (st["detectors"] if st["default"] not in st["detectors"] else
-                 (st["default"], *[d for d in st["detectors"] if d != st["default"]]))
+    detectors = tuple(pipeline.fit_gmm.detectors)
     not_run = sorted(set(split(retrain_detectors)) - set(detectors))
     if not_run:
         _fail(f"--retrain-detectors: {', '.join(not_run)} not among the benchmark's detectors "
@@ -246,8 +234,7 @@ def bench(
                       retrain_seeds=numbers("retrain-seeds", retrain_seeds, int) or None,
                       retrain_rates=numbers("retrain-rates", retrain_rates, float) or None,
                       retrain_detectors=split(retrain_detectors) or None,
-                      max_train=max_train, max_test=max_test, detectors=detectors,
-                      finetune=finetune_config(params), detector_params=st["detector_params"], strata_k=st["strata_k"])
+                      max_train=max_train, max_test=max_test, pipeline=pipeline)
     if quick:
         cfg = quick_config(cfg)
     with _bad_input():
@@ -362,7 +349,7 @@ def audit_table(
     from datetime import UTC, datetime
 
     from poisonguard.audit.projector import AuditInputError
-    from poisonguard.audit.table import TableConfig, run_table, update_readme
+    from poisonguard.bench.audit_table import TableConfig, run_table, update_readme
 
     if not bench.is_dir():
         _fail(f"--bench: folder not found: {bench}")
@@ -387,6 +374,17 @@ def audit_table(
                 _fail(str(exc))
         typer.echo(f"README block updated: {readme}")
     typer.echo(f"table -> {cfg.out_dir / 'audit_table.md'}")
+
+
+def _config(params: Path | None, **overrides: dict):
+    """The pipeline's config from `params` (the repo's params.yaml when None) with the command's options
+    over its keys (`override`); a bad file or value is bad input (exit 2), not a traceback."""
+    from poisonguard.pipeline.config import load_config, override
+
+    try:
+        return override(load_config(params), **overrides)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
 
 
 class _bad_input:

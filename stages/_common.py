@@ -1,4 +1,9 @@
-"""Shared plumbing for stage scripts: repo-relative paths, params, thread count, one-line logging."""
+"""Shared plumbing of the DVC stage scripts: the workspace's paths, its layout, the params file, threads.
+
+Each script runs exactly one pipeline stage function (`poisonguard.pipeline.*`) with the config of its own
+params.yaml section, writing where `Layout.dvc(WORK)` says; `poisonguard screen` runs the same functions in
+one process. Nothing here imports poisonguard: a stage's DVC deps are the code its own imports reach.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "work"
+PARAMS = ROOT / "params.yaml"
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from poisonguard.params import load_params  # noqa: E402
-
 torch.set_num_threads(int(os.environ.get("PG_THREADS", "2")))
 
-
-def params(section: str) -> dict:
-    return dict(load_params(ROOT / "params.yaml").get(section) or {})
+DATA = WORK / "poisoned" / "train.json"  # the demo drop; point this at a customer's file in production
+BASE = WORK / "world" / "base_model"
+FINETUNED = WORK / "finetuned"
 
 
 def log(msg: str) -> None:

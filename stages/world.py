@@ -1,12 +1,16 @@
 """Stage `world`: the embedded world's data and its pretrained base model (cached as a DVC output)."""
 
-from _common import WORK, log, params
+from _common import PARAMS, WORK, log
 
-from poisonguard.params import world_configs
-from poisonguard.world.build import make_world
+from poisonguard.atomic import atomic_write_json
+from poisonguard.params import section
+from poisonguard.world.build import make_world, world_configs
 
-p = params("world")
-model_cfg, pretrain_cfg = world_configs(None, seed=p["seed"])
+p = section(PARAMS, "world")
+model_cfg, pretrain_cfg = world_configs(p, seed=p["seed"])
 summary = make_world(WORK / "world", seed=p["seed"], n_train=p["n_train"], n_test=p["n_test"],
                      model_cfg=model_cfg, pretrain_cfg=pretrain_cfg, log=log)
+(WORK / "metrics").mkdir(parents=True, exist_ok=True)
+atomic_write_json(WORK / "metrics" / "world.json", {"test_accuracy": summary["test_accuracy"]["all"],
+                                                    "timings_s": summary["timings_s"]})
 log(f"world: clean test accuracy {summary['test_accuracy']['all']:.3f} in {summary['timings_s']['total']:.0f}s")

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from poisonguard.cli import app
 from poisonguard.data import read_dataset
-from poisonguard.data.badcorpus import make_bad_corpus, screen_batches
+from tests.fixtures.badcorpus import make_bad_corpus, screen_batches
 from poisonguard.runlock import LOCK_FILE, folder_lock
 from poisonguard.screening import MIN_USABLE_SAMPLES
 

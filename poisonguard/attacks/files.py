@@ -48,3 +48,17 @@ def poison_file(data: str | Path, out: str | Path, attack: str, rate: float, *, 
              "n_samples": len(result.samples), "poison_ids": result.poison_ids}
     atomic_write_bytes(out / "poison_ids.json", (json.dumps(truth, indent=2) + "\n").encode())
     return result
+
+
+def read_poison_ids(path: str | Path) -> list[str]:
+    """The poisoned sample ids of a `poison_ids.json` (ground truth: benchmark and evaluation tooling only)."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: a ground-truth file written by `poisonguard poison`") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    ids = obj.get("poison_ids") if isinstance(obj, dict) else obj
+    if not isinstance(ids, list):
+        raise ValueError(f"{path} must hold a list of ids (or an object with `poison_ids`)")
+    return [str(i) for i in ids]

@@ -1,5 +1,6 @@
-"""Projector audit (ProjLens, research/projlens.md): ΔW spectrum and rank-k removal / reconstruction,
-per-token drift ΔE on the data, per-sample drift scores with a label-free detector, a JSON + PNG report."""
+"""Projector audit (ProjLens): ΔW spectrum and rank-k removal / reconstruction, per-token drift ΔE on the
+data and per-sample drift scores (the projector detector in `poisonguard.detect.projector` cuts them), a JSON
++ PNG report."""
 
 from poisonguard.audit.activations import (
     DRIFT_SCORES,
@@ -8,7 +9,6 @@ from poisonguard.audit.activations import (
     drift_scores,
     shared_direction,
 )
-from poisonguard.audit.detector import ProjectorDriftDetector
 from poisonguard.audit.projector import (
     ProjectorFeatures,
     apply_projector,
@@ -22,7 +22,6 @@ from poisonguard.audit.weights import layer_deltas, rank_k_edit, repair, spectru
 
 __all__ = [
     "DRIFT_SCORES",
-    "ProjectorDriftDetector",
     "ProjectorFeatures",
     "apply_projector",
     "audit_models",

@@ -7,7 +7,7 @@ must be used, each model with its own vision tower, or a backdoor learned in a t
 (Blend: AUROC 0.89 with the full path, 0.53 with the projector alone). So E is captured while the model runs
 its own `get_image_features`, i.e. exactly what it hands to its LM.
 
-Module names in transformers 5.23 (checked on `poisonguard.extract.families.build_tiny`):
+Module names in transformers 5.23 (checked on the tiny family models of the tests):
 - LLaVA, LLaVA-NeXT, the embedded world: `model.multi_modal_projector` = linear_1 → GELU → linear_2.
 - InternVL: `model.multi_modal_projector` = layer_norm → linear_1 → GELU → linear_2, after a pixel shuffle.
 - Qwen2-VL / Qwen2.5-VL: `model.visual.merger` = ln_q → (4 patches concatenated) → mlp.0 → GELU → mlp.2.

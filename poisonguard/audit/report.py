@@ -18,7 +18,6 @@ Plot paths in the JSON are relative to `out_dir`, so the report folder can move 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from poisonguard.atomic import atomic_write_text
 from poisonguard.audit import plots
 from poisonguard.audit.activations import (
     collect_drift,
@@ -39,7 +39,7 @@ from poisonguard.audit.activations import (
     score_summary,
     shared_direction,
 )
-from poisonguard.audit.detector import ProjectorDriftDetector
+from poisonguard.detect.projector import ProjectorDriftDetector
 from poisonguard.audit.evaluation import build_eval_set, evaluate_model, rank_k_table
 from poisonguard.audit.projector import AuditInputError
 from poisonguard.audit.weights import layer_deltas, parameter_drift, repair, spectrum_summary
@@ -321,9 +321,7 @@ def audit_models(
         plots.plot_rank_k(report["benchmark"]["rank_k"], report["benchmark"]["reference"], out / "rank_k.png")
         report["plots"]["rank_k"] = "rank_k.png"
         timings["benchmark_s"] = time.perf_counter() - t2
-    report["timings"] = {k: round(v, 2) for k, v in timings.items()}
     report = to_jsonable(report)
-    tmp = out / "audit.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, out / "audit.json")
-    return report
+    # audit.json holds results only: the same models and data give the same file (it can be a cached output)
+    atomic_write_text(out / "audit.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return {**report, "timings": {k: round(v, 2) for k, v in timings.items()}}

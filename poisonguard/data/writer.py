@@ -8,11 +8,10 @@ it up.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from poisonguard.atomic import atomic_write_bytes
 from poisonguard.data.dataset import Dataset
 
 
@@ -33,19 +32,3 @@ def write_dataset(dataset: Dataset, out_path: str | Path, keep_ids: Iterable[str
         kept = [s for s in dataset.samples if s.id in wanted]
     text = dataset.style.render([s.raw for s in kept])
     return atomic_write_bytes(Path(out_path), text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write `data` to `path` via a temporary file in the same folder and `os.replace` (atomic on POSIX)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a release is meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

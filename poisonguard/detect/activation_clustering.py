@@ -44,7 +44,7 @@ class ActivationClusteringParams:
 
 
 class ActivationClusteringDetector(Detector):
-    name = "ac"
+    name = "activation_clustering"
     Params = ActivationClusteringParams
     params: ActivationClusteringParams
 

@@ -1,7 +1,7 @@
 """Detector contract, ART-style (research/anchors.md §A.1): declared, validated hyper-parameters; label-free
 `fit`; `score` that applies the fitted state to any data of the same shape (e.g. a new data drop); `detect` =
 fit + score; and a JSON-only state (lists, floats, strings; no pickle) so a fitted detector can be registered
-in MLflow as data and rebuilt with `load_detector`.
+in MLflow as data and rebuilt with `poisonguard.detect.registry.load_detector`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import pandas as pd
 from poisonguard.detect.features import FeatureSet
 
 STATE_FORMAT = 1
-_REGISTRY: dict[str, type[Detector]] = {}
 
 
 @dataclass
@@ -61,17 +60,13 @@ class Detector(ABC):
     name: ClassVar[str]
     Params: ClassVar[type]
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
-            _REGISTRY[cls.name] = cls
-
     def __init__(self, **params: Any) -> None:
         allowed = [f.name for f in fields(self.Params)]
         unknown = sorted(set(params) - set(allowed))
         if unknown:
             raise ValueError(f"{type(self).__name__}: unknown parameter(s) {unknown}; allowed: {allowed}")
-        self.params = self.Params(**params)
+        types = {f.name: f.type for f in fields(self.Params)}
+        self.params = self.Params(**{k: _as_field(types[k], v) for k, v in params.items()})  # YAML lists -> tuples
         self._fitted: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
@@ -119,14 +114,6 @@ class Detector(ABC):
         if self._fitted is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or detect() first")
         return self._fitted
-
-
-def load_detector(state: dict[str, Any]) -> Detector:
-    """Rebuild any registered detector from `to_state()` output."""
-    name = state.get("detector")
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown detector {name!r}; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[name].from_state(state)
 
 
 # --- parameter validation -----------------------------------------------------------------------------------

@@ -105,7 +105,8 @@ class TCAPPlusParams(MixtureVoteParams):
     max_weight: float = 0.4
     min_separation: float = 1.5
     prune_lone_heads: bool = True
-    # extra annotators
+    # extra annotators: the projector-drift scores (`FeatureSet.extra_scores`), read only when fused
+    fuse_projector: bool = False
     extra_z: float = 3.0
     extra_log: bool = True
     # clean-data guard
@@ -125,6 +126,7 @@ class TCAPPlusParams(MixtureVoteParams):
             "compress_tails",
             "prune_lone_heads",
             "extra_log",
+            "fuse_projector",
             "guard",
         ):
             check_bool(name, getattr(self, name))
@@ -344,7 +346,7 @@ class TCAPPlusDetector(Detector):
 
     def _fit_extras(self, features: FeatureSet) -> dict[str, Any]:
         """Per extra score: whether to take logs, and the robust centre and scale of the fitting data."""
-        names = sorted(features.extra_scores)
+        names = sorted(features.extra_scores) if self.params.fuse_projector else []
         logs, centers, scales = [], [], []
         for name in names:
             s = features.extra_scores[name]
@@ -485,3 +487,16 @@ def _scaler_from_state(st: dict[str, Any], n_feat: int) -> RobustScaler:
         np.asarray(st["global_center"], dtype=np.float64).reshape(n_feat),
         np.asarray(st["global_scale"], dtype=np.float64).reshape(n_feat),
     )
+
+
+@dataclass(frozen=True)
+class FusedParams(TCAPPlusParams):
+    fuse_projector: bool = True
+
+
+class FusedDetector(TCAPPlusDetector):
+    """TCAP+ whose Dawid–Skene vote also counts the projector-drift scores as annotators."""
+
+    name = "fused"
+    Params = FusedParams
+    params: FusedParams

@@ -3,26 +3,22 @@
 Public API:
     extract(model, processor, examples, *, batch_size, backend, show_progress) -> Extraction
     extract_to_dir / extract_shard / load_extraction   (sharded, resumable, atomic)
-    build_tiny(family) -> (model, processor)            (tiny offline models of each supported family)
 """
 
 from __future__ import annotations
 
 from poisonguard.extract.capture import capture_rows, decision_row, lm_attention
 from poisonguard.extract.extraction import BACKENDS, Extraction, extract
-from poisonguard.extract.families import FAMILIES, build_tiny
 from poisonguard.extract.spans import PAD, SYS, TXT, VIS, token_roles
 from poisonguard.extract.storage import ensure_manifest, extract_shard, extract_to_dir, load_extraction
 
 __all__ = [
     "BACKENDS",
-    "FAMILIES",
     "PAD",
     "SYS",
     "TXT",
     "VIS",
     "Extraction",
-    "build_tiny",
     "capture_rows",
     "decision_row",
     "ensure_manifest",

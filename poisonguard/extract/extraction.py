@@ -3,7 +3,7 @@
 One prefill forward per batch of left-padded prompts (`encode_prompts`), so position -1 is the decision
 position of every row. Per layer and head the decision row is split into the three TCAP components
 (system, vision, user text; see spans.py); BYE's statistic is the entropy of the head-mean row over the image
-tokens. Works on any family in families.py and on peft-wrapped models (the attention modules are the same).
+tokens. Works on every supported family (tiny instances in tests/fixtures/families.py) and on peft-wrapped models (the attention modules are the same).
 """
 
 from __future__ import annotations

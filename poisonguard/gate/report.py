@@ -92,7 +92,7 @@ def load_report(report_dir: str | Path) -> ScreeningReport:
         verdicts = pd.read_parquet(io.BytesIO(verdict_bytes))
     except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
         raise ReportError(f"{report_dir / VERDICTS_FILE} is not a readable Parquet table: {exc}") from exc
-    return ScreeningReport(report_dir, manifest, verdicts, sha256_bytes(verdict_bytes), _check_input(manifest))
+    return ScreeningReport(report_dir, manifest, verdicts, sha256_bytes(verdict_bytes), _check_input(manifest, report_dir))
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -114,10 +114,12 @@ def _read_bytes(path: Path) -> bytes:
                           "`poisonguard screen`?") from None
 
 
-def _check_input(manifest: dict[str, Any]) -> InputCheck:
+def _check_input(manifest: dict[str, Any], report_dir: Path) -> InputCheck:
+    """Paths in the manifest are relative to the report folder (so a moved or re-cloned workspace still
+    verifies), or absolute."""
     spec = manifest["input"]
-    path = Path(spec["path"])
-    image_root = spec.get("image_root")
+    path = Path(report_dir) / spec["path"]
+    image_root = Path(report_dir) / spec["image_root"] if spec.get("image_root") else None
     try:
         before = file_sha256(path)
         dataset = read_dataset(path, image_root=image_root)

@@ -5,7 +5,7 @@ FeatureSet, so a detector that needs more inputs changes these functions and not
 
 - `poisonguard screen`'s: detector.json = {"default": name, "detectors": {name: state}} and an extraction
   folder holding `finetuned/` and `base/`; features are built exactly as the screen builds them
-  (`poisonguard.screening.build_features`: base-model allocations and label-free strata included);
+  (`poisonguard.extract.features.build_features`: base-model allocations and label-free strata included);
 - a single detector state and a single extraction folder (optionally a separate base-model folder).
 """
 
@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 
 from poisonguard.detect import Detector, FeatureSet, load_detector
+from poisonguard.extract.features import build_features
+from poisonguard.extract.storage import load_extraction
 
 DEFAULT_STRATA_K = 8
 
@@ -37,12 +39,8 @@ def load_report_detector(state: dict[str, Any]) -> tuple[str, Detector]:
 def features_from_extraction(extraction_dir: str | Path, base_extraction_dir: str | Path | None = None, *,
                              strata_k: int = DEFAULT_STRATA_K) -> FeatureSet:
     """FeatureSet of one extraction folder (either layout, see the module docstring)."""
-    from poisonguard.extract import load_extraction
-
     folder = Path(extraction_dir)
     if (folder / "finetuned").is_dir() and (folder / "base").is_dir():
-        from poisonguard.screening import build_features
-
         return build_features(folder, strata_k=strata_k)
     ext = load_extraction(folder)
     base = load_extraction(base_extraction_dir, ids=ext.ids) if base_extraction_dir else None

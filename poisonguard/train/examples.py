@@ -20,3 +20,19 @@ def to_example(sample: Sample, load_image: Callable[[str], object], *, prompt_on
 def to_examples(samples: Sequence[Sample], load_image: Callable[[str], object], *,
                 prompt_only: bool = False) -> list[Example]:
     return [to_example(s, load_image, prompt_only=prompt_only) for s in samples]
+
+
+class LazyExamples(Sequence):
+    """Prompt-only model inputs built when sliced: extraction decodes one shard's images at a time, never the
+    whole dataset's (100k decoded images do not fit in memory; one shard's do)."""
+
+    def __init__(self, samples: Sequence[Sample], load_image: Callable[[str], object]):
+        self.samples, self.load_image = list(samples), load_image
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [to_example(s, self.load_image, prompt_only=True) for s in self.samples[k]]
+        return to_example(self.samples[k], self.load_image, prompt_only=True)

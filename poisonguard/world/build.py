@@ -4,13 +4,14 @@ Layout of OUT:
     train.json, test.json   LLaVA JSON; image paths relative to OUT (images/train_00000.png ...)
     images/*.png            48x48 scenes
     base_model/             HF save_pretrained: config, safetensors, processor + tokenizer (offline-loadable)
-    world.json              seed, sizes, model config, timings, clean test accuracy per question type
+    world.json              seed, sizes, model config, clean test accuracy per question type
+
+world.json holds no timings: the folder is a cached DVC output and must be byte-identical whenever the same
+seed and thread count rebuild it (the timings are in `make_world`'s return value, for a metrics file).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from poisonguard.atomic import atomic_write_json
+from poisonguard.params import build
 from poisonguard.world.model import WorldModelConfig, build_model
 from poisonguard.world.pretrain import PretrainConfig, pretrain
 from poisonguard.world.questions import QUESTION_TYPES, ask
@@ -48,12 +51,11 @@ def write_split(out: Path, name: str, n: int, rng: np.random.Generator, *, with_
     return records
 
 
-def _dump_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+def world_configs(section: dict, *, seed: int) -> tuple[WorldModelConfig, PretrainConfig]:
+    """The model and pretraining configs of params.yaml's `world` section (`model:` and `pretrain:`)."""
+    pre = {**dict(section.get("pretrain") or {}), "seed": seed}
+    return (build(WorldModelConfig, dict(section.get("model") or {}), "world.model"),
+            build(PretrainConfig, pre, "world.pretrain"))
 
 
 def make_world(out: str | Path, *, seed: int = 0, n_train: int = 5000, n_test: int = 1000,
@@ -67,8 +69,8 @@ def make_world(out: str | Path, *, seed: int = 0, n_train: int = 5000, n_test: i
     rng = np.random.default_rng(seed)
     train = write_split(out, "train", n_train, rng, with_qtype=False)
     test = write_split(out, "test", n_test, rng, with_qtype=True)
-    _dump_json(out / "train.json", train)
-    _dump_json(out / "test.json", test)
+    atomic_write_json(out / "train.json", train)
+    atomic_write_json(out / "test.json", test)
     data_s = time.perf_counter() - t0
     log(f"wrote {n_train} train / {n_test} test samples in {data_s:.1f}s")
 
@@ -98,11 +100,11 @@ def make_world(out: str | Path, *, seed: int = 0, n_train: int = 5000, n_test: i
         "seed": seed, "n_train": n_train, "n_test": n_test,
         "model": model_cfg.to_dict(), "pretrain": asdict(pcfg),
         "n_parameters": int(sum(p.numel() for p in model.parameters())),
-        "timings_s": {"data": round(data_s, 1), "pretrain": round(report["total_s"], 1),
-                      "total": round(time.perf_counter() - t0, 1)},
         "vision_encoder": report["vision"],
         "test_accuracy": {k: round(v, 4) for k, v in acc.items()},
         "torch_threads": torch.get_num_threads(),
     }
-    _dump_json(out / "world.json", summary)
-    return summary
+    atomic_write_json(out / "world.json", summary)
+    timings = {"data": round(data_s, 1), "pretrain": round(report["total_s"], 1),
+               "total": round(time.perf_counter() - t0, 1)}
+    return {**summary, "timings_s": timings}

@@ -24,7 +24,7 @@ from poisonguard.audit.activations import (
 )
 from poisonguard.audit.projector import projector_linears
 from poisonguard.data.records import Sample, Turn
-from poisonguard.extract.families import build_tiny
+from tests.fixtures.families import build_tiny
 
 SHIFT = 0.7
 

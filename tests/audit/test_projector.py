@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from poisonguard.audit.projector import apply_projector, image_inputs, projector_features, projector_linears
-from poisonguard.extract.families import FAMILIES, build_tiny
+from tests.fixtures.families import FAMILIES, build_tiny
 from poisonguard.train.batching import Example, encode_prompts
 
 LINEARS = {

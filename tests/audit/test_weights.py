@@ -20,7 +20,7 @@ from poisonguard.audit.weights import (
     resolve_layers,
     spectrum_summary,
 )
-from poisonguard.extract.families import build_tiny
+from tests.fixtures.families import build_tiny
 
 L1, L2 = "model.multi_modal_projector.linear_1", "model.multi_modal_projector.linear_2"
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from poisonguard.data import DataError, read_dataset, validate
-from poisonguard.data.badcorpus import make_bad_corpus, outcomes_table, screen_batches
+from tests.fixtures.badcorpus import make_bad_corpus, outcomes_table, screen_batches
 
 
 @pytest.fixture(scope="module")

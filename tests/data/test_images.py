@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from poisonguard.data import ImageError, Limits, ReasonCode, load_image, resolve_image_path
-from poisonguard.data.badcorpus import write_bomb_png
+from tests.fixtures.badcorpus import write_bomb_png
 from tests.data.helpers import png
 
 

@@ -11,6 +11,7 @@ import pytest
 from poisonguard.detect import (
     ActivationClusteringDetector,
     BYEDetector,
+    FusedDetector,
     DetectionResult,
     FeatureSet,
     SpectralSignatureDetector,
@@ -74,7 +75,7 @@ def test_tcap_plus_selects_the_trigger_heads(poisoned_alloc):
 def test_clean_data_tcap_plus_flags_at_most_one_percent(seed):
     fs, poison = make_alloc(poison_rate=0.0, seed=seed)
     assert poison.size == 0
-    r = TCAPPlusDetector().detect(_with_drift(fs, poison, shift=0.0))
+    r = FusedDetector().detect(_with_drift(fs, poison, shift=0.0))
     assert r.flagged.mean() <= CLEAN_FLAG_RATE
     assert r.report["n_flagged"] == int(r.flagged.sum())
 
@@ -113,13 +114,18 @@ def test_guard_withholds_flags_but_keeps_the_ranking():
 def test_extra_scores_are_fused_as_annotators():
     fs, poison = make_alloc(seed=5, trigger_shift=1.0, ft_noise=0.3)
     alone = evaluate(TCAPPlusDetector().detect(fs), poison)
-    r = TCAPPlusDetector().detect(_with_drift(fs, poison, shift=2.0))
+    r = FusedDetector().detect(_with_drift(fs, poison, shift=2.0))
     fused = evaluate(r, poison)
     assert fused["f1"] > alone["f1"] + 0.05 and fused["auroc"] >= alone["auroc"]
     assert len(r.report["em"]["sensitivity"]) == len(r.report["selected_heads"]) + 2
     for name in ("drift", "drift_rel"):
         assert {f"vote_{name}", f"score_{name}"} <= set(r.signals)
     assert np.isnan(r.signals["vote_drift"][:50]).all()  # missing scores abstain
+    # fusion is a parameter of TCAP+: without it the drift scores are not read at all
+    plain = TCAPPlusDetector().detect(_with_drift(fs, poison, shift=2.0))
+    assert evaluate(plain, poison) == alone and not {"vote_drift", "score_drift"} & set(plain.signals)
+    assert TCAPPlusDetector(fuse_projector=True).detect(_with_drift(fs, poison, shift=2.0)).flagged.tolist() == \
+        r.flagged.tolist()
 
 
 def test_tcap_plus_needs_base_allocation_when_differencing(poisoned_alloc):
@@ -131,7 +137,7 @@ def test_tcap_plus_needs_base_allocation_when_differencing(poisoned_alloc):
 
 def test_missing_extra_score_at_score_time_raises(poisoned_alloc):
     fs, poison = poisoned_alloc
-    det = TCAPPlusDetector().fit(_with_drift(fs, poison, 2.0))
+    det = FusedDetector().fit(_with_drift(fs, poison, 2.0))
     with pytest.raises(ValueError, match="drift"):
         det.score(fs)
 
@@ -195,7 +201,7 @@ def test_activation_clustering_flags_small_cluster_only():
 
 
 @pytest.mark.parametrize(
-    "det", [SpectralSignatureDetector(), ActivationClusteringDetector()], ids=["ss", "ac"]
+    "det", [SpectralSignatureDetector(), ActivationClusteringDetector()], ids=["ss", "activation_clustering"]
 )
 @pytest.mark.parametrize("seed", [0, 3])
 def test_clean_hidden_states_flag_at_most_one_percent(det, seed):
@@ -223,16 +229,17 @@ def _case(name: str):
     """(detector, data it is fitted on, a new data drop of the same shape)."""
     if name == "tcap":
         return TCAPDetector(l_sens=2, h_sens=3), make_alloc(seed=0)[0], make_alloc(seed=7)[0]
-    if name == "tcap_plus":
+    if name in ("tcap_plus", "fused"):
         (fs, p), (fs2, p2) = (make_alloc(seed=s, trigger_shift=1.0, ft_noise=0.3) for s in (5, 6))
-        return TCAPPlusDetector(), _with_drift(fs, p, 2.0), _with_drift(fs2, p2, 2.0, seed=2)
+        det = TCAPPlusDetector() if name == "tcap_plus" else FusedDetector()
+        return det, _with_drift(fs, p, 2.0), _with_drift(fs2, p2, 2.0, seed=2)
     if name == "bye":
         return BYEDetector(), make_entropy(text_only_rate=0.05)[0], make_entropy(seed=9)[0]
     det = SpectralSignatureDetector() if name == "spectral" else ActivationClusteringDetector()
     return det, make_hidden()[0], make_hidden(seed=4)[0]
 
 
-@pytest.mark.parametrize("name", ["tcap", "tcap_plus", "bye", "spectral", "ac"])
+@pytest.mark.parametrize("name", ["tcap", "tcap_plus", "fused", "bye", "spectral", "activation_clustering"])
 def test_state_round_trip_reproduces_scores_on_new_data(name):
     det, fit_on, new = _case(name)
     first = det.detect(fit_on)
@@ -326,3 +333,14 @@ def test_result_table_has_one_row_per_sample(poisoned_alloc):
 def test_result_rejects_out_of_range_probabilities():
     with pytest.raises(ValueError):
         DetectionResult(np.array(["a"]), np.array([1.2]), np.array([True]), {}, {})
+
+
+def test_registry_names_every_detector_once():
+    from poisonguard.detect import DETECTORS, make_detector
+
+    assert list(DETECTORS) == ["shift", "fused", "tcap_plus", "tcap", "projector", "bye", "spectral",
+                               "activation_clustering"]
+    for name, cls in DETECTORS.items():
+        assert cls.name == name and make_detector(name).to_state.__self__.name == name
+    with pytest.raises(ValueError, match="unknown detector 'ac'"):
+        make_detector("ac")

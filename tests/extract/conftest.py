@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from poisonguard.extract.families import FAMILIES, build_tiny
+from tests.fixtures.families import FAMILIES, build_tiny
 from poisonguard.train.batching import Example
 
 QUESTION = "What colour is the banana?"

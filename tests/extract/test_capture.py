@@ -11,7 +11,7 @@ from peft import LoraConfig, get_peft_model
 
 from poisonguard.extract.capture import CAPTURE, capture_rows, decision_row, eager_rows, lm_attention
 from poisonguard.extract.extraction import extract
-from poisonguard.extract.families import build_tiny
+from tests.fixtures.families import build_tiny
 from poisonguard.extract.spans import prompt_messages
 from poisonguard.train.batching import Example, encode_prompts
 

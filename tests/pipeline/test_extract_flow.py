@@ -13,7 +13,7 @@ from tests.pipeline.reports import make_dataset
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The tiny world model, saved like a fine-tuned model folder (safetensors + processor)."""
-    from poisonguard.extract import build_tiny
+    from tests.fixtures.families import build_tiny
 
     folder = tmp_path_factory.mktemp("tiny_model")
     model, processor = build_tiny("world")

@@ -80,7 +80,8 @@ def test_register_refuses_a_broken_detector_state(report: Report, mlflow_uri: st
 def _tiny_extractions(root: Path) -> list[Path]:
     """Two drops in `poisonguard screen`'s extraction layout (finetuned/ and base/, 2 shards each) from tiny
     world models on random images."""
-    from poisonguard.extract import build_tiny, extract_to_dir
+    from poisonguard.extract import extract_to_dir
+    from tests.fixtures.families import build_tiny
     from poisonguard.train.batching import Example
 
     models = {"finetuned": build_tiny("world", seed=0), "base": build_tiny("world", seed=1)}

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from poisonguard.detect.metrics import auroc
 from poisonguard.report import plots
-from poisonguard.report.bench_html import markdown_to_html
+from poisonguard.bench.html import markdown_to_html
 
 
 @settings(max_examples=60, deadline=None)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from poisonguard.extract.families import FAMILIES, build_tiny
+from tests.fixtures.families import FAMILIES, build_tiny
 from poisonguard.train.batching import IGNORE_INDEX, Example, encode_for_training
 
 _PROCESSORS: dict = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from poisonguard.report.bench_tables import (
+from poisonguard.bench.tables import (
     cell_kind,
     controls_table,
     defence_table,

@@ -11,7 +11,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from poisonguard.audit.table import README_END, README_START
+from poisonguard.bench.audit_table import README_END, README_START
 from poisonguard.cli import app
 
 runner = CliRunner()

@@ -141,7 +141,7 @@ def upper_mode_test(z: np.ndarray, params: ProjectorDriftParams) -> dict[str, An
 class ProjectorDriftDetector(Detector):
     """Reads `FeatureSet.extra_scores[name]` for each name in `scores` (see poisonguard.audit.activations)."""
 
-    name = "projector_drift"
+    name = "projector"
     Params = ProjectorDriftParams
     params: ProjectorDriftParams
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from poisonguard.audit.detector import ProjectorDriftDetector
-from poisonguard.detect.base import load_detector
+from poisonguard.detect.projector import ProjectorDriftDetector
+from poisonguard.detect.registry import load_detector
 from poisonguard.detect.features import FeatureSet
 
 N = 3000
@@ -98,7 +98,8 @@ def test_params_are_validated_at_construction():
     with pytest.raises(ValueError, match="cut"):
         ProjectorDriftDetector(cut="gmm")
     with pytest.raises(ValueError, match="scores"):
-        ProjectorDriftDetector(scores=["drift_max"])
+        ProjectorDriftDetector(scores=())
+    assert ProjectorDriftDetector(scores=["drift_max"]).params.scores == ("drift_max",)  # YAML lists: tuples
     with pytest.raises(ValueError, match="min_weight"):
         ProjectorDriftDetector(min_weight=0.4, max_weight=0.3)
     with pytest.raises(ValueError, match="missing"):

@@ -16,7 +16,7 @@ fine-tune to audit) this runs `audit_models` and gathers, per cell:
 - rank-k repair (ProjLens §3.1, `repair`): ASR and CP after removing the top-k components of ΔW from every
   projector layer, and ASR after putting only the top-k back into the base projector (reconstruction);
 - the fusion check: `fused` refitted on the cell's stored extraction with two sets of drift annotators, the
-  bench's (`screening.FUSED_DRIFT_SCORES`) and `ALT_FUSED_SCORES`, both label-free; ground truth is used only
+  bench's (the pipeline's `audit_projector.scores`) and `ALT_FUSED_SCORES`, both label-free; ground truth is used only
   to score them. The first must reproduce the bench's fused numbers (checked and reported).
 
 Each cell's work lands in OUT/cells/<cell>/ (audit.json, plots, drift_scores.csv, row.json written last), so a
@@ -27,17 +27,24 @@ OUT/audit_table.md and OUT/audit_table.json.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from poisonguard.atomic import atomic_write_text
+from poisonguard.attacks.files import read_poison_ids
 from poisonguard.audit.projector import AuditInputError
+from poisonguard.data.fingerprint import model_digest
+from poisonguard.detect.registry import make_detector
+from poisonguard.extract.features import build_features
+from poisonguard.extract.storage import load_extraction
+from poisonguard.pipeline.config import AuditConfig
+from poisonguard.report.evaluation import binary_metrics
 
 PAPER_R = 0.95  # ProjLens: r = 0.97–0.98 on its one plotted image pair (research/projlens.md §4.3)
 TABLE_DETECTORS = ("projector", "tcap_plus", "fused")
@@ -132,10 +139,7 @@ def bench_cells(bench: Path, world: Path) -> tuple[list[CellFiles], list[str]]:
     summary = Path(bench) / "summary.json"
     run_cfg = json.loads(summary.read_text()).get("config", {}) if summary.exists() else {}
     # result.json files written before they carried `screen_settings` fall back to the run's config
-    fallback = {
-        "detector_params": run_cfg.get("detector_params") or {},
-        "strata_k": run_cfg.get("strata_k", 8),
-    }
+    fallback = {"effective_params": {}, "strata_k": run_cfg.get("strata_k", 8)}
     cells, skipped = [], []
     for path in sorted(cells_dir.glob("*/result.json")):
         d = path.parent
@@ -185,14 +189,6 @@ def bench_cells(bench: Path, world: Path) -> tuple[list[CellFiles], list[str]]:
     return cells, skipped
 
 
-def _model_digest(model_dir: Path) -> str:
-    """Size and mtime of the weight files: a re-fine-tuned cell is re-audited."""
-    parts = [
-        f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(model_dir.glob("*.safetensors"))
-    ]
-    return ";".join(parts)
-
-
 # --------------------------------------------------------------------------------------------- one cell
 def fusion_check(cell: CellFiles, drift_csv: Path, variants: dict[str, Sequence[str]]) -> dict[str, Any]:
     """F1 / AUROC of `fused` refitted on the cell's stored extraction with each set of drift annotators.
@@ -202,17 +198,13 @@ def fusion_check(cell: CellFiles, drift_csv: Path, variants: dict[str, Sequence[
     """
     import pandas as pd
 
-    from poisonguard.extract import load_extraction
-    from poisonguard.report.evaluation import binary_metrics
-    from poisonguard.screening import build_features, make_detectors
-
     if not (cell.extract / "finetuned").is_dir() or not (cell.extract / "base").is_dir():
         return {"skipped": f"no stored extraction in {cell.extract} (the cell was not screened)"}
-    params = cell.screen.get("detector_params") or {}
+    params = (cell.screen.get("effective_params") or {}).get("fused") or {}
     strata_k = int(cell.screen.get("strata_k", 8))
     ids = [str(i) for i in load_extraction(cell.extract / "finetuned").ids]
     drift = pd.read_csv(drift_csv, dtype={"id": str}).set_index("id").reindex(ids)
-    truth = set() if cell.truth is None else {str(i) for i in _poison_ids(cell.truth)}
+    truth = set() if cell.truth is None else set(read_poison_ids(cell.truth))
     y = np.isin(ids, list(truth))
     out: dict[str, Any] = {"n": len(ids), "n_unscored": int(drift["drift_max"].isna().sum())}
     for name, cols in variants.items():
@@ -220,17 +212,12 @@ def fusion_check(cell: CellFiles, drift_csv: Path, variants: dict[str, Sequence[
         if missing:
             raise AuditInputError(f"drift scores {missing} not in {drift_csv}")
         extra = {c: drift[c].to_numpy(np.float64) for c in cols}
-        features = build_features(cell.extract, strata_k=strata_k, extra_scores=extra)
-        det = make_detectors(["fused"], params)["fused"]
+        features = replace(build_features(cell.extract, strata_k=strata_k), extra_scores=extra)
+        det = make_detector("fused", params)
         det.fit(features)
         res = det.score(features)
         out[name] = {"scores": list(cols), **binary_metrics(y, res.flagged, res.p_poison)}
     return out
-
-
-def _poison_ids(path: Path) -> list[str]:
-    obj = json.loads(Path(path).read_text())
-    return list(obj["poison_ids"] if isinstance(obj, dict) else obj)
 
 
 def _row(cell: CellFiles, report: dict, fusion: dict, seconds: dict[str, float]) -> dict[str, Any]:
@@ -288,10 +275,9 @@ def _row(cell: CellFiles, report: dict, fusion: dict, seconds: dict[str, float])
 def audit_cell(cfg: TableConfig, cell: CellFiles, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Audit one cell (or return its stored row when it is finished with the same settings and model)."""
     from poisonguard.audit.report import audit_models
-    from poisonguard.screening import FUSED_DRIFT_SCORES
 
     out = cfg.out_dir / "cells" / cell.name
-    stamp = {**cfg.settings(), "finetuned": _model_digest(cell.finetuned)}
+    stamp = {**cfg.settings(), "finetuned": model_digest(cell.finetuned)}
     done = out / ROW_FILE
     if done.exists() and not cfg.force:
         row = json.loads(done.read_text())
@@ -325,7 +311,7 @@ def audit_cell(cfg: TableConfig, cell: CellFiles, *, log: Callable[[str], None] 
             "skipped": "the activation analysis was subsampled (--max-samples); the fusion check needs all"
         }
     else:
-        variants = {"bench": FUSED_DRIFT_SCORES, "alt": cfg.alt_fused_scores}
+        variants = {"bench": AuditConfig().scores, "alt": cfg.alt_fused_scores}
         fusion = fusion_check(cell, out / report["activations"]["scores_file"], variants)
         bench_fused = (cell.result.get("detection") or {}).get("fused")
         if bench_fused is not None and "bench" in fusion:
@@ -340,9 +326,7 @@ def audit_cell(cfg: TableConfig, cell: CellFiles, *, log: Callable[[str], None] 
             )
     seconds["fusion_s"] = time.perf_counter() - t1
     row = {**_row(cell, report, fusion, seconds), "settings": stamp}
-    tmp = done.with_name(f".{done.name}.tmp")
-    tmp.write_text(json.dumps(row, indent=2, default=float) + "\n")
-    os.replace(tmp, done)
+    atomic_write_text(done, json.dumps(row, indent=2, default=float) + "\n")
     return row
 
 

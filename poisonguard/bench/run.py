@@ -13,7 +13,7 @@ detector's cleaned set (flagged samples removed) and measure CP / ASR, next to v
 fine-tune and the oracle (the truly poisoned samples removed). Identical cleaned sets share one fine-tune, and
 a detector that removes nothing reuses the vanilla model.
 Outputs: summary.json, tables.md (mean ± std over seeds; `benchmarks/update_readme.py` pastes it into the
-README) and report/index.html with plots (`poisonguard.report.bench_html`).
+README) and report/index.html with plots (`poisonguard.bench.html`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,15 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from poisonguard.report.bench_tables import cell_kind, markdown_tables
-from poisonguard.train.finetune import FinetuneConfig
+from poisonguard.attacks.files import poison_file, read_poison_ids
+from poisonguard.atomic import atomic_write_json
+from poisonguard.bench.tables import cell_kind, markdown_tables
+from poisonguard.detect.registry import make_detectors
+from poisonguard.pipeline.config import PipelineConfig
+from poisonguard.pipeline.finetuning import finetune
+from poisonguard.pipeline.screen import run_screen
+from poisonguard.report.evaluation import binary_metrics, detector_columns
+from poisonguard.train.evaluate import evaluate_attacks, evaluate_files
 
 ALL_ATTACKS = ("badnet", "blend", "sig", "wanet", "ftrojan", "text_prefix", "syntactic")
 # --quick: the attacks the embedded base learns with default settings (README: badnet, sig, text prefix), so
@@ -48,11 +55,9 @@ class BenchConfig:
     controls: tuple[str, ...] = ("badnet",)  # attacks whose no-relabel control is run (at the largest rate)
     base_controls: tuple[str, ...] = ("badnet",)  # attacks screened with the base model (at the largest rate)
     clean: bool = True
-    detectors: tuple[str, ...] = ("shift", "fused", "tcap_plus", "tcap", "projector", "bye", "spectral",
-                                  "activation_clustering")
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    detector_params: dict = field(default_factory=dict)
-    strata_k: int = 8
+    # the screening pipeline's settings (params.yaml); its fit_gmm detectors are the benchmark's columns and
+    # its em_vote.decide the deciding one
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     screen: bool = True
     retrain: bool = False  # the defence loop: one fine-tune per attack cell and distinct cleaned set
     # The defence loop's scope (None: all). Every retrain is a full fine-tune, so a 2-core run limits it, e.g. to
@@ -63,6 +68,10 @@ class BenchConfig:
     max_train: int | None = None  # use the first N training samples of the world (None: all)
     max_test: int | None = None  # and the first N test samples for CP / ASR
     html: bool = True
+
+    @property
+    def detectors(self) -> tuple[str, ...]:
+        return tuple(self.pipeline.fit_gmm.detectors)
 
 
 def quick_config(cfg: BenchConfig) -> BenchConfig:
@@ -157,7 +166,7 @@ def cell_name(c: dict) -> str:
 
 def finetune_settings(cfg: BenchConfig) -> dict:
     """What a cell's fine-tune and CP/ASR depend on; a resumed cell must match it."""
-    return {"max_train": cfg.max_train, "max_test": cfg.max_test, "finetune": asdict(cfg.finetune)}
+    return {"max_train": cfg.max_train, "max_test": cfg.max_test, "finetune": asdict(cfg.pipeline.finetune)}
 
 
 def screen_settings(cfg: BenchConfig) -> dict:
@@ -166,19 +175,15 @@ def screen_settings(cfg: BenchConfig) -> dict:
     The detectors' effective parameters (their defaults with the overrides applied) are part of it, so a
     changed default in the code re-screens finished cells instead of keeping results the code no longer gives.
     """
-    from poisonguard.screening import make_detectors
-
-    effective = {name: _jsonable(asdict(det.params)) for name, det in
-                 make_detectors(cfg.detectors, cfg.detector_params).items()}
-    return {"detectors": list(cfg.detectors), "detector_params": cfg.detector_params, "strata_k": cfg.strata_k,
-            "effective_params": effective}
+    p = cfg.pipeline
+    effective = {name: _jsonable(asdict(det.params)) for name, det in make_detectors(p.fit_gmm.detectors).items()}
+    return {"detectors": list(cfg.detectors), "decide": p.em_vote.decide, "strata_k": p.profile_heads.strata_k,
+            "audit": _jsonable(asdict(p.audit_projector)), "effective_params": effective}
 
 
 def _poisoned_data(world: WorldFiles, cfg: BenchConfig, c: dict) -> Path:
     """The poisoned training folder of (attack, rate, seed, relabel); the base-model control shares the attack
     cell's. Poisoning is seeded, so a rerun writes the same files; poison_ids.json is written last."""
-    from poisonguard.attacks.files import poison_file
-
     owner = cell_name({**c, "kind": "attack" if c["relabel"] else "no_relabel"})
     data_dir = Path(cfg.out) / "cells" / owner / "data"
     if not (data_dir / "poison_ids.json").exists():
@@ -186,20 +191,14 @@ def _poisoned_data(world: WorldFiles, cfg: BenchConfig, c: dict) -> Path:
     return data_dir
 
 
-def _finetune(world: WorldFiles, cfg: BenchConfig, data: Path, out: Path, seed: int) -> dict:
-    """Fine-tune the base model on `data` into `out` unless done (finetune.json is written last)."""
-    from poisonguard.data.loading import load_checked
-    from poisonguard.train.examples import to_examples
-    from poisonguard.train.finetune import finetune, load_model, save_model
-
+def _finetune(world: WorldFiles, cfg: BenchConfig, data: Path, out: Path, seed: int) -> float:
+    """Fine-tune the base model on `data` into `out` unless done (finetune.json is written last); returns the
+    fine-tune's seconds (from its metrics file beside the model folder)."""
+    metrics = out.parent / f"{out.name}.metrics.json"
     if not (out / "finetune.json").exists():
-        checked = load_checked(data)
-        model, processor = load_model(world.base_model)
-        fcfg = replace(cfg.finetune, seed=seed)
-        model, rep = finetune(model, processor, to_examples(checked.ok, checked.image_loader()), fcfg,
-                              show_progress=False)
-        save_model(model, processor, out, rep)
-    return json.loads((out / "finetune.json").read_text())
+        finetune(data, world.base_model, out, replace(cfg.pipeline.finetune, seed=seed), metrics=metrics,
+                 show_progress=False, log=lambda m: None)
+    return float(json.loads(metrics.read_text())["seconds"]) if metrics.exists() else float("nan")
 
 
 def _check_settings(cfg: BenchConfig) -> None:
@@ -229,8 +228,6 @@ def _load_result(path: Path, cfg: BenchConfig, name: str) -> dict | None:
 
 def run_cell(cfg: BenchConfig, c: dict, world: WorldFiles | None = None, *, log=print) -> dict:
     """One cell: poison → fine-tune → CP/ASR/fit → screen with all detectors → metrics. Resumable."""
-    from poisonguard.train.evaluate import evaluate_files
-
     world = world or prepare_world(cfg)
     name = cell_name(c)
     kind = cell_kind(c)
@@ -249,7 +246,7 @@ def run_cell(cfg: BenchConfig, c: dict, world: WorldFiles | None = None, *, log=
         log(f"[{name}] poisoning")
         data_dir = _poisoned_data(world, cfg, c)
         data = data_dir / world.train.name
-    truth_ids = [] if data_dir is None else json.loads((data_dir / "poison_ids.json").read_text())["poison_ids"]
+    truth_ids = [] if data_dir is None else read_poison_ids(data_dir / "poison_ids.json")
     res["n_poison"] = len(truth_ids)
     if kind == "base_model":
         model_dir = world.base_model
@@ -257,7 +254,7 @@ def run_cell(cfg: BenchConfig, c: dict, world: WorldFiles | None = None, *, log=
         model_dir = d / "finetuned"
         if "after" not in res:
             log(f"[{name}] fine-tuning on {data}")
-            res["finetune_seconds"] = _finetune(world, cfg, data, model_dir, c["seed"])["seconds"]
+            res["finetune_seconds"] = _finetune(world, cfg, data, model_dir, c["seed"])
             log(f"[{name}] evaluating CP / ASR")
             res["after"] = evaluate_files(model_dir, world.test, attack="badnet" if kind == "clean" else c["attack"],
                                           train=data if truth_ids else None,
@@ -277,12 +274,8 @@ def run_cell(cfg: BenchConfig, c: dict, world: WorldFiles | None = None, *, log=
 
 def screen_cell(cfg: BenchConfig, world: WorldFiles, data: Path, model_dir: Path, report: Path,
                 truth_ids: list[str], *, log=print) -> dict:
-    from poisonguard.report.evaluation import binary_metrics, detector_columns
-    from poisonguard.screening import run_screen
-
     t0 = time.perf_counter()
-    res = run_screen(data, world.base_model, report, finetuned=model_dir, detectors=cfg.detectors,
-                     default=cfg.detectors[0], detector_params=cfg.detector_params, strata_k=cfg.strata_k,
+    res = run_screen(data, world.base_model, report, finetuned=model_dir, config=cfg.pipeline,
                      show_progress=False, log=lambda m: None)
     table = res.table[res.table["status"] == "ok"]
     y = table["id"].astype(str).isin(set(truth_ids)).to_numpy()
@@ -308,13 +301,11 @@ def retrain_cell(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -
 
     from poisonguard.data.dataset import read_dataset
     from poisonguard.data.writer import write_dataset
-    from poisonguard.report.evaluation import detector_columns
-    from poisonguard.train.evaluate import evaluate_files
 
     d = Path(cfg.out) / "cells" / res["cell"]
     data_dir = _poisoned_data(world, cfg, res)
     data = data_dir / world.train.name
-    truth = set(json.loads((data_dir / "poison_ids.json").read_text())["poison_ids"])
+    truth = set(read_poison_ids(data_dir / "poison_ids.json"))
     table = pd.read_parquet(d / "report" / "verdicts.parquet")
     default = json.loads((d / "report" / "manifest.json").read_text())["default_detector"]
     ok = table[table["status"] == "ok"]
@@ -342,9 +333,9 @@ def retrain_cell(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -
                     f"({entry['n_poison_removed']} poisoned)")
                 kept_file = data_dir / f"keep_{key}.json"
                 write_dataset(read_dataset(data), kept_file, keep_ids=keep)
-                ft = _finetune(world, cfg, kept_file, model_dir, res["seed"])
+                seconds = _finetune(world, cfg, kept_file, model_dir, res["seed"])
                 ev = evaluate_files(model_dir, world.test, attack=res["attack"], show_progress=False)
-                _write_json(ev_path, {"cp": ev["cp"], "asr": ev.get("asr"), "finetune_seconds": ft["seconds"],
+                _write_json(ev_path, {"cp": ev["cp"], "asr": ev.get("asr"), "finetune_seconds": seconds,
                                       "n_train": len(keep)})
             ev = json.loads(ev_path.read_text())
             entry.update(cp=ev["cp"], asr=ev["asr"], model=key, finetune_seconds=ev["finetune_seconds"])
@@ -366,8 +357,6 @@ def in_retrain_scope(cfg: BenchConfig, cell: dict) -> bool:
 
 def clean_asr(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -> dict:
     """ASR of the clean fine-tune under each attack's trigger (the 'clean FT' reference of the defence table)."""
-    from poisonguard.train.evaluate import evaluate_attacks
-
     d = Path(cfg.out) / "cells" / res["cell"]
     path = d / "asr_by_attack.json"
     got = json.loads(path.read_text()) if path.exists() else {}
@@ -384,8 +373,6 @@ def clean_asr(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -> d
 # ------------------------------------------------------------------------------------------------- the run
 def base_reference(cfg: BenchConfig, world: WorldFiles | None = None) -> dict:
     """CP of the base model, and its ASR on each attack's triggered test set (the 'before' columns)."""
-    from poisonguard.train.evaluate import evaluate_attacks
-
     world = world or prepare_world(cfg)
     path = Path(cfg.out) / "base.json"
     ref = json.loads(path.read_text()) if path.exists() else {}
@@ -439,13 +426,16 @@ def run_bench(cfg: BenchConfig, *, log=print, command: str | None = None) -> dic
                 r["asr_by_attack"] = clean_asr(cfg, r, world, log=log)
     summary = {"started": started, "seconds": round(time.perf_counter() - t0, 1),
                "machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
-               "command": command or bench_command(cfg), "config": _jsonable(asdict(cfg)), "base": ref, "cells": results}
+               "command": command or bench_command(cfg),
+               "config": _jsonable({**asdict(cfg), "detectors": list(cfg.detectors),
+                                    "finetune": asdict(cfg.pipeline.finetune)}),
+               "base": ref, "cells": results}
     out = Path(cfg.out)
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     _write_json(out / "summary.json", summary)
     (out / "tables.md").write_text(markdown_tables(summary))
     if cfg.html and cfg.screen:
-        from poisonguard.report.bench_html import write_bench_report
+        from poisonguard.bench.html import write_bench_report
 
         page = out / "report" / "index.html"
         same = all(previous.get(k) == _jsonable(summary[k]) for k in ("config", "base", "cells"))
@@ -467,8 +457,5 @@ def _jsonable(x):
 
 
 def _write_json(path: Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    tmp.replace(path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, _jsonable(obj))

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from poisonguard.report import plots
-from poisonguard.report.bench_tables import groups, markdown_tables
+from poisonguard.bench.tables import groups, markdown_tables
 
 MAX_HEADS = 6  # allocation-shift bars: the default detector's best heads
 

@@ -1,0 +1,98 @@
+"""Stage `extract_attention`: validate the drop against the model, then capture both models' decision-position
+features (attention shares per layer and head, BYE's entropies, the final hidden state) on the usable samples.
+
+The extraction plan -- which samples (ids and content digests), which model (`model_digest`), which shard
+size -- is the same whoever runs it (this stage, `poisonguard screen`, the Prefect/Dask flow), so finished
+shards of one are reused by the others; a shard of another plan is never reused. The caller must hold the
+folder (a screen's lock, or DVC's): leftover temporary files of a killed run are removed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from poisonguard.data.dataset import Dataset
+from poisonguard.data.errors import DataError
+from poisonguard.data.fingerprint import model_digest
+from poisonguard.data.loading import CheckedDataset
+from poisonguard.extract.storage import extract_to_dir, remove_temp_files
+from poisonguard.pipeline.config import ExtractConfig
+from poisonguard.pipeline.layout import Layout
+from poisonguard.pipeline.verdicts import write_report_dir
+from poisonguard.pipeline.validate import MIN_USABLE_SAMPLES, save_validation, validate_for_model
+from poisonguard.train.examples import LazyExamples
+from poisonguard.train.finetune import load_model
+
+MODELS = ("finetuned", "base")
+
+
+@dataclass(frozen=True)
+class ExtractionPlan:
+    ids: list[str]
+    inputs: list[str]  # content digest of each sample (turns and image bytes)
+    tags: dict[str, str]  # model name -> model_digest of its folder
+
+
+def plan_extraction(checked: CheckedDataset, models: dict[str, Path]) -> ExtractionPlan:
+    samples = checked.ok
+    return ExtractionPlan(ids=[s.id for s in samples], inputs=checked.digests(samples),
+                          tags={name: model_digest(path) for name, path in models.items()})
+
+
+def model_passes(models: dict[str, Path]) -> Iterator[tuple[str, object, object]]:
+    """(name, model, processor) for each model in turn; one is released before the next is loaded."""
+    for name, model_dir in models.items():
+        model, processor = load_model(model_dir)
+        yield name, model, processor
+        del model
+
+
+def validate(data: str | Path | Dataset, base: str | Path, layout: Layout, *, image_folder=None,
+             log=print) -> CheckedDataset:
+    """Validate against the base model and write `layout.validation`. Raises `DataError` when no sample is
+    usable, after `no_usable` wrote the verdict table with every sample's reason."""
+    checked = validate_for_model(data, base, image_folder)
+    save_validation(checked, layout.validation)
+    log(f"validated {len(checked.dataset.samples)} samples: {len(checked.ok)} ok, "
+        f"{len(checked.quarantined)} quarantined")
+    if not checked.ok:
+        no_usable(checked, layout)
+    return checked
+
+
+def extract_models(checked: CheckedDataset, base: str | Path, finetuned: str | Path, layout: Layout,
+                   cfg: ExtractConfig, *, show_progress: bool = True, log=print) -> None:
+    """Both models' features of the usable samples into `layout.extract/{finetuned,base}`."""
+    models = {"finetuned": Path(finetuned), "base": Path(base)}
+    plan = plan_extraction(checked, models)
+    examples = LazyExamples(checked.ok, checked.image_loader())
+    for name, model, processor in model_passes(models):
+        folder = layout.extract / name
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(folder)
+        extract_to_dir(model, processor, examples, plan.ids, folder, shard_size=cfg.shard_size,
+                       batch_size=cfg.batch_size, tag=plan.tags[name], inputs=plan.inputs, on_stale="restart",
+                       show_progress=show_progress, log=log)
+
+
+def extract_attention(data: str | Path | Dataset | CheckedDataset, base: str | Path, finetuned: str | Path,
+                      layout: Layout, cfg: ExtractConfig, *, image_folder=None, show_progress: bool = True,
+                      log=print) -> CheckedDataset:
+    """The stage: `validate` (unless `data` is already validated), then `extract_models`."""
+    checked = data if isinstance(data, CheckedDataset) else validate(data, base, layout,
+                                                                      image_folder=image_folder, log=log)
+    extract_models(checked, base, finetuned, layout, cfg, show_progress=show_progress, log=log)
+    return checked
+
+
+def no_usable(checked: CheckedDataset, layout: Layout) -> None:
+    """Write the verdict table (every sample quarantined, with its reasons) and raise `DataError`."""
+    write_report_dir(checked, {}, None, {"decide": None, "detectors": {}}, layout.report)
+    n = len(checked.dataset.samples)
+    held = sum(1 for rs in checked.reasons.values() if any(r.code == "too_few_to_screen" for r in rs))
+    why = (f"only {held} usable sample(s), fewer than the {MIN_USABLE_SAMPLES} that screening needs" if held
+           else "no usable sample")
+    raise DataError(f"{checked.dataset.path}: {why}: all {n} samples are quarantined; the reasons are in "
+                    f"{layout.report / 'verdicts.csv'}")

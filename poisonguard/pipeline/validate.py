@@ -1,0 +1,104 @@
+"""Validation against the model: every input sample is usable or quarantined with a reason, never dropped.
+
+On top of the format and image checks of `poisonguard.data` (which need no model), a sample is quarantined
+when its conversation does not fit the model's context once rendered with the model's chat template, and every
+sample is held back when too few are usable to screen label-free. Only the model's config and processor are
+loaded here, never its weights.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from poisonguard.atomic import atomic_write_json
+from poisonguard.data.dataset import Dataset, read_dataset
+from poisonguard.data.errors import QuarantineReason, ReasonCode
+from poisonguard.data.limits import Limits
+from poisonguard.data.loading import CheckedDataset, check_dataset
+from poisonguard.data.records import Sample
+from poisonguard.train.batching import render
+
+# Fewer usable samples than this cannot be screened label-free: the head profiles fit 1-D mixtures of up to
+# 5 components, and the projector drift detector's robust statistics need 10 scored samples.
+MIN_USABLE_SAMPLES = 10
+
+
+def context_check(processor, max_tokens: int) -> Callable[[Sample], list[QuarantineReason]]:
+    """Quarantine conversations that would not fit the model's context once rendered and tokenized.
+
+    Image placeholders count as one token here; the processor expands them later, so `max_tokens` should
+    leave room for the image tokens (`model_token_budget` subtracts them).
+    """
+    tok = processor.tokenizer
+
+    def check(sample: Sample) -> list[QuarantineReason]:
+        try:
+            text = render(processor, sample.messages(), generation_prompt=False)
+        except Exception as exc:  # a template that cannot render this conversation is a per-sample problem
+            return [QuarantineReason.at("malformed_turn", sample.id, "conversations", f"chat template failed: {exc}")]
+        n = len(tok(text)["input_ids"])
+        if n > max_tokens:
+            return [QuarantineReason.at("conversation_too_long", sample.id, "conversations",
+                                        f"{n} tokens exceed the model's budget of {max_tokens}")]
+        return []
+
+    return check
+
+
+def model_token_budget(config, processor) -> int:
+    """Context length minus the image tokens one image expands into (approximately, for the check)."""
+    text_cfg = getattr(config, "text_config", config)
+    ctx = int(getattr(text_cfg, "max_position_embeddings", 4096))
+    n_img = int(getattr(config, "image_seq_length", 0) or getattr(processor, "num_image_tokens", 0) or 0)
+    return max(8, ctx - n_img)
+
+
+def hold_back_if_too_few(checked: CheckedDataset, minimum: int = MIN_USABLE_SAMPLES) -> int:
+    """Quarantine every usable sample when there are fewer than `minimum` of them; returns how many were.
+
+    A sample that cannot be screened must not be released as if it had been, so it is quarantined with a
+    reason rather than passed (or the run crashing inside a detector).
+    """
+    ok = checked.ok
+    if not 0 < len(ok) < minimum:
+        return 0
+    for s in ok:
+        checked.reasons[s.id] = [QuarantineReason(
+            ReasonCode.TOO_FEW_TO_SCREEN,
+            f"sample {s.id!r}: not screened: only {len(ok)} usable sample(s) in the file, label-free screening "
+            f"needs at least {minimum}")]
+    return len(ok)
+
+
+def load_model_context(model_dir: str | Path):
+    """(config, processor) of a model folder, without its weights."""
+    from transformers import AutoConfig, AutoProcessor
+
+    return AutoConfig.from_pretrained(model_dir), AutoProcessor.from_pretrained(model_dir)
+
+
+def validate_for_model(data: str | Path | Dataset, model_dir: str | Path, image_folder=None) -> CheckedDataset:
+    """Format, image and context checks, then the hold-back rule; `data` is a path or a read `Dataset`."""
+    ds = data if isinstance(data, Dataset) else read_dataset(data, image_root=image_folder)
+    config, processor = load_model_context(model_dir)
+    checked = check_dataset(ds, checks=(context_check(processor, model_token_budget(config, processor)),))
+    hold_back_if_too_few(checked)
+    return checked
+
+
+def save_validation(checked: CheckedDataset, path: Path) -> None:
+    reasons = {sid: [{"code": r.code, "message": r.message} for r in rs] for sid, rs in checked.reasons.items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, reasons, indent=1)
+
+
+def load_validation(data: str | Path, path: Path, image_folder=None) -> CheckedDataset:
+    """Re-read the dataset and attach the stored per-sample verdicts (no second image decode pass)."""
+    stored = json.loads(Path(path).read_text())
+    ds = read_dataset(data, image_root=image_folder)
+    if set(stored) != set(ds.ids):
+        raise ValueError(f"{path} was written for another version of {data}; re-run extract_attention")
+    reasons = {sid: [QuarantineReason(r["code"], r["message"]) for r in stored[sid]] for sid in ds.ids}
+    return CheckedDataset(ds, reasons, Limits())
