@@ -99,13 +99,5 @@ class ActivationClusteringDetector(Detector):
         margin = d2[:, 1 - small] - d2[:, small]  # > 0: nearer the smaller cluster
         p_poison = expit(margin / (2.0 * float(st["s2"])))
         flagged = (margin > 0) & bool(st["active"])
-        n = features.n
-        report = {
-            "detector": self.name,
-            **st["report"],
-            "n": n,
-            "n_flagged": int(flagged.sum()),
-            "flag_rate": float(flagged.mean()) if n else 0.0,
-        }
         signals = {"score_ac": margin, "vote_ac": flagged.astype(float)}
-        return DetectionResult(features.ids, p_poison, flagged, signals, report)
+        return self._result(features, p_poison, flagged, signals, **st["report"])

@@ -115,6 +115,31 @@ class Detector(ABC):
         det._fitted = from_jsonable(state["fitted"])
         return det
 
+    def _result(
+        self,
+        features: FeatureSet,
+        p_poison: np.ndarray,
+        flagged: np.ndarray,
+        signals: dict[str, np.ndarray],
+        /,
+        **report: Any,
+    ) -> DetectionResult:
+        """The DetectionResult of `score`: p_poison clipped to [0, 1] (a posterior can overshoot by rounding)
+        and a report of `detector`, the detector's own `report` fields, then `n`, `n_flagged`, `flag_rate`.
+
+        The first four arguments are positional-only, so a report field may carry any name.
+        """
+        flagged = np.asarray(flagged, dtype=bool)
+        n = features.n
+        full = {
+            "detector": self.name,
+            **report,
+            "n": n,
+            "n_flagged": int(flagged.sum()),
+            "flag_rate": float(flagged.mean()) if n else 0.0,
+        }
+        return DetectionResult(features.ids, np.clip(p_poison, 0.0, 1.0), flagged, signals, full)
+
     def _state(self) -> dict[str, Any]:
         if self._fitted is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or detect() first")

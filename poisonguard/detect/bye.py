@@ -118,15 +118,8 @@ class BYEDetector(Detector):
         else:
             h_bar, p_poison = np.full(n, np.nan), np.zeros(n)
         flagged = p_poison > 0.5
-        report = {
-            "detector": self.name,
-            **st["report"],
-            "n": n,
-            "n_flagged": int(flagged.sum()),
-            "flag_rate": float(flagged.mean()) if n else 0.0,
-        }
         signals = {"score_bye": h_bar, "vote_bye": flagged.astype(float)}
-        return DetectionResult(features.ids, p_poison, flagged, signals, report)
+        return self._result(features, p_poison, flagged, signals, **st["report"])
 
     def _gmm(self, x: np.ndarray) -> GMMFit:
         p = self.params

@@ -59,6 +59,8 @@ from poisonguard.detect.separation import standardised_separation, target_poster
 
 # Shift norms below this are "no movement" (the base-model control gives exact zeros); log of 0 is avoided.
 _FLOOR = 1e-8
+# The chosen candidate's statistics that the report carries, so a reviewer can judge the cut.
+_CANDIDATE_STATS = ("bic_gain", "weight", "separation", "spread", "stratum_lift")
 
 
 @dataclass(frozen=True)
@@ -130,14 +132,9 @@ class DecisionShiftDetector(Detector):
         p_poison = np.zeros(x.size) if st["mixture"] is None else _top_posterior(x, st["mixture"])
         flagged = bool(st["accepted"]) & (p_poison >= 0.5)
         chosen = st["candidates"].get(str(int(st["k"])))
-        report = {"detector": self.name, "accepted": bool(st["accepted"]), "reason": st["reason"],
-                  "k": int(st["k"]), **({} if chosen is None else {key: chosen[key] for key in
-                                                                   ("bic_gain", "weight", "separation", "spread",
-                                                                    "stratum_lift")}),
-                  "n": int(x.size), "n_flagged": int(flagged.sum()),
-                  "flag_rate": float(flagged.mean()) if x.size else 0.0}
-        return DetectionResult(features.ids, np.clip(p_poison, 0.0, 1.0), flagged,
-                               {"score_shift": x, "p_shift": p_poison}, report)
+        stats = {} if chosen is None else {key: chosen[key] for key in _CANDIDATE_STATS}
+        return self._result(features, p_poison, flagged, {"score_shift": x, "p_shift": p_poison},
+                            accepted=bool(st["accepted"]), reason=st["reason"], k=int(st["k"]), **stats)
 
 
 def _top_posterior(x: np.ndarray, mix: dict) -> np.ndarray:

@@ -186,14 +186,7 @@ class TCAPDetector(Detector):
             p_poison = dawid_skene_posterior(votes, em["prior"], em["sensitivity"], em["specificity"])
             vote_frac = votes.mean(axis=1)
         flagged = p_poison > 0.5
-        report = {
-            "detector": self.name,
-            **st["report"],
-            "n": n,
-            "n_flagged": int(flagged.sum()),
-            "flag_rate": float(flagged.mean()) if n else 0.0,
-        }
-        return DetectionResult(features.ids, p_poison, flagged, {"vote_tcap": vote_frac}, report)
+        return self._result(features, p_poison, flagged, {"vote_tcap": vote_frac}, **st["report"])
 
     def _votes(self, x: np.ndarray, scaler: MinMax, params: GMMParams, target: np.ndarray) -> np.ndarray:
         """(N, h) hard votes: posterior mass on the head's target group > τ."""

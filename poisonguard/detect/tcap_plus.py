@@ -318,14 +318,7 @@ class TCAPPlusDetector(Detector):
         for j, name in enumerate(_names(st["extra"])):
             signals[f"vote_{name}"] = np.where(ex_mask[:, j] > 0, ex_votes[:, j], np.nan)
             signals[f"score_{name}"] = ex_z[:, j]
-        report = {
-            "detector": self.name,
-            **st["report"],
-            "n": n,
-            "n_flagged": int(flagged.sum()),
-            "flag_rate": float(flagged.mean()) if n else 0.0,
-        }
-        return DetectionResult(features.ids, p_poison, flagged, signals, report)
+        return self._result(features, p_poison, flagged, signals, **st["report"])
 
     # --- pieces ---------------------------------------------------------------------------------------------
 
