@@ -1,5 +1,5 @@
-"""Activation clustering (Chen et al., 2018, arXiv 1811.03728), in ART's form (research/anchors.md §A.1) on
-decision-position hidden states.
+"""Activation clustering (Chen et al., 2018, arXiv 1811.03728), in the form of the Adversarial Robustness
+Toolbox (ART), on decision-position hidden states.
 
 Reduce to `n_components` dimensions (PCA, or FastICA as in the paper), split into two clusters by k-means and
 apply ART's size analysis: the smaller cluster is poison only if its share is below `size_threshold`

@@ -1,7 +1,7 @@
-"""Detector contract, ART-style (research/anchors.md §A.1): declared, validated hyper-parameters; label-free
-`fit`; `score` that applies the fitted state to any data of the same shape (e.g. a new data drop); `detect` =
-fit + score; and a JSON-only state (lists, floats, strings; no pickle) so a fitted detector can be registered
-in MLflow as data and rebuilt with `load_detector`.
+"""Detector contract, in the style of the Adversarial Robustness Toolbox (ART): declared, validated
+hyper-parameters; label-free `fit`; `score` that applies the fitted state to any data of the same shape (e.g.
+a new data drop); `detect` = fit + score; and a JSON-only state (lists, floats, strings; no pickle) so a
+fitted detector can be registered in MLflow as data and rebuilt with `load_detector`.
 """
 
 from __future__ import annotations
