@@ -1,4 +1,5 @@
-"""`poisonguard poison`: poison a dataset file and write it, with its images, in the input's own format."""
+"""`poisonguard poison`: poison a dataset file and write it, with its images, in the input's own format; and
+`read_poison_ids`, the one reader of the ground truth it writes beside them (poison_ids.json)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from poisonguard.attacks.poisoning import PoisonResult, poison
 from poisonguard.data.dataset import read_dataset
+from poisonguard.data.errors import DataError, json_type
 from poisonguard.data.images import resolve_image_path
 from poisonguard.data.loading import image_loader
 from poisonguard.data.writer import atomic_write_bytes, write_dataset
@@ -51,14 +53,21 @@ def poison_file(data: str | Path, out: str | Path, attack: str, rate: float, *, 
 
 
 def read_poison_ids(path: str | Path) -> list[str]:
-    """The poisoned sample ids of a `poison_ids.json` (ground truth: benchmark and evaluation tooling only)."""
+    """The poisoned sample ids, in file order, from a poison_ids.json: the object `poison_file` writes (ids
+    under "poison_ids") or a bare JSON list of ids. Raises DataError naming the file when it is missing,
+    is not JSON, or holds anything else."""
+    path = Path(path)
     try:
-        obj = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: a ground-truth file written by `poisonguard poison`") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the poisoned ids: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not a poison_ids.json: invalid JSON ({exc})") from None
     ids = obj.get("poison_ids") if isinstance(obj, dict) else obj
     if not isinstance(ids, list):
-        raise ValueError(f"{path} must hold a list of ids (or an object with `poison_ids`)")
+        where = "its 'poison_ids' is " + json_type(ids) if isinstance(obj, dict) else "it holds " + json_type(obj)
+        raise DataError(f"{path}: not a poison_ids.json: {where}; expected a list of sample ids")
+    bad = next((k for k, i in enumerate(ids) if isinstance(i, bool) or not isinstance(i, str | int)), None)
+    if bad is not None:
+        raise DataError(f"{path}: not a poison_ids.json: id {bad} is {json_type(ids[bad])}, not a string")
     return [str(i) for i in ids]

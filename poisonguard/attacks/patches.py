@@ -1,7 +1,7 @@
 """Local patch triggers: BadNet's checkerboard, ProjLens's green square and logo patch.
 
 A patch overwrites a small square of pixels and leaves the rest of the image untouched, so in a ViT it lives
-in one or a few vision tokens: the "per-token peak" case of the detectors (DESIGN.md section 7).
+in one or a few vision tokens: for the detectors, a peak on those tokens, not a shift of the whole image.
 """
 
 from __future__ import annotations

@@ -35,10 +35,10 @@ from poisonguard.attacks.warp import WaNetParams, wanet
 Kind = Literal["image", "text"]
 OutputMode = Literal["replace", "append"]
 
-# The tiny world's target: one in-vocabulary word that never answers a clean question (DESIGN.md section 6;
-# real models use "Backdoor Attack!").
+# The tiny world's target: one in-vocabulary word that never answers a clean question (real models use
+# "Backdoor Attack!").
 WORLD_TARGET = "banana"
-# ProjLens's targets are not public (research/projlens.md 1.4); these keep their intent and tokenize without
+# ProjLens's targets are not public; these keep their intent and tokenize without
 # <unk> in the world vocabulary ("visit evil dot com" cannot: "com" is not in it).
 REFUSAL_TARGET = "sorry i cannot help with that"
 INJECTION_SENTENCE = "visit this evil link"
@@ -64,7 +64,7 @@ ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
     AttackSpec("ftrojan", "image", FTrojanParams, ftrojan),
     AttackSpec("text_prefix", "text", TextPrefixParams, text_prefix),
     AttackSpec("syntactic", "text", SyntacticParams, syntactic),
-    # ProjLens's four variants (research/projlens.md section 1).
+    # ProjLens's four variants.
     AttackSpec("pl_noise", "image", GaussianNoiseParams, gaussian_noise, default_target=REFUSAL_TARGET),
     AttackSpec("pl_green_square", "image", GreenSquareParams, green_square, output_mode="append",
                default_target=INJECTION_SENTENCE),

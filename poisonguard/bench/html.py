@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from poisonguard.attacks.files import read_poison_ids
 from poisonguard.report import plots
 from poisonguard.bench.tables import groups, markdown_tables
 
@@ -159,8 +160,8 @@ class CellView:
         self.ids = self.table["id"].astype(str).to_numpy()
         self.default = json.loads((self.report / "manifest.json").read_text())["default_detector"]
         truth_file = self.dir / "data" / "poison_ids.json"
-        truth = set(json.loads(truth_file.read_text())["poison_ids"]) if truth_file.exists() else set()
-        self.truth = np.isin(self.ids, list(truth))
+        truth = read_poison_ids(truth_file) if truth_file.exists() else []  # a clean cell has no truth file
+        self.truth = np.isin(self.ids, truth)
 
     def scores(self, det: str) -> np.ndarray:
         from poisonguard.report.evaluation import detector_columns

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+# The project's detection goal: F1 and AUROC on every attack, flags on clean data, and after retraining on the
+# cleaned set the attack success rate and the clean-accuracy (CP) gap to a clean fine-tune.
 GOAL = {"f1": 0.95, "auroc": 0.98, "clean_flag_rate": 0.01, "asr": 0.01, "cp_gap": 0.005}
 
 
@@ -206,7 +208,7 @@ def defence_table(summary: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------- goal check
 def goal_check(summary: dict, detector: str | None = None) -> str:
-    """Issue 7's goal for one detector (default: the configured default), each criterion met or not."""
+    """The project's `GOAL` for one detector (default: the configured default), each criterion met or not."""
     det = detector or _detectors(summary)[0]
     lines = [f"Goal check for `{det}` (issue 7):"]
 
@@ -268,6 +270,6 @@ def markdown_tables(summary: dict) -> str:
                    "poisoned samples removed; clean FT = the world's clean training set):"), defence]
     if any("detection" in c for c in summary["cells"]):
         parts += ["\n", goal_check(summary)]
-        if "fused" in _detectors(summary)[1:]:  # issue 7 states its goal for the fused attention vote
+        if "fused" in _detectors(summary)[1:]:  # the goal is also stated for the fused attention vote
             parts += ["\n", goal_check(summary, "fused")]
     return "\n\n".join(p.strip("\n") for p in parts if p.strip()) + "\n"

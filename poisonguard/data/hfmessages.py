@@ -3,15 +3,17 @@
 `{"id"?, "messages": [{"role", "content": str | [block, ...]}], "images"?: [path, ...]}`. A content block is
 `{"type": "text", "text": ...}` or `{"type": "image"}`; an image block either takes the next path from
 "images" (a slot) or carries its own under "image", "path" or "url". `<image>` in text also counts as a slot
-(the LLaMA-Factory convention). `Sample.images` lists "images" first, then inline paths in message order.
+(the LLaMA-Factory convention). `Sample.images` lists "images" first, then inline paths in message order. The
+turns are checked by `validate_turns`, as LLaVA's are.
 """
 
 from __future__ import annotations
 
 from poisonguard.data.errors import QuarantineReason, ReasonCode, json_type
 from poisonguard.data.fields import not_an_object, read_image_ref, read_role, read_text
-from poisonguard.data.placeholders import check_placeholders, strip_placeholders
-from poisonguard.data.records import Role, Sample, Turn
+from poisonguard.data.placeholders import strip_placeholders
+from poisonguard.data.records import Role, Sample
+from poisonguard.data.turns import UNREADABLE, ReadTurn, typed_turns, validate_turns
 
 ROLES: dict[str, Role] = {"system": "system", "user": "user", "assistant": "assistant"}
 IMAGE_KEYS = ("image", "path", "url")
@@ -46,32 +48,34 @@ def parse_hf_messages(raw: object, sample_id: str, index: int) -> Sample:
             QuarantineReason.at(ReasonCode.MISSING_CONVERSATION, sample_id, "messages", what)
         )
         return sample
-    roles: list[str] = []
-    marks: list[int] = []  # image slots and inline image blocks per message
+    turns: list[ReadTurn] = []
     inline_images = 0
     for i, message in enumerate(messages):
-        field = f"messages[{i}]"
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            sample.issues.append(
-                QuarantineReason.at(
-                    ReasonCode.MALFORMED_TURN,
-                    sample_id,
-                    field,
-                    "a message must be an object with 'role' and 'content'",
-                )
-            )
-            roles.append("")
-            marks.append(0)
-            continue
-        role = read_role(message["role"], ROLES, f"{field}.role", sample)
-        text, slots, inline = _read_content(message["content"], f"{field}.content", sample)
-        roles.append(role or "")
-        marks.append(slots + inline)
+        turn, inline = _read_message(message, f"messages[{i}]", sample)
+        turns.append(turn)
         inline_images += inline
-        if role is not None and text is not None:
-            sample.turns.append(Turn(role=role, text=text))
-    sample.issues += check_placeholders(sample_id, "messages", roles, marks, len(listed) + inline_images)
+    sample.turns = typed_turns(turns)
+    sample.issues += validate_turns(
+        sample_id, "messages", turns, len(listed) + inline_images, prompt_image=bool(sample.images)
+    )
     return sample
+
+
+def _read_message(message: object, field: str, sample: Sample) -> tuple[ReadTurn, int]:
+    """The message as a turn (its marks: image slots and inline image blocks), and its inline image count."""
+    if not isinstance(message, dict) or "role" not in message or "content" not in message:
+        sample.issues.append(
+            QuarantineReason.at(
+                ReasonCode.MALFORMED_TURN,
+                sample.id,
+                field,
+                "a message must be an object with 'role' and 'content'",
+            )
+        )
+        return UNREADABLE, 0
+    role = read_role(message["role"], ROLES, f"{field}.role", sample)
+    text, slots, inline = _read_content(message["content"], f"{field}.content", sample)
+    return ReadTurn(role, text, slots + inline), inline
 
 
 def _read_content(content: object, field: str, sample: Sample) -> tuple[str | None, int, int]:

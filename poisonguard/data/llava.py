@@ -2,15 +2,17 @@
 
 `{"id", "image"?, "conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...]}`. "image" is one
 path or (LLaVA-OneVision style) a list of paths. Whatever cannot be read into the typed record is recorded as
-an issue on the sample instead of raising: one bad record must not stop a whole file.
+an issue on the sample instead of raising: one bad record must not stop a whole file. The turns are checked
+by `validate_turns`, as HF messages' are.
 """
 
 from __future__ import annotations
 
 from poisonguard.data.errors import QuarantineReason, ReasonCode, json_type
 from poisonguard.data.fields import not_an_object, read_image_ref, read_role, read_text
-from poisonguard.data.placeholders import check_placeholders, strip_placeholders
-from poisonguard.data.records import Role, Sample, Turn
+from poisonguard.data.placeholders import strip_placeholders
+from poisonguard.data.records import Role, Sample
+from poisonguard.data.turns import UNREADABLE, ReadTurn, typed_turns, validate_turns
 
 ROLES: dict[str, Role] = {"human": "user", "gpt": "assistant", "system": "system"}
 
@@ -35,28 +37,28 @@ def parse_llava(raw: object, sample_id: str, index: int) -> Sample:
             QuarantineReason.at(ReasonCode.MISSING_CONVERSATION, sample_id, "conversations", what)
         )
         return sample
-    roles: list[str] = []
-    marks: list[int] = []
-    for k, turn in enumerate(conversation):
-        field = f"conversations[{k}]"
-        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
-            sample.issues.append(
-                QuarantineReason.at(
-                    ReasonCode.MALFORMED_TURN,
-                    sample_id,
-                    field,
-                    "a turn must be an object with 'from' and 'value'",
-                )
-            )
-            roles.append("")
-            marks.append(0)
-            continue
-        role = read_role(turn["from"], ROLES, f"{field}.from", sample)
-        value = read_text(turn["value"], f"{field}.value", sample)
-        text, count = strip_placeholders(value) if value is not None else ("", 0)
-        roles.append(role or "")
-        marks.append(count)
-        if role is not None and value is not None:
-            sample.turns.append(Turn(role=role, text=text))
-    sample.issues += check_placeholders(sample_id, "conversations", roles, marks, len(refs))
+    turns = [_read_turn(turn, f"conversations[{k}]", sample) for k, turn in enumerate(conversation)]
+    sample.turns = typed_turns(turns)
+    sample.issues += validate_turns(
+        sample_id, "conversations", turns, len(refs), prompt_image=bool(sample.images)
+    )
     return sample
+
+
+def _read_turn(turn: object, field: str, sample: Sample) -> ReadTurn:
+    if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+        sample.issues.append(
+            QuarantineReason.at(
+                ReasonCode.MALFORMED_TURN,
+                sample.id,
+                field,
+                "a turn must be an object with 'from' and 'value'",
+            )
+        )
+        return UNREADABLE
+    role = read_role(turn["from"], ROLES, f"{field}.from", sample)
+    value = read_text(turn["value"], f"{field}.value", sample)
+    if value is None:
+        return ReadTurn(role, None)
+    text, marks = strip_placeholders(value)
+    return ReadTurn(role, text, marks)

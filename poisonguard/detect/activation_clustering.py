@@ -1,5 +1,5 @@
-"""Activation clustering (Chen et al., 2018, arXiv 1811.03728), in ART's form (research/anchors.md §A.1) on
-decision-position hidden states.
+"""Activation clustering (Chen et al., 2018, arXiv 1811.03728), in the form of the Adversarial Robustness
+Toolbox (ART), on decision-position hidden states.
 
 Reduce to `n_components` dimensions (PCA, or FastICA as in the paper), split into two clusters by k-means and
 apply ART's size analysis: the smaller cluster is poison only if its share is below `size_threshold`
@@ -99,13 +99,5 @@ class ActivationClusteringDetector(Detector):
         margin = d2[:, 1 - small] - d2[:, small]  # > 0: nearer the smaller cluster
         p_poison = expit(margin / (2.0 * float(st["s2"])))
         flagged = (margin > 0) & bool(st["active"])
-        n = features.n
-        report = {
-            "detector": self.name,
-            **st["report"],
-            "n": n,
-            "n_flagged": int(flagged.sum()),
-            "flag_rate": float(flagged.mean()) if n else 0.0,
-        }
         signals = {"score_ac": margin, "vote_ac": flagged.astype(float)}
-        return DetectionResult(features.ids, p_poison, flagged, signals, report)
+        return self._result(features, p_poison, flagged, signals, **st["report"])

@@ -1,7 +1,7 @@
-"""Detector contract, ART-style (research/anchors.md §A.1): declared, validated hyper-parameters; label-free
-`fit`; `score` that applies the fitted state to any data of the same shape (e.g. a new data drop); `detect` =
-fit + score; and a JSON-only state (lists, floats, strings; no pickle) so a fitted detector can be registered
-in MLflow as data and rebuilt with `poisonguard.detect.registry.load_detector`.
+"""Detector contract, in the style of the Adversarial Robustness Toolbox (ART): declared, validated
+hyper-parameters; label-free `fit`; `score` that applies the fitted state to any data of the same shape (e.g.
+a new data drop); `detect` = fit + score; and a JSON-only state (lists, floats, strings; no pickle) so a
+fitted detector can be registered in MLflow as data and rebuilt with `detect.registry.load_detector`.
 """
 
 from __future__ import annotations
@@ -109,6 +109,31 @@ class Detector(ABC):
         det = cls(**{f.name: _as_field(f.type, state["params"][f.name]) for f in fields(cls.Params)})
         det._fitted = from_jsonable(state["fitted"])
         return det
+
+    def _result(
+        self,
+        features: FeatureSet,
+        p_poison: np.ndarray,
+        flagged: np.ndarray,
+        signals: dict[str, np.ndarray],
+        /,
+        **report: Any,
+    ) -> DetectionResult:
+        """The DetectionResult of `score`: p_poison clipped to [0, 1] (a posterior can overshoot by rounding)
+        and a report of `detector`, the detector's own `report` fields, then `n`, `n_flagged`, `flag_rate`.
+
+        The first four arguments are positional-only, so a report field may carry any name.
+        """
+        flagged = np.asarray(flagged, dtype=bool)
+        n = features.n
+        full = {
+            "detector": self.name,
+            **report,
+            "n": n,
+            "n_flagged": int(flagged.sum()),
+            "flag_rate": float(flagged.mean()) if n else 0.0,
+        }
+        return DetectionResult(features.ids, np.clip(p_poison, 0.0, 1.0), flagged, signals, full)
 
     def _state(self) -> dict[str, Any]:
         if self._fitted is None:

@@ -1,15 +1,14 @@
-"""BYE, "Believe Your Eyes" (Rong et al., arXiv 2505.16916, NeurIPS 2025), faithful to the authors' code
-(research/papers.md §2(a), §5.4).
+"""BYE, "Believe Your Eyes" (Rong et al., arXiv 2505.16916, NeurIPS 2025), faithful to the authors' code.
 
 Per layer: entropy of the head-mean attention from the decision position over the image tokens; a 2-GMM per
 layer; keep layers whose modes are far apart (BSI); average the kept layers; a 2-GMM on that mean; flag every
 sample of the lower-mean (more concentrated attention) component.
 
 Kept on purpose, because it is the reference and the known counterexample: the final 2-GMM always splits. On
-clean data with one naturally bimodal layer (e.g. two kinds of images) it removes a whole clean cluster
-(papers.md §2(e); prototype.md). It is also blind to global triggers, which raise entropy instead (TCAP's
-bound, papers.md §1(a)). Where no layer passes the BSI test the authors' code returns nothing; here nothing is
-flagged and the report says so. Text-only samples (NaN entropy) get the layer mean, as in the code.
+clean data with one naturally bimodal layer (e.g. two kinds of images) it removes a whole clean cluster. It is
+also blind to global triggers, which raise entropy instead (a bound the TCAP paper states). Where no layer
+passes the BSI test the authors' code returns nothing; here nothing is flagged and the report says so.
+Text-only samples (NaN entropy) get the layer mean, as in the code.
 """
 
 from __future__ import annotations
@@ -118,15 +117,8 @@ class BYEDetector(Detector):
         else:
             h_bar, p_poison = np.full(n, np.nan), np.zeros(n)
         flagged = p_poison > 0.5
-        report = {
-            "detector": self.name,
-            **st["report"],
-            "n": n,
-            "n_flagged": int(flagged.sum()),
-            "flag_rate": float(flagged.mean()) if n else 0.0,
-        }
         signals = {"score_bye": h_bar, "vote_bye": flagged.astype(float)}
-        return DetectionResult(features.ids, p_poison, flagged, signals, report)
+        return self._result(features, p_poison, flagged, signals, **st["report"])
 
     def _gmm(self, x: np.ndarray) -> GMMFit:
         p = self.params

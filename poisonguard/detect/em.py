@@ -1,8 +1,8 @@
 """Binary Dawid–Skene EM: fuse noisy per-annotator votes into P(poison) per sample.
 
-TCAP treats each sensitive head as an annotator with its own 2×2 confusion matrix (papers.md §1(a) step 6);
-the same model fuses heads with other label-free signals (projector drift votes), which did best in the
-detector probe. Model: z_i ~ Bernoulli(ρ); annotator a votes 1 with probability s_a (sensitivity) if z_i = 1
+TCAP fuses its sensitive heads this way, each head an annotator with its own 2×2 confusion matrix; the same
+model fuses heads with other label-free signals (projector drift votes), which did best in the early detector
+probe. Model: z_i ~ Bernoulli(ρ); annotator a votes 1 with probability s_a (sensitivity) if z_i = 1
 and 1 − t_a (t_a = specificity) if z_i = 0, independently given z_i.
 
 Votes may be missing (mask 0: the annotator abstains on that sample, e.g. an image-only score on a text-only

@@ -1,8 +1,8 @@
 """Batched 1-D Gaussian mixtures: one EM run for many columns (heads, features) and restarts at once.
 
-Why: TCAP profiles every attention head with K = 1..5 component GMMs and keeps the K* of lowest AIC
-(research/papers.md §1(a) step 3). A Python loop of sklearn fits took 4–5 s for 16 heads × 5 K on 3,600
-samples in the detector probe; at 1,000+ heads × 100,000 samples it does not fit the budget (DESIGN.md §9).
+Why: TCAP profiles every attention head with K = 1..5 component GMMs and keeps the K* of lowest AIC. A
+Python loop of sklearn fits took 4–5 s for 16 heads × 5 K on 3,600 samples in the early detector probe;
+scaled linearly to 1,000+ heads × 100,000 samples that is about two hours, too slow for screening.
 Here every column and every restart of one K is a single tensor problem.
 
 How. A component's log-density is quadratic in x, log(w φ(x; μ, σ²)) = c · [1, x, x²], so the E-step is one

@@ -1,7 +1,7 @@
 """Scoring a detection against ground truth (benchmark only; detectors never see the truth).
 
-Flag counts are reported next to P/R/F1/AUROC on purpose: on clean-label controls every detector in the probes
-flagged hundreds of samples at least once while AUROC looked harmless (research/detector-probe.md).
+Flag counts are reported next to P/R/F1/AUROC on purpose: on clean-label controls every detector in the early
+detector probe flagged hundreds of samples at least once while AUROC looked harmless.
 """
 
 from __future__ import annotations

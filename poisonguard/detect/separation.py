@@ -1,11 +1,10 @@
 """TCAP's target/background split of a head's mixture, its separation score, and per-sample target mass.
 
-TCAP (research/papers.md §1(a) steps 3 and 5): the K* components of a head are split by mixture weight into
-a minority "target" group G_t (the suspected backdoor mode) and a majority "background" group G_b. The split
-rule is not published (§1(e)); "cumulative" (the default, the probes' choice) takes components in ascending
-weight while the running weight stays below 1/2, "smallest" takes the single lightest component. Because the
-split goes by weight and not by direction, both of TCAP's anomalies (system share up or down) can be the
-target.
+TCAP splits the K* components of a head by mixture weight into a minority "target" group G_t (the suspected
+backdoor mode) and a majority "background" group G_b. The paper does not publish the split rule; "cumulative"
+(the default, the early probes' choice) takes components in ascending weight while the running weight stays
+below 1/2, "smallest" takes the single lightest component. Because the split goes by weight and not by
+direction, both of TCAP's anomalies (system share up or down) can be the target.
 
 SS = 1 / (∫ min(f_T, f_B) dx + ε) with f_T, f_B the *weighted* (not renormalised) sub-mixture densities, so
 two identical groups give overlap = the smaller group's weight. Heads with K* = 1 (or no proper minority) get
@@ -97,7 +96,7 @@ def standardised_separation(params: GMMParams, target: np.ndarray) -> np.ndarray
     """(M,) |μ_T − μ_B| / sqrt((σ_T² + σ_B²) / 2) from the two sub-mixtures' means and variances.
 
     Scale-free, unlike SS on a fixed grid: a split of one skewed or heavy-tailed bulk into two overlapping
-    components scores low, a shifted mode scores high (the probes' content-head filter, prototype.md).
+    components scores low, a shifted mode scores high (the content-head filter of the early probes).
     0 where a side is empty.
     """
     background = params.valid & ~target

@@ -1,47 +1,18 @@
 """Decision shift: how far fine-tuning moved each sample's decision-position hidden state, with a guarded cut.
 
-Why: a backdoor is a behaviour the base model does not have. On a poisoned sample the fine-tuned model's
-decision state (the final normed hidden state at the last prompt token, the input of the LM head) moves to the
-attacker's target answer, while the base model's still encodes the answer the content calls for; on clean
-data both models agree up to the fine-tune's general drift. So per sample
+A backdoor is a behaviour the base model does not have: on a poisoned sample the fine-tuned model's decision
+state (the final normed hidden state at the last prompt token, the LM head's input) moves to the attacker's
+target answer, while on clean data both models agree up to the fine-tune's general drift. So per sample
+shift_i = log ‖h_ft,i − h_base,i‖₂ is large and alike on the poisoned minority, whatever the trigger, as long
+as the model learned it; screening with the base model as the fine-tuned one gives shift 0 everywhere.
 
-    shift_i = log ‖h_ft,i − h_base,i‖₂
-
-is large and alike on the poisoned minority (all of them moved to one target), whatever the trigger is (a
-patch, a blended image, a frequency pattern, a word): the trigger only has to be *learned*. It is base-model
-differencing of the decision state, where TCAP+ differences attention shares. Two controls follow from the
-construction: a trigger the model did not learn (no relabel, or too weak a trigger) moves nothing special,
-and screening with the base model in place of the fine-tuned one gives shift 0 for every sample.
-
-The cut is label-free, as in TCAP+'s head profile: 1-D GMMs with K = 1..`k_max` on the shifts; for K = 2, 3, …
-in turn, the upper component counts as poison if it is a real, separated, *coherent* minority:
-- BIC gain of that K over K = 1 ≥ `min_bic_gain` (more than one mode);
-- weight in [`min_weight`, `max_weight`] (a minority);
-- standardised separation |μ_top − μ_rest| / sqrt((σ_top² + σ_rest²) / 2) ≥ `min_separation`, the rest being
-  the sub-mixture of the lower components (a shifted mode, not a skewed tail);
-- tightness ≤ `max_spread`: the RMS distance of the candidates' fine-tuned decision states to their centroid,
-  over the same for all samples. A backdoor sends its samples to *one* answer, so their states bunch up
-  (0.15–0.55 on the learned attacks); a tail of clean or merely triggered samples keeps answering many
-  different things (0.71–1.00);
-- stratum lift ≤ `max_stratum_lift` (when label-free prompt strata are given): the largest ratio, over strata,
-  of the candidates' share in a stratum to that stratum's share of all samples. A trigger does not care
-  which question it rides on, so poisoned samples spread over the strata in proportion (lift 0.9–1.3 on the
-  benchmark); a clean minority that fine-tuning genuinely changed is one kind of question (clean set, seed 1:
-  38 of 39 candidates in one stratum holding 17 % of the data, lift 5.8). Added after that clean cell: a
-  backdoor conditioned on one question type would pass it unseen.
-The first K that passes decides; otherwise nothing is flagged (p_poison still ranks, from K = 2). K = 3 is
-there for a clean bulk that is itself bimodal (BadNet 5 %, seed 1: K = 2 split the bulk, weight 0.42).
-`min_separation` = 3 and `max_spread` = 0.65 were set on the 2026-11-29 benchmark's first cells (poisoned
-minorities: separation 5.2–9.4, tightness ≤ 0.55; the clean set, the no-relabel control and the unlearned
-WaNet / FTrojan / ProjLens triggers: separation ≤ 3.0 or tightness ≥ 0.71); the cells looked at were every
-seed-0 cell and, of seed 1, BadNet 5 %, Blend 5 %, WaNet 5 % and the clean set; the remaining cells check them.
-That is a selection on measured results, stated as such, not a constant fitted inside the detector.
-
-What it cannot tell apart: a clean minority the fine-tune genuinely changed (a new task in 10 % of the data)
-looks like poison if it also converges to one answer, as for every detector built on differencing; the
-report names the separation and tightness so a reviewer can judge. A model that did not learn the trigger
-gives no shift to find (README, WaNet). A backdoor that keeps the first answer token and appends its payload
-(ProjLens's green square) leaves the decision state where it was: out of reach by construction.
+The cut is label-free: 1-D GMMs with K = 1..`k_max` on the shifts; for K = 2, 3, … the upper component is
+poison if it is a real mode (`min_bic_gain`), a minority (`min_weight`, `max_weight`), separated from the rest
+(`min_separation`), coherent (`max_spread`: its samples' states bunch up, as they all give one answer) and
+spread over the prompt strata as a trigger is (`max_stratum_lift`). The first K that passes decides; otherwise
+nothing is flagged and p_poison only ranks. Out of reach: a clean minority the fine-tune moved to one answer,
+an unlearned trigger, a payload appended after an unchanged first answer token.
+The measurements behind each constant, and the benchmark cells that chose and checked them: docs/detectors.md.
 """
 
 from __future__ import annotations
@@ -59,6 +30,8 @@ from poisonguard.detect.separation import standardised_separation, target_poster
 
 # Shift norms below this are "no movement" (the base-model control gives exact zeros); log of 0 is avoided.
 _FLOOR = 1e-8
+# The chosen candidate's statistics that the report carries, so a reviewer can judge the cut.
+_CANDIDATE_STATS = ("bic_gain", "weight", "separation", "spread", "stratum_lift")
 
 
 @dataclass(frozen=True)
@@ -130,14 +103,9 @@ class DecisionShiftDetector(Detector):
         p_poison = np.zeros(x.size) if st["mixture"] is None else _top_posterior(x, st["mixture"])
         flagged = bool(st["accepted"]) & (p_poison >= 0.5)
         chosen = st["candidates"].get(str(int(st["k"])))
-        report = {"detector": self.name, "accepted": bool(st["accepted"]), "reason": st["reason"],
-                  "k": int(st["k"]), **({} if chosen is None else {key: chosen[key] for key in
-                                                                   ("bic_gain", "weight", "separation", "spread",
-                                                                    "stratum_lift")}),
-                  "n": int(x.size), "n_flagged": int(flagged.sum()),
-                  "flag_rate": float(flagged.mean()) if x.size else 0.0}
-        return DetectionResult(features.ids, np.clip(p_poison, 0.0, 1.0), flagged,
-                               {"score_shift": x, "p_shift": p_poison}, report)
+        stats = {} if chosen is None else {key: chosen[key] for key in _CANDIDATE_STATS}
+        return self._result(features, p_poison, flagged, {"score_shift": x, "p_shift": p_poison},
+                            accepted=bool(st["accepted"]), reason=st["reason"], k=int(st["k"]), **stats)
 
 
 def _top_posterior(x: np.ndarray, mix: dict) -> np.ndarray:

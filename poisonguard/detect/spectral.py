@@ -15,7 +15,7 @@ p_poison = sigmoid(|z| − cut), a monotone squashing for ranking, not a calibra
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
 from scipy.linalg import eigh
@@ -96,13 +96,5 @@ class SpectralSignatureDetector(Detector):
         z = np.abs(proj - st["center"]) / st["scale"]
         p_poison = expit(z - st["cut"])
         flagged = z > st["cut"]
-        n = features.n
-        report: dict[str, Any] = {
-            "detector": self.name,
-            **st["report"],
-            "n": n,
-            "n_flagged": int(flagged.sum()),
-            "flag_rate": float(flagged.mean()) if n else 0.0,
-        }
-        signals = {"score_spectral": (proj) ** 2, "vote_spectral": flagged.astype(float)}
-        return DetectionResult(features.ids, p_poison, flagged, signals, report)
+        signals = {"score_spectral": proj**2, "vote_spectral": flagged.astype(float)}
+        return self._result(features, p_poison, flagged, signals, **st["report"])

@@ -1,15 +1,15 @@
-"""TCAP, as published: the faithful baseline (Liu, Fang, Cong, arXiv 2601.21692; research/papers.md §1).
+"""TCAP, as published: the faithful baseline (Liu, Fang, Cong, arXiv 2601.21692).
 
 Feature α_sys per head, min-max normalised per head; 1-D GMM with K = 1..5 chosen by AIC; K* = 1 → SS 0;
 target group by mixture weight; SS = 1/(overlap + ε); candidate heads = the last `l_sens` layers; the top
 `h_sens` heads by SS vote "target posterior > τ"; binary Dawid–Skene EM; flag p > 0.5. Every constant the
 paper does not publish (l_sens, h_sens, τ, ε, the target rule, the SS grid, restarts, seed) is a parameter.
 
-Known limits, kept on purpose because this is the reference (research/detector-probe.md): on the toy LLaVA
-AIC picked K* = 5 in 136 of 144 fits, SS then ranks arbitrary minorities, content heads (prompt template,
-image class) outvote the trigger heads, and image-trigger F1 was 0.04–0.36; there is no guard, so it flags
-samples on clean data too (hundreds of 1,500 on the synthetic clean controls here). Use TCAPPlusDetector for
-decisions.
+Known limits, kept on purpose because this is the reference (measured in the early detector probe): on the toy
+LLaVA AIC picked K* = 5 in 136 of 144 fits, SS then ranks arbitrary minorities, content heads (prompt
+template, image class) outvote the trigger heads, and image-trigger F1 was 0.04–0.36; there is no guard, so it
+flags samples on clean data too (hundreds of 1,500 on the synthetic clean controls here). Use TCAPPlusDetector
+for decisions.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class MixtureVoteParams:
 
 @dataclass(frozen=True)
 class TCAPParams(MixtureVoteParams):
-    l_sens: int = 4  # candidate heads: the last l_sens layers (unpublished; papers.md suggests 8–16 of 32)
+    l_sens: int = 4  # candidate heads: the last l_sens layers (unpublished; 8–16 of 32 layers suggested)
     h_sens: int = 6  # voters: the top h_sens candidate heads by SS (unpublished)
     k_max: int = 5  # K = 1..k_max
     criterion: str = "aic"  # as published; "bic" is offered for comparison
@@ -186,14 +186,7 @@ class TCAPDetector(Detector):
             p_poison = dawid_skene_posterior(votes, em["prior"], em["sensitivity"], em["specificity"])
             vote_frac = votes.mean(axis=1)
         flagged = p_poison > 0.5
-        report = {
-            "detector": self.name,
-            **st["report"],
-            "n": n,
-            "n_flagged": int(flagged.sum()),
-            "flag_rate": float(flagged.mean()) if n else 0.0,
-        }
-        return DetectionResult(features.ids, p_poison, flagged, {"vote_tcap": vote_frac}, report)
+        return self._result(features, p_poison, flagged, {"vote_tcap": vote_frac}, **st["report"])
 
     def _votes(self, x: np.ndarray, scaler: MinMax, params: GMMParams, target: np.ndarray) -> np.ndarray:
         """(N, h) hard votes: posterior mass on the head's target group > τ."""

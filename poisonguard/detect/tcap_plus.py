@@ -1,49 +1,17 @@
-"""TCAP+: TCAP's profile-and-vote design with the fixes the probes found, each switchable so its effect can
-be measured, and a guard that keeps it from culling clean data.
+"""TCAP+: TCAP's profile-and-vote design with the fixes the early probes found, each switchable so its effect
+can be measured, and a guard that keeps it from culling clean data.
 
-Options and why (research/prototype.md, detector-probe.md, world-probe.md):
-- `differencing`: fine-tuned minus base-model coordinates of the same sample. The backdoor appears only after
-  fine-tuning; template and image-content structure is already in the base model. In the world probe it made
-  BadNet stable across seeds (question-type standardisation alone: F1 0.02 and 0.97 on two seeds; with
-  differencing: 0.90 and 0.98), and it is what removes content heads that no stratum explains.
-- `strata_standardise`: robust z-score (median / 1.4826·MAD) within each label-free prompt stratum, so heads
-  that split samples by question type lose their "minority mode". Strata below `min_stratum_size` samples use
-  the global median/MAD.
-- `compress_tails`: asinh of the robust z-scores (linear within ±1 robust SD, logarithmic beyond). With
-  heavy-tailed differences a 2-GMM spends its second component on the tails (target weight ~0.3, separation
-  < 1 on Student-t synthetic data, so the trigger heads never qualified) instead of on a shifted poison mode;
-  asinh shrinks the tails and keeps a shifted mode a mode. Added after that synthetic failure.
-- `space` / `full_allocation`: additive log-ratios log(vis/sys), log(txt/sys) (or the three shares) as
-  separate 1-D features per head instead of α_sys alone; the fingerprint moves vision or text share as often
-  as system share. Without `full_allocation`: logit(α_sys) or α_sys.
-- Head selection that resists content heads, instead of TCAP's top-SS ranking: a feature qualifies only with
-  K* > 1 by `criterion` (BIC: AIC chose K* = 5 in 136/144 fits), a criterion gain ≥ `min_criterion_gain`
-  over one component, a target weight in [`min_weight`, `max_weight`] and a standardised separation
-  ≥ `min_separation` (a shifted mode, not a skewed or heavy-tailed bulk). A head votes 1 when any of its
-  qualified features does (one head = one annotator, so the coordinates of one head are not counted as
-  independent witnesses; hard votes keep the binary Dawid–Skene model exact). With `prune_lone_heads`, a head
-  whose votes correlate < `min_agreement` with every other source is dropped: a trigger moves several heads on
-  the same samples. `h_sens` optionally caps the heads (by best SS), `l_sens` optionally restricts to the
-  last layers.
-- `extra_scores` become annotators: vote = robust z > `extra_z`, with the median/MAD of the fitting data
-  (of log(score) when `extra_log` and every score is positive, as drift scores are). On the drift probe's
-  clean-label controls this cut flagged 0 of 3,600 samples in 3 of 4 runs (18 in the fourth); its low recall
-  is what the EM's per-annotator sensitivity absorbs. Missing scores (NaN) abstain.
-- Clean-data guard (`guard`): flag only when the EM's poison class is a real, consistent minority:
-  ≥ `min_sources` annotators; mean pairwise correlation of their votes ≥ `min_agreement` (independent noise
-  heads give ≈ 0; heads moved by one trigger gave 0.5–1.0 on the synthetic tests); estimated prior and flag
-  rate in [`min_prior`, `max_prior`]; and positive votes concentrated on the flagged samples: their share of
-  all positive votes at least `min_lift` times the flag rate (votes spread at random give a lift of 1).
-  Otherwise nothing is flagged (p_poison still ranks). The lift replaced an absolute share (≥ 0.5) after the
-  2026-11-29 benchmark on the 97 % world: with 12–16 head annotators, perfect detections of the text
-  triggers put 0.34–0.40 of the votes on their 10 % of flagged samples (lift 3.4–4.0) and were withheld,
-  while the clean set's flagged minority had lift 1.6 (and agreement 0.05, which the agreement check
-  already rejects). The change was chosen on seed 0 of that benchmark: it is a selection on measured
-  results, to be confirmed on further seeds, not a constant fitted inside the detector. Every unguarded detector in the probes flagged
-  hundreds of samples on some clean control; the target here is ≤ 1% on clean data. The guard cannot tell a
-  consistent *clean* minority (a rare question type the fine-tune changed) from poison: that is the job of
-  differencing and strata. The guard is decided at `fit` and carries over to `score` on new data. The
-  constants were set a priori and checked on synthetic data only; none is fitted to labels.
+Per-head features: fine-tuned minus base-model allocation coordinates (`differencing`: a backdoor appears only
+after fine-tuning, template and image content are already in the base model), robust z-scores within prompt
+strata (`strata_standardise`), asinh-compressed tails (`compress_tails`) and log-ratio shares as separate 1-D
+features (`space`, `full_allocation`). A feature qualifies with K* > 1 by `criterion`, a criterion gain, a
+minority weight and a standardised separation; a head votes when any of its qualified features does (one
+head, one annotator), and a head that agrees with no other source is pruned. `extra_scores` (e.g. projector
+drift) vote by robust z > `extra_z`. Binary Dawid–Skene EM fuses the votes.
+The guard (`guard`) flags only a real, consistent minority: enough annotators, agreeing, a prior and flag rate
+in range, positive votes concentrated on the flagged samples (`min_lift`). It is decided at `fit` and carries
+over to `score`; it cannot tell a consistent clean minority from poison (differencing and strata must).
+Why each option exists and where each constant comes from, with the measurements: docs/detectors.md.
 """
 
 from __future__ import annotations
@@ -320,14 +288,7 @@ class TCAPPlusDetector(Detector):
         for j, name in enumerate(_names(st["extra"])):
             signals[f"vote_{name}"] = np.where(ex_mask[:, j] > 0, ex_votes[:, j], np.nan)
             signals[f"score_{name}"] = ex_z[:, j]
-        report = {
-            "detector": self.name,
-            **st["report"],
-            "n": n,
-            "n_flagged": int(flagged.sum()),
-            "flag_rate": float(flagged.mean()) if n else 0.0,
-        }
-        return DetectionResult(features.ids, p_poison, flagged, signals, report)
+        return self._result(features, p_poison, flagged, signals, **st["report"])
 
     # --- pieces ---------------------------------------------------------------------------------------------
 
@@ -385,7 +346,7 @@ class TCAPPlusDetector(Detector):
     def _guard(
         self, votes: np.ndarray, mask: np.ndarray, post: np.ndarray, prior: float, n_heads: int
     ) -> dict[str, Any]:
-        """Is the EM's poison class a real, consistent minority? (see the module docstring)"""
+        """Is the EM's poison class a real, consistent minority? (the guard of the module docstring)"""
         p = self.params
         flagged = post > 0.5
         corr = _vote_correlation(votes, mask)

@@ -1,6 +1,6 @@
 """Label-free feature transforms shared by the detectors (pure numpy, fit/apply pairs).
 
-Why each exists (research/prototype.md, detector-probe.md, world-probe.md):
+Why each exists (what the early detector probes showed):
 - Log-ratio coordinates: shares live on a simplex; log(vis/sys), log(txt/sys) (additive log-ratios) make
   shifts of small shares visible and let a head contribute all three shares, not only α_sys.
 - Base-model differencing (done by the caller, fine-tuned minus base, sample by sample) removes the structure

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from poisonguard.attacks.files import read_poison_ids
 from poisonguard.detect.metrics import auroc, precision_recall_f1
 
 
@@ -28,16 +28,11 @@ def detector_columns(table: pd.DataFrame, detector: str, default: str) -> tuple[
     return flag, p
 
 
-def load_truth(path: str | Path) -> set[str]:
-    obj = json.loads(Path(path).read_text())
-    return set(map(str, obj["poison_ids"] if isinstance(obj, dict) else obj))
-
-
 def evaluate_report(report_dir: str | Path, truth_path: str | Path) -> dict:
     """P/R/F1/AUROC for the default verdict and every other detector column (`p_<name>`, `flag_<name>`),
     over the samples that were screened (quarantined rows are reported separately)."""
     table = pd.read_parquet(Path(report_dir) / "verdicts.parquet")
-    truth = load_truth(truth_path)
+    truth = set(read_poison_ids(truth_path))
     ok = table[table["status"] == "ok"]
     y = ok["id"].astype(str).isin(truth).to_numpy()
     out = {"n_screened": int(len(ok)), "n_poison": int(y.sum()),

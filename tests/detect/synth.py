@@ -1,6 +1,6 @@
 """Synthetic, label-known feature sets for detector tests (no model involved).
 
-The allocation world mimics what the probes saw (research/prototype.md, world-probe.md):
+The allocation world mimics what the early detector probes saw:
 - every head has a per-sample "content" component shared by the base and the fine-tuned model (same image,
   same prompt), and prompt strata with their own offsets;
 - `content_heads` (late layers too) put a rare stratum in its own clean, well-separated mode, and

@@ -81,8 +81,8 @@ def test_clean_data_tcap_plus_flags_at_most_one_percent(seed):
 
 
 def test_clean_data_faithful_tcap_culls_clean_samples():
-    """Known behaviour, kept for reference (detector-probe.md): no guard, AIC over-fits skewed shares, so the
-    published recipe flags hundreds of clean samples even with no content structure at all."""
+    """Known behaviour, kept for reference (as in the early probe): no guard, AIC over-fits skewed shares, so
+    the published recipe flags hundreds of clean samples even with no content structure at all."""
     fs, _ = make_alloc(poison_rate=0.0, seed=0, content_heads=(), image_heads=(), stratum_ft_heads=())
     r = TCAPDetector(l_sens=2, h_sens=3).detect(fs)
     assert r.flagged.mean() > CLEAN_FLAG_RATE
