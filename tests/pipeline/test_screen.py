@@ -1,4 +1,5 @@
-"""End to end on a very small world: `poisonguard screen` writes the report contract of DESIGN §3, refuses
+"""End to end on a very small world: `poisonguard screen` writes the report contract (one verdict row per
+input sample, the release candidate, manifest, report.html), refuses
 every kind of bad input cleanly, resumes after kill -9 to the same verdicts, and keeps one run per folder."""
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from poisonguard.cli import app
 from poisonguard.data import read_dataset
 from tests.fixtures.badcorpus import make_bad_corpus, screen_batches
 from poisonguard.runlock import LOCK_FILE, folder_lock
-from poisonguard.screening import MIN_USABLE_SAMPLES
+from poisonguard.pipeline.validate import MIN_USABLE_SAMPLES
 
 runner = CliRunner()
+# a 2-layer model: TCAP's layer filter must fit it; the strata must fit a dozen samples
+TINY_DETECTORS = ("profile_heads: {strata_k: 2}\nfit_gmm:\n  detectors: {shift: {}, fused: {}, tcap_plus: {}, "
+                  "tcap: {l_sens: 1, h_sens: 2}, projector: {}, bye: {}}\n")
 
 
 def test_screen_writes_the_report_contract(tiny_world, tmp_path):
@@ -34,7 +38,7 @@ def test_screen_writes_the_report_contract(tiny_world, tmp_path):
                                                      {"from": "gpt", "value": "two"}]})
     (tmp_path / "mixed.json").write_text(json.dumps(data, indent=2))  # images stay in the shared world
     params = tmp_path / "params.yaml"  # a 2-layer model: TCAP's layer filter must fit it
-    params.write_text("screen:\n  strata_k: 2\ndetectors:\n  tcap: {l_sens: 1, h_sens: 2}\n")
+    params.write_text(TINY_DETECTORS)
     r = runner.invoke(app, ["screen", "--data", str(tmp_path / "mixed.json"), "--image-folder", str(out),
                             "--base", str(out / "base_model"),
                             "--finetuned", str(out / "base_model"), "--out", str(tmp_path / "rep"), "--quiet",
@@ -71,7 +75,8 @@ def test_screen_writes_the_report_contract(tiny_world, tmp_path):
 
 # ------------------------------------------------------------------ the real command line, in a subprocess
 POISONGUARD = str(Path(sys.executable).with_name("poisonguard"))
-SMALL_MODEL_PARAMS = "screen:\n  strata_k: 2\n  batch_size: 8\n  shard_size: {shard}\ndetectors:\n  tcap: {{l_sens: 1, h_sens: 2}}\n"
+SMALL_MODEL_PARAMS = ("extract_attention: {{batch_size: 8, shard_size: {shard}}}\nprofile_heads: {{strata_k: 2}}\n"
+                      "fit_gmm:\n  detectors: {{shift: {{}}, tcap: {{l_sens: 1, h_sens: 2}}}}\n")
 
 
 def _screen_cmd(data, base, out, params, image_folder=None) -> list[str]:
@@ -102,8 +107,8 @@ def test_every_bad_corpus_kind_through_the_screen_cli(tiny_world, tmp_path):
     batches = screen_batches(cases, tmp_path / "corpus", min_usable=MIN_USABLE_SAMPLES)
     assert sorted(n for b in batches for n in b.cases) == sorted(c.name for c in cases)
     params = tmp_path / "params.yaml"  # input handling is under test, not detection: one detector, no plots
-    params.write_text("screen:\n  strata_k: 2\n  batch_size: 8\n  detectors: [tcap_plus]\n  default: tcap_plus\n"
-                      "  projector: false\n")
+    params.write_text("extract_attention: {batch_size: 8}\nprofile_heads: {strata_k: 2}\naudit_projector: {enabled: false}\n"
+                      "fit_gmm: {detectors: {tcap_plus: {}}}\nem_vote: {decide: tcap_plus, annotators: [tcap_plus]}\n")
     for batch in batches:
         out = tmp_path / "reports" / batch.name
         r = _run(_screen_cmd(batch.path, world / "base_model", out, params, batch.image_folder))
