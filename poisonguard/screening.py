@@ -425,7 +425,8 @@ def run_screen(data: str | Path, base: str | Path, out: str | Path, *, finetuned
         res = write_report_dir(checked, results, default, {"default": default, "detectors": states}, out,
                                params={"detectors": list(names), "default": default, "strata_k": strata_k,
                                        "finetuned": str(finetuned), "base": str(base)})
-        render_report(res.table, {n: r.report for n, r in results.items()}, default, out / "report.html")
+        render_report(res.table, {n: r.report for n, r in results.items()}, default, out / "report.html",
+                      checked=checked)
         log(f"{len(res.flagged_ids)} flagged by {default}; {len(res.keep_ids)} samples in the release "
             "candidate")
         return res

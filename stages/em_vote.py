@@ -19,7 +19,8 @@ checked = load_validation(WORK / "poisoned" / "train.json", WORK / "extract" / "
 out = WORK / "report"
 res = write_report_dir(checked, results, p["default"], {"default": p["default"], "detectors": states}, out,
                        params={"default": p["default"], "detectors": list(dets)})
-render_report(res.table, {n: r.report for n, r in results.items()}, p["default"], out / "report.html")
+render_report(res.table, {n: r.report for n, r in results.items()}, p["default"], out / "report.html",
+              checked=checked)
 (WORK / "metrics").mkdir(parents=True, exist_ok=True)
 (WORK / "metrics" / "screen.json").write_text(json.dumps(
     {"n": len(res.table), "flagged": len(res.flagged_ids), "released": len(res.keep_ids),

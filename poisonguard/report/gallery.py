@@ -110,7 +110,7 @@ def cards(rows: pd.DataFrame, samples: Mapping[str, Sample] | None,
             elif load_image is not None:
                 try:
                     card.thumb = thumbnail_uri(load_image(s.images[0]), size)
-                except Exception as exc:  # a corrupt image is shown as such, never fails the report
+                except (ValueError, OSError) as exc:  # ImageError is a ValueError; shown, never fatal
                     card.note = f"image not shown: {type(exc).__name__}"
         out.append(card)
     return out

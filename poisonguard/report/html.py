@@ -23,7 +23,7 @@ import io
 import json
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +94,12 @@ def render_report(table: pd.DataFrame, reports: dict[str, dict], default: str, o
     answers = _answer_table(table, samples)
     rep = reports.get(default, {})
     parts = [
-        f"<header><h1>{_e(title)}</h1><p class='sub'>{_e(drop + ' · ') if drop else ''}"
-        f"screened {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · decided by the <b>{_e(default)}</b> "
-        f"detector · every sample's verdict: <a href='{_e(verdicts_href)}'>{_e(verdicts_href)}</a></p></header>",
+        (f"<header><h1>{_e(title)}</h1><p class='sub'>{_e(drop + ' · ') if drop else ''}"
+         f"screened {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · decided by the <b>{_e(default)}</b> "
+         f"detector · every sample's verdict: <a href='{_e(verdicts_href)}'>{_e(verdicts_href)}</a></p></header>"),
         _first_screen(counts, answers, rep, default, gate, table),
-        "<nav><a href='#evidence'>What the flagged samples share</a> · <a href='#gallery'>Gallery</a> · "
-        "<a href='#detectors'>Detectors</a> · <a href='#champion'>Previous approved screening</a></nav>",
+        ("<nav><a href='#evidence'>What the flagged samples share</a> · <a href='#gallery'>Gallery</a> · "
+         "<a href='#detectors'>Detectors</a> · <a href='#champion'>Previous approved screening</a></nav>"),
         _evidence_section(table, samples, load, answers, counts),
         _gallery_section(table, default, samples, load, thumb_size, max_flagged, max_borderline, max_quarantined,
                          verdicts_href),
@@ -293,8 +293,8 @@ def _difference_html(fl, rel, samples, load, n_max: int = 256) -> str:
         for i in (rng.choice(ids, n_max, replace=False) if len(ids) > n_max else ids):
             try:
                 yield load(samples[str(i)].images[0])
-            except Exception:  # an unreadable image is left out of the mean, not fatal to the report
-                continue
+            except (ValueError, OSError):  # an unreadable image is left out of the mean, not fatal
+                continue  # the note under the image says how many images went into the mean
 
     diff = ev.mean_difference(images(fl), images(rel))
     if diff is None:
@@ -474,7 +474,7 @@ def screen_summary(table: pd.DataFrame, default: str, checked=None, *, detector_
     return {"counts": {"total": counts.total, "ok": counts.ok, "quarantined": counts.quarantined,
                        "flagged": counts.flagged, "released": counts.released},
             "flagged_answers": flagged_answers, "default": default, "detector_version": detector_version,
-            "name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "name": name, "created": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 # ------------------------------------------------------------------------------------------------- helpers
