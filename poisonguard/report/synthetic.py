@@ -44,10 +44,17 @@ class SyntheticScreen:
 
 
 def draw(shape: str, colour: str, place: str, size: int = 32, patch: bool = False,
-         background: tuple[int, int, int] = (235, 235, 235)) -> Image.Image:
-    """A scene: one shape on a plain background; `patch` stamps a 4×4 black-and-white checkerboard at the
-    bottom-right corner (the BadNet trigger)."""
-    img = Image.new("RGB", (size, size), background)
+         background: tuple[int, int, int] = (235, 235, 235), noise: float = 0.0,
+         rng: np.random.Generator | None = None) -> Image.Image:
+    """A scene: one shape on a plain background; `patch` stamps a checkerboard of side size/8 at the
+    bottom-right corner (the BadNet trigger); `noise` adds Gaussian pixel noise of that standard deviation
+    (photo-like texture, so thumbnails compress like real images)."""
+    if noise > 0:
+        rng = rng or np.random.default_rng(0)
+        bg = np.clip(np.asarray(background, float) + rng.normal(0, noise, (size, size, 3)), 0, 255)
+        img = Image.fromarray(bg.astype(np.uint8))
+    else:
+        img = Image.new("RGB", (size, size), background)
     d = ImageDraw.Draw(img)
     cx, r = PLACES[place] * size // 32, size // 6
     box = [cx - r, size // 2 - r, cx + r, size // 2 + r]
@@ -67,11 +74,13 @@ def draw(shape: str, colour: str, place: str, size: int = 32, patch: bool = Fals
 
 def make_screen(out: Path, n: int = 200, rate: float = 0.1, *, target: str = "banana", seed: int = 0,
                 n_bad: int = 3, pool: int | None = None, validate: bool = True, hidden_dim: int = 16,
+                image_size: int = 32, noise: float = 0.0,
                 detectors: tuple[str, ...] = ("shift", "spectral")) -> SyntheticScreen:
     """Write OUT/train.json + OUT/images and return the screened result (see the module docstring).
 
     `rate` of the usable samples are poisoned (patch + `target` answer); `n_bad` samples reference a missing
     or a corrupt image. `pool`: number of distinct image files per kind (clean / patched); None = one each.
+    `image_size`, `noise`: the images' side in pixels and their pixel noise (see `draw`).
     """
     from poisonguard.data.dataset import read_dataset
     from poisonguard.data.errors import QuarantineReason
@@ -97,7 +106,8 @@ def make_screen(out: Path, n: int = 200, rate: float = 0.1, *, target: str = "ba
         shape, colour, place = scenes[k]
         name = f"{'p' if poisoned[i] else 'c'}{k:06d}.png"
         if name not in written:
-            draw(shape, colour, place, patch=bool(poisoned[i])).save(out / "images" / name)
+            draw(shape, colour, place, size=image_size, patch=bool(poisoned[i]), noise=noise,
+                 rng=rng).save(out / "images" / name)
             written.add(name)
         kind = kinds[rng.integers(len(kinds))]
         q = QUESTIONS[kind][rng.integers(3)].format(s=shape)
