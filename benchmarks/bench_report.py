@@ -43,6 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
 def main(argv=None) -> dict:
     a = parse_args(argv)
     folder = a.keep or Path(tempfile.mkdtemp(prefix="pg-bench-report-"))
@@ -68,9 +72,8 @@ def main(argv=None) -> dict:
             walls.append(wall)
             m = re.search(r'data-rendered="(\d+)"', dom)
             clock.append(float(m.group(1)) / 1000 if m else float("nan"))
-        med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-        out.update(browser_wall_s=med(walls), browser_empty_s=med(base),
-                   browser_page_s=med(walls) - med(base), page_script_done_s=med(clock))
+        out.update(browser_wall_s=_median(walls), browser_empty_s=_median(base),
+                   browser_page_s=_median(walls) - _median(base), page_script_done_s=_median(clock))
     else:
         out["browser"] = "skipped: no Chromium binary"
     for k, v in out.items():

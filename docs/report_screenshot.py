@@ -24,6 +24,7 @@ def main(argv=None) -> None:
     p.add_argument("--n-train", type=int, default=400)
     p.add_argument("--epochs", type=float, default=30.0)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "report.png")
+    p.add_argument("--height", type=int, default=2000, help="screenshot height in px (the page's top)")
     a = p.parse_args(argv)
 
     from poisonguard.attacks.files import poison_file
@@ -48,8 +49,14 @@ def main(argv=None) -> None:
                      projector=False, strata_k=2, batch_size=32, show_progress=False,
                      finetune_cfg=FinetuneConfig(epochs=a.epochs, batch_size=32))
     print(f"{len(res.flagged_ids)} flagged; report: {rep / 'report.html'}")
-    screenshot(rep / "report.html", a.out, width=1100, height=1500)
-    print(f"wrote {a.out}")
+    from PIL import Image
+
+    screenshot(rep / "report.html", a.out, width=1100, height=a.height)
+    img = Image.open(a.out).convert("RGB")
+    img.save(a.out, optimize=True)
+    if a.out.stat().st_size > 450_000:  # keep the repository light: a 256-colour palette is enough for a page
+        img.quantize(colors=256, method=Image.Quantize.MAXCOVERAGE).save(a.out, optimize=True)
+    print(f"wrote {a.out} ({a.out.stat().st_size / 1e3:.0f} kB)")
 
 
 if __name__ == "__main__":

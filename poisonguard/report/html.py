@@ -147,6 +147,8 @@ def certainty(report: dict, default: str, table: pd.DataFrame) -> str:
         if report.get("spread") is not None:
             s += (f", and its samples converge on one behaviour (spread {float(report['spread']):.2f} of the "
                   "whole data's; the default cut is 0.65)")
+        if float(report["separation"]) < 4.5:
+            s += "; that is close to the cut, so look at the gallery (and the borderline samples) first"
         s += "."
     elif flagged.any():
         why = report.get("reason") or report.get("note") or report.get("rule")
@@ -216,16 +218,18 @@ def _evidence_section(table, samples, load, answers, counts: Counts) -> str:
     if not fl:
         out.append("<p class='why'>Nothing was flagged, so there is nothing to compare; the table shows what "
                    "the release answers.</p>")
-    out.append("<h3>Answers: flagged vs released</h3>" + _share_html(answers, "answer", "answers") + _answer_note(answers))
+    blocks = ["<h3>Answers: flagged vs released</h3>" + _share_html(answers, "answer", "answers")
+              + _answer_note(answers)]
+    if fl:
+        blocks.append("<h3>Where the flagged images differ</h3>" + _difference_html(fl, rel, samples, load))
     qt = ev.share_table((ev.question_type(samples[i].question) for i in fl),
                         (ev.question_type(samples[i].question) for i in rel), key="question type", top=8)
-    out.append("<h3>Kinds of question</h3>" + _share_html(qt, "question type", "qtypes") + _qtype_note(qt, fl))
+    blocks.append("<h3>Kinds of question</h3>" + _share_html(qt, "question type", "qtypes") + _qtype_note(qt, fl))
     if fl:
         w = ev.overrepresented_words([samples[i].question for i in fl], [samples[i].question for i in rel])
         w = w[w["z"] >= MIN_WORD_Z]
-        out.append("<h3>Words over-represented in flagged questions</h3>" + _words_html(w) + _words_note(w))
-        out.append("<h3>Where the flagged images differ</h3>" + _difference_html(fl, rel, samples, load))
-    out.append("</section>")
+        blocks.append("<h3>Words over-represented in flagged questions</h3>" + _words_html(w) + _words_note(w))
+    out.append("<div class='ev'>" + "".join(f"<div>{b}</div>" for b in blocks) + "</div></section>")
     return "\n".join(out)
 
 
@@ -528,13 +532,14 @@ table.share,table.kv{border-collapse:collapse;margin:.4em 0}table.share td,table
 border-bottom:1px solid #e4e7eb;padding:.2em .7em;text-align:left}td.n{text-align:right;white-space:nowrap}
 .bar{display:inline-block;height:.6em;margin-left:.4em;vertical-align:middle}.bar.f{background:#d64545}
 .bar.r{background:#9aa5b1}.note{color:#3e4c59;font-size:.95em}.why{color:#7b8794;font-style:italic}
+.ev{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:0 2em}
 .diff{display:flex;gap:1em;align-items:flex-start}.diff img{image-rendering:pixelated;border:1px solid #cbd2d9}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:.6em}
 .card{margin:0;border:1px solid #e4e7eb;border-radius:6px;padding:.4em;font-size:.8em;background:#fff}
 .card img,.noimg{width:96px;height:96px;object-fit:contain;image-rendering:pixelated;display:block;margin:auto;
 background:#f5f7fa}.noimg{display:flex;align-items:center;justify-content:center;color:#7b8794;text-align:center}
 .card figcaption{display:flex;flex-direction:column;gap:.1em;margin-top:.3em;word-break:break-word}
-.card figcaption b{color:#c62828}.card small{color:#7b8794}.reason{color:#b26a00!important}
+#g-flagged .card figcaption b{color:#c62828}.card small{color:#7b8794}.reason{color:#b26a00!important}
 .pager{margin:.4em 0}.pager button{margin-right:.4em}.det{margin-bottom:1.2em}
 .hist{margin:.3em 0}.hist text{font-size:10px;fill:#52606d}.hist figcaption{font-size:.8em;color:#52606d}
 """
