@@ -434,7 +434,9 @@ def _heads_html(name: str, rep: dict) -> str:
     from poisonguard.report.plots import heatmap
 
     sel = rep.get("selected_heads", rep.get("selected"))
-    sel = [] if sel is None else [tuple(map(int, s[:2])) for s in np.asarray(sel).reshape(-1, 2)] if np.size(sel) else []
+    arr = np.asarray([] if sel is None else sel)
+    arr = arr[:, :2] if arr.ndim == 2 else arr.reshape(-1, 2)  # (K, 2): layer, head (extra columns dropped)
+    sel = [(int(a), int(b)) for a, b in arr]
     fig = heatmap(np.asarray(rep["ss"], dtype=float), sel, f"{name}: separation score per head")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=70, bbox_inches="tight")

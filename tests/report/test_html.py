@@ -106,3 +106,16 @@ def test_gate_champion_and_skipped_detectors(screen, tmp_path):
 def test_decision_sentence_all_quarantined():
     s = decision_sentence(Counts(total=5, ok=0, quarantined=5, flagged=0, released=0), None)
     assert s.startswith("poisonguard could not screen this file: all 5 samples were quarantined")
+
+
+def test_attention_detector_section_shows_its_heads(screen, tmp_path):
+    import numpy as np
+
+    reports = {**screen.reports, "tcap": {"detector": "tcap", "n": 297, "n_flagged": 0,
+                                          "note": "no head with K* > 1 in the last 1 layers: nothing can be flagged",
+                                          "ss": np.arange(8.0).reshape(2, 4), "selected_heads": [[1, 2], [0, 3]]}}
+    doc = render_report(screen.table, reports, "shift", tmp_path / "r.html", checked=screen.checked).read_text()
+    sec = re.search(r"<div class='det' id='det-tcap'>.*?</div>", doc, re.S).group(0)
+    assert "attention heads (selected: [(1, 2), (0, 3)])" in sec and "data:image/png;base64," in sec
+    assert "Why:</b> no head with K* &gt; 1" in sec
+    assert "No per-sample score in the verdict table" in sec  # tcap did not run on this table: said, not blank
