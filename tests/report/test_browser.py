@@ -53,7 +53,7 @@ PROBE = """
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     d = tmp_path_factory.mktemp("browser")
-    s = make_screen(d, n=500, rate=0.2, seed=1)
+    s = make_screen(d, n=300, rate=0.25, seed=1)
     return s, render_report(s.table, s.reports, s.default, d / "report.html", checked=s.checked)
 
 
@@ -67,7 +67,7 @@ def test_decision_answers_and_thumbnails_are_visible(report, tmp_path):
     got = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     n_flag = int(s.table["flagged"].sum())
     assert n_flag > 40  # more than one gallery page
-    assert got["decision"] and f"found {n_flag} of 500 samples" in got["decision"] and "banana" in got["decision"]
+    assert got["decision"] and f"found {n_flag} of 300 samples" in got["decision"] and "banana" in got["decision"]
     assert got["answers"] and got["first_answer"] == "banana"
     assert got["thumbs_shown"] == got["thumbs_decoded"] == 40  # one full page, each one a real image
     assert got["pager"] == f"page 1 of {-(-n_flag // 40)} ({n_flag} samples)"
@@ -84,3 +84,15 @@ def test_screenshot_of_the_first_screen(report, tmp_path):
     assert img.size == (1000, 700)
     colours = img.getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 50  # text and tiles drawn, not a blank page
+
+
+def test_benchmark_script_runs_small(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_report
+
+    got = bench_report.main(["--n", "400", "--repeats", "1", "--image-size", "32", "--keep", str(tmp_path)])
+    assert got["n"] == 400 and got["flagged"] > 0 and 0 < got["size_mb"] < 10
+    assert got["thumbnails"] > 0 and got["browser_wall_s"] > 0 and got["page_script_done_s"] > 0
