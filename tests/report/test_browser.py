@@ -62,7 +62,7 @@ def test_decision_answers_and_thumbnails_are_visible(report, tmp_path):
     probed = tmp_path / "probed.html"
     probed.write_text(path.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8")
     dom, _ = dump_dom(probed)
-    m = re.search(r"<pre id=\"probe\">(.*?)</pre>", dom, re.S)
+    m = re.search(r"<pre id=\"probe\">(.*?)</pre>", dom, re.DOTALL)
     assert m, "the probe did not run: " + dom[-500:]
     got = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     n_flag = int(s.table["flagged"].sum())

@@ -20,7 +20,7 @@ def screen(tmp_path_factory):
 
 def _gallery(doc: str, name: str) -> list[dict]:
     m = re.search(rf"<div class='gallery' id='g-{name}'[^>]*><script type='application/json'>(.*?)</script>",
-                  doc, re.S)
+                  doc, re.DOTALL)
     return json.loads(m.group(1)) if m else []
 
 
@@ -40,7 +40,7 @@ def test_decision_counts_and_evidence(screen, tmp_path):
     assert "How sure: the flagged group stands" in doc
     assert f"Approve to release {c.released} samples without the {c.flagged} flagged and the 3 quarantined" in doc
     assert "The release gate has not run yet" in doc
-    answers = re.search(r"<table id='answers'.*?</table>", doc, re.S).group(0)
+    answers = re.search(r"<table id='answers'.*?</table>", doc, re.DOTALL).group(0)
     first_row = re.search(r"<tbody><tr><td>(.*?)</td><td class='n'>(\d+)</td>", answers)
     assert first_row.groups() == ("banana", str(c.flagged))
     assert "a patch trigger" in doc and "<b>bottom right</b>" in doc  # the planted checkerboard's corner
@@ -91,11 +91,11 @@ def test_gate_champion_and_skipped_detectors(screen, tmp_path):
     doc = _render(screen, tmp_path, checked=screen.checked, gate={"success": True, "failures": []},
                   champion=champion, skipped={"projector": "no projector audit requested"}, drop="drop 2")
     assert "The release gate passed" in doc and "drop 2 ·" in doc
-    champ = re.search(r"<section id='champion'>.*?</section>", doc, re.S).group(0)
+    champ = re.search(r"<section id='champion'>.*?</section>", doc, re.DOTALL).group(0)
     assert "drop 1" in champ and "banana (" in champ and "shift 3" in champ
     assert "Did not run: no projector audit requested" in doc
     for name in screen.reports:  # every detector that ran has a readable section with a histogram
-        sec = re.search(rf"<div class='det' id='det-{name}'>.*?</div>", doc, re.S).group(0)
+        sec = re.search(rf"<div class='det' id='det-{name}'>.*?</div>", doc, re.DOTALL).group(0)
         assert "<b>Decision:</b> flagged" in sec and "<svg" in sec
     failed = _render(screen, tmp_path, checked=screen.checked,
                      gate={"success": False, "failures": ["flag rate 0.11 above 0.10"]})
@@ -115,7 +115,7 @@ def test_attention_detector_section_shows_its_heads(screen, tmp_path):
                                           "note": "no head with K* > 1 in the last 1 layers: nothing can be flagged",
                                           "ss": np.arange(8.0).reshape(2, 4), "selected_heads": [[1, 2], [0, 3]]}}
     doc = render_report(screen.table, reports, "shift", tmp_path / "r.html", checked=screen.checked).read_text()
-    sec = re.search(r"<div class='det' id='det-tcap'>.*?</div>", doc, re.S).group(0)
+    sec = re.search(r"<div class='det' id='det-tcap'>.*?</div>", doc, re.DOTALL).group(0)
     assert "attention heads (selected: [(1, 2), (0, 3)])" in sec and "data:image/png;base64," in sec
     assert "Why:</b> no head with K* &gt; 1" in sec
     assert "No per-sample score in the verdict table" in sec  # tcap did not run on this table: said, not blank
