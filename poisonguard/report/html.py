@@ -463,8 +463,9 @@ def _champion_section(champion: dict | None, counts: Counts, answers, default: s
              f"<tr><td>decided by</td><td>{_e(str(champion.get('default', '?')))} "
              f"{_e(str(champion.get('detector_version') or ''))}</td><td>{_e(default)}</td></tr>")
     when = champion.get("created") or champion.get("approved")
+    note = f" <span class='why'>{_e(champion['note'])}</span>" if champion.get("note") else ""
     return (head + f"<p>Approved screening{' of ' + _e(str(when)) if when else ''}"
-            f"{' (' + _e(str(champion['name'])) + ')' if champion.get('name') else ''}.</p>"
+            f"{' (' + _e(str(champion['name'])) + ')' if champion.get('name') else ''}.{note}</p>"
             f"<table class='share'><thead><tr><th></th><th>then</th><th>now</th></tr></thead><tbody>{body}"
             "</tbody></table></section>")
 

@@ -119,3 +119,27 @@ def test_attention_detector_section_shows_its_heads(screen, tmp_path):
     assert "attention heads (selected: [(1, 2), (0, 3)])" in sec and "data:image/png;base64," in sec
     assert "Why:</b> no head with K* &gt; 1" in sec
     assert "No per-sample score in the verdict table" in sec  # tcap did not run on this table: said, not blank
+
+
+def test_champion_read_back_from_a_report_folder(screen, tmp_path):
+    from poisonguard.report.champion import summary_from_report_dir
+
+    ds = screen.checked.dataset
+    rep = tmp_path / "champion"
+    rep.mkdir()
+    screen.table.to_parquet(rep / "verdicts.parquet", index=False)
+    c = Counts.of(screen.table)
+    manifest = {"input": {"path": str(ds.path), "image_root": str(ds.image_root)}, "default_detector": "shift",
+                "created": "2026-12-01T10:00:00+00:00"}
+    (rep / "manifest.json").write_text(json.dumps(manifest))
+    got = summary_from_report_dir(rep, detector_version="7")
+    assert got["counts"] == {"total": c.total, "ok": c.ok, "quarantined": c.quarantined, "flagged": c.flagged,
+                             "released": c.released}
+    assert got["flagged_answers"] == {"banana": c.flagged} and got["created"].startswith("2026-12-01")
+    doc = _render(screen, tmp_path, checked=screen.checked, champion=got)
+    assert "Approved screening of 2026-12-01T10:00:00+00:00 (champion)" in doc and "shift 7" in doc
+    manifest["input"]["path"] = str(tmp_path / "gone.json")
+    (rep / "manifest.json").write_text(json.dumps(manifest))
+    gone = summary_from_report_dir(rep)
+    assert gone["flagged_answers"] == {} and "answers not compared" in gone["note"]
+    assert gone["counts"]["flagged"] == c.flagged
