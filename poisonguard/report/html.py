@@ -348,7 +348,7 @@ def _gallery_section(table, default, samples, load, size, n_f, n_b, n_q, verdict
         if not items:
             out.append("<p class='why'>None.</p>")
             continue
-        data = json.dumps(items, ensure_ascii=True).replace("</", "<\\/")
+        data = json.dumps(items, ensure_ascii=True).replace("<", "\\u003c")  # no "</script>" nor "<!--" inside
         first = "".join(_card_html(it) for it in items[:PER_PAGE])
         out.append(f"<div class='gallery' id='g-{name}' data-per='{PER_PAGE}'>"
                    f"<script type='application/json'>{data}</script>"
@@ -390,7 +390,8 @@ def _detector_sections(table, reports: dict, default: str, skipped: dict) -> str
             out.append(svg_histogram(ev.histogram(table[col].to_numpy(float), np.asarray(fl)), col))
         else:
             out.append("<p class='why'>No per-sample score in the verdict table for this detector.</p>")
-        numbers = {k: v for k, v in rep.items() if isinstance(v, (int, float, str, bool)) and k not in
+        numbers = {k: v.item() if isinstance(v, np.generic) else v for k, v in rep.items()}
+        numbers = {k: v for k, v in numbers.items() if isinstance(v, int | float | str | bool) and k not in
                    ("detector", "reason", "note") and not (isinstance(v, str) and len(v) > 200)}
         if numbers:
             out.append("<details><summary>numbers</summary><table class='kv'>" + "".join(

@@ -143,3 +143,21 @@ def test_champion_read_back_from_a_report_folder(screen, tmp_path):
     gone = summary_from_report_dir(rep)
     assert gone["flagged_answers"] == {} and "answers not compared" in gone["note"]
     assert gone["counts"]["flagged"] == c.flagged
+
+
+def test_hostile_text_stays_text(screen, tmp_path):
+    from dataclasses import replace
+
+    from poisonguard.data.loading import CheckedDataset
+    from poisonguard.data.records import Turn
+
+    evil = "</script><script>document.title='pwned'</script><!-- <img src=x onerror=alert(1)>"
+    flagged = set(screen.table.loc[screen.table["flagged"], "id"])
+    samples = [replace(s, turns=[Turn("user", evil), Turn("assistant", s.answer)]) if s.id in flagged else s
+               for s in screen.checked.dataset.samples]
+    checked = CheckedDataset(replace(screen.checked.dataset, samples=samples), screen.checked.reasons,
+                             screen.checked.limits)
+    doc = _render(screen, tmp_path, checked=checked)
+    assert evil not in doc and "<script>document" not in doc and "<img src=x" not in doc  # no live markup
+    assert _gallery(doc, "flagged")[0]["question"] == evil  # the JSON still carries the text exactly
+    assert doc.count("<script") == 1 + 3  # the page's own script and one JSON block per gallery list
