@@ -43,9 +43,12 @@ def main(argv=None) -> None:
                                               lm_hidden=32, lm_layers=2, lm_heads=2, lm_mlp=64),
                    pretrain_cfg=PretrainConfig(n_scenes=64, vision_steps=3, vision_batch=16, lm_steps=4,
                                                lm_batch=8))
-    poison_file(world / "train.json", work / "poisoned", "badnet", 0.3, target="banana", seed=0)
+    if not (work / "poisoned" / "train.json").is_file():
+        poison_file(world / "train.json", work / "poisoned", "badnet", 0.3, target="banana", seed=0)
     rep = work / "report"
+    done = rep / "finetuned"  # a kept folder re-renders without fine-tuning again
     res = run_screen(work / "poisoned" / "train.json", world / "base_model", rep, detectors=("shift", "spectral"),
+                     finetuned=done if (done / "config.json").is_file() else None,
                      projector=False, strata_k=2, batch_size=32, show_progress=False,
                      finetune_cfg=FinetuneConfig(epochs=a.epochs, batch_size=32))
     print(f"{len(res.flagged_ids)} flagged; report: {rep / 'report.html'}")

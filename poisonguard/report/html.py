@@ -95,7 +95,7 @@ def render_report(table: pd.DataFrame, reports: dict[str, dict], default: str, o
     rep = reports.get(default, {})
     parts = [
         (f"<header><h1>{_e(title)}</h1><p class='sub'>{_e(drop + ' · ') if drop else ''}"
-         f"screened {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · decided by the <b>{_e(default)}</b> "
+         f"written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · decided by the <b>{_e(default)}</b> "
          f"detector · every sample's verdict: <a href='{_e(verdicts_href)}'>{_e(verdicts_href)}</a></p></header>"),
         _first_screen(counts, answers, rep, default, gate, table),
         ("<nav><a href='#evidence'>What the flagged samples share</a> · <a href='#gallery'>Gallery</a> · "
