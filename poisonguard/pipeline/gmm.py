@@ -18,29 +18,35 @@ from poisonguard.pipeline.layout import Layout
 MIN_SCORED = 10  # the drift statistics need this many samples with an image
 
 
-def usable_detectors(cfg: GmmConfig, features: FeatureSet, log=print) -> dict[str, dict]:
-    """The configured detectors that can run on these features: the drift readers need `MIN_SCORED` samples
-    with drift scores (only samples with an image have them; none when the audit was disabled)."""
+def usable_detectors(cfg: GmmConfig, features: FeatureSet) -> tuple[dict[str, dict], dict[str, str]]:
+    """(the configured detectors that can run on these features, {left out: why}): the drift readers need
+    `MIN_SCORED` samples with drift scores (only samples with an image have them; none when the projector
+    audit is disabled)."""
     drift = features.extra_scores
     scored = int(np.isfinite(np.column_stack(list(drift.values()))).all(axis=1).sum()) if drift else 0
-    chosen = {}
+    chosen, left_out = {}, {}
     for name, params in cfg.detectors.items():
         if name in USES_PROJECTOR and scored < MIN_SCORED:
-            log(f"{name} left out: only {scored} samples have projector-drift scores (it needs {MIN_SCORED})")
+            left_out[name] = (f"only {scored} samples have projector-drift scores (an image and the projector "
+                              f"audit enabled); it needs {MIN_SCORED}")
             continue
         chosen[name] = params
-    return chosen
+    return chosen, left_out
 
 
 def fit_gmm(layout: Layout, cfg: GmmConfig, features: FeatureSet | None = None, *,
             log=print) -> dict[str, Detector]:
     """Fit the usable detectors on `features` (read from `layout.features` when not given) and write
-    `layout.detectors`."""
+    `layout.detectors` and, for the report, `layout.left_out` (the configured detectors that could not run)."""
     features = features if features is not None else load_features(layout.features)
-    detectors = make_detectors(usable_detectors(cfg, features, log))
+    chosen, left_out = usable_detectors(cfg, features)
+    for name, why in left_out.items():
+        log(f"{name} left out: {why}")
+    detectors = make_detectors(chosen)
     for det in detectors.values():
         det.fit(features)
     layout.gmm.mkdir(parents=True, exist_ok=True)
     atomic_write_json(layout.detectors, {name: det.to_state() for name, det in detectors.items()}, indent=1)
+    atomic_write_json(layout.left_out, left_out)
     log(f"fitted {', '.join(detectors)}")
     return detectors

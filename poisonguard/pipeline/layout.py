@@ -52,5 +52,9 @@ class Layout:
     def detectors(self) -> Path:
         return self.gmm / "detectors.json"
 
+    @property
+    def left_out(self) -> Path:
+        return self.gmm / "left_out.json"
+
     def metrics_file(self, stage: str) -> Path:
         return self.metrics / f"{stage}.json"

@@ -49,9 +49,11 @@ def vote(results: dict[str, DetectionResult], features: FeatureSet, cfg: VoteCon
 
 def em_vote(checked: CheckedDataset, layout: Layout, cfg: VoteConfig, *, features: FeatureSet | None = None,
             params: dict | None = None, log=print) -> ScreenResult:
-    """Score every detector of `layout.detectors`, vote, write the report folder and its metrics."""
+    """Score every detector of `layout.detectors`, vote, write the report folder and its metrics. The
+    detectors `fit_gmm` left out are named in the report with the reason."""
     features = features if features is not None else load_features(layout.features)
     states = json.loads(layout.detectors.read_text())
+    skipped = json.loads(layout.left_out.read_text()) if layout.left_out.exists() else {}
     detectors = load_detectors(states)
     results = {name: det.score(features) for name, det in detectors.items()}
     fused = vote(results, features, cfg)
@@ -70,7 +72,8 @@ def em_vote(checked: CheckedDataset, layout: Layout, cfg: VoteConfig, *, feature
     reports = {name: r.report for name, r in results.items()}
     if fused is not None and decide != "vote":
         reports["vote"] = fused.report
-    render_report(res.table, reports, decide, layout.report / "report.html")
+    render_report(res.table, reports, decide, layout.report / "report.html", checked=checked,
+                  skipped=skipped or None)
     layout.metrics.mkdir(parents=True, exist_ok=True)
     atomic_write_json(layout.metrics_file("em_vote"), {
         "n": len(res.table), "flagged": len(res.flagged_ids), "released": len(res.keep_ids),
