@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "work"
-PARAMS = ROOT / "params.yaml"
 sys.path.insert(0, str(ROOT))
+os.chdir(ROOT)  # paths below are repo-relative, so none of the cached outputs records where the clone lives
+WORK = Path("work")
+PARAMS = Path("params.yaml")
 
 import torch  # noqa: E402
 

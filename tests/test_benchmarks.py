@@ -92,8 +92,8 @@ def test_bench_speed_times_dvc_repro_per_stage_on_a_tiny_world(tmp_path):
         "poison": {"rate": 0.2}, "finetune": {"epochs": 1.0, "batch_size": 16},
         "extract_attention": {"batch_size": 16, "shard_size": 16}, "audit_projector": {"batch_size": 16, "ks": [1, 2]},
         "profile_heads": {"strata_k": 2},
-        "fit_gmm": {"detectors": ["tcap_plus", "tcap", "bye"], "params": {"tcap": {"l_sens": 1, "h_sens": 2}}},
-        "em_vote": {"default": "tcap_plus"}, "gate": {"max_flag_rate": 0.5}}))
+        "fit_gmm": {"detectors": {"tcap_plus": {}, "tcap": {"l_sens": 1, "h_sens": 2}, "bye": {}}},
+        "em_vote": {"decide": "tcap_plus", "annotators": ["tcap_plus"]}, "gate": {"max_flag_rate": 0.5}}))
     res = bench_speed.run_pipeline(override, log=lambda m: None)
     assert list(res["stages"]) == ["world", "poison", "finetune", "extract_attention", "audit_projector",
                                    "profile_heads", "fit_gmm", "em_vote", "gate", "release"]

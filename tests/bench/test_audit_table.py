@@ -19,12 +19,10 @@ runner = CliRunner()
 # A 2-layer model and 12 samples: 2 strata, TCAP's layer filter inside the model, a one-epoch fine-tune; only
 # the three detectors the table reads.
 PARAMS = """\
-screen:
-  strata_k: 2
-  default: fused
-  detectors: [fused, tcap_plus, projector]
-detectors:
-  tcap: {l_sens: 1, h_sens: 2}
+profile_heads: {strata_k: 2}
+fit_gmm:
+  detectors: {fused: {}, tcap_plus: {}, projector: {}}
+em_vote: {decide: fused, annotators: [fused, projector]}
 finetune:
   epochs: 1.0
   batch_size: 16

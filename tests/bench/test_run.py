@@ -18,10 +18,10 @@ runner = CliRunner()
 
 # A 2-layer model: TCAP's layer filter must fit it; 12 samples: 2 strata, a short fine-tune.
 PARAMS = """\
-screen:
-  strata_k: 2
-detectors:
-  tcap: {l_sens: 1, h_sens: 2}
+profile_heads: {strata_k: 2}
+fit_gmm:
+  detectors: {shift: {}, fused: {}, tcap_plus: {}, tcap: {l_sens: 1, h_sens: 2}, projector: {}, bye: {},
+              spectral: {}, activation_clustering: {}}
 finetune:
   epochs: 1.0
   batch_size: 16

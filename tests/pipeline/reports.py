@@ -115,7 +115,7 @@ def verdict_table(ids: list[str], *, seed: int = 0) -> pd.DataFrame:
             "vote_tcap": float(flagged) if not quarantined else float("nan"),
             "score_projector": float("nan") if quarantined else float(rng.normal()),
         })
-    # the dtypes `poisonguard screen` writes (poisonguard.screening.verdict_table)
+    # the dtypes `poisonguard screen` writes (poisonguard.pipeline.verdicts.verdict_table)
     return pd.DataFrame(rows).astype({"id": "string", "status": "string", "reason": "string", "flagged": bool})
 
 
