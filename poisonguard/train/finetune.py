@@ -48,23 +48,17 @@ class FinetuneConfig:
             raise ValueError("epochs, lr and batch_size must be positive")
 
 
-def load_model(model_dir: str | Path, *, attn_implementation: str | dict = "sdpa"):
-    """Load a model + processor from a local directory: safetensors only, never remote code."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def load_model(model_dir: str | Path, *, attn_implementation: str | dict = "sdpa", runtime=None,
+               base: str | Path | None = None):
+    """Load a model + processor from a local directory: safetensors only, never remote code.
 
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"model directory not found: {model_dir}")
-    pickled = [p.name for p in model_dir.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
-    if pickled and not list(model_dir.glob("*.safetensors")):
-        raise ValueError(f"{model_dir} holds only pickled weights ({', '.join(pickled)}); "
-                         "poisonguard loads safetensors only. Convert the checkpoint with safetensors first.")
-    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=False)
-    model = AutoModelForImageTextToText.from_pretrained(
-        model_dir, use_safetensors=True, trust_remote_code=False, attn_implementation=attn_implementation,
-        dtype=torch.float32)
-    model.eval()
-    return model, processor
+    Default: float32 on the CPU (the embedded world's reference numbers); `runtime` (see
+    `poisonguard.runtime`) picks the device and dtype. A LoRA adapter folder loads on its base (`base`, else
+    the folder its adapter_config.json names); see `poisonguard.models.load_model`.
+    """
+    from poisonguard.models import load_model as load
+
+    return load(model_dir, runtime, base=base, attn_implementation=attn_implementation)
 
 
 def set_trainable(model, mode: str) -> None:
