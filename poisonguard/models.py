@@ -161,6 +161,20 @@ def adapter_state(model, enabled: bool) -> Iterator[Any]:
         yield model
 
 
+class AdapterView:
+    """One side of a peft model: the base (`enabled=False`, adapter off) or the fine-tuned model (on).
+
+    For APIs that take a (base, fine-tuned) pair, such as the projector-drift pass, when only one model is in
+    memory: `with view.active() as model:` yields the transformers model in that state.
+    """
+
+    def __init__(self, peft_model, enabled: bool):
+        self.peft_model, self.enabled = peft_model, enabled
+
+    def active(self):
+        return adapter_state(self.peft_model, self.enabled)
+
+
 def model_passes(base_dir: str | Path, finetuned_dir: str | Path, runtime: Runtime | None = None, *,
                  attn_implementation: str | dict = "sdpa") -> Iterator[tuple[str, Any, Any]]:
     """Yield ("finetuned", model, processor), then ("base", model, processor), one full model at a time.
@@ -211,3 +225,37 @@ def visual_path(model) -> torch.nn.Module:
     _LIVE.discard(model)  # no longer a full model
     return model
 
+
+
+@contextmanager
+def drift_pair(base_dir: str | Path, finetuned_dir: str | Path, runtime: Runtime | None = None):
+    """(base, fine-tuned, processor) for the projector-drift pass, which needs only each model's vision tower
+    and projector.
+
+    With an adapter: one model, two `AdapterView`s of it. With two full folders: each is loaded and its
+    language model dropped at once (`visual_path`), so one full model is resident at a time and the pair
+    holds only the two visual paths. (transformers loads whole checkpoints; reading only the vision and
+    projector tensors would need the per-family key renames of each checkpoint format, so the full load
+    followed by the drop is the portable way.) The processor is the base's: both see the same pixels.
+    """
+    runtime = runtime or CPU_FP32
+    if is_adapter_dir(finetuned_dir):
+        peft_model, _ = load_model(finetuned_dir, runtime, base=base_dir)
+        processor = load_processor(base_dir)
+        try:
+            yield AdapterView(peft_model, False), AdapterView(peft_model, True), processor
+        finally:
+            del peft_model
+            free_memory(runtime)
+        return
+    m0, processor = load_full(base_dir, runtime)
+    m0 = visual_path(m0)
+    free_memory(runtime)
+    m1, _ = load_full(finetuned_dir, runtime, processor_from=base_dir)
+    m1 = visual_path(m1)
+    free_memory(runtime)
+    try:
+        yield m0, m1, processor
+    finally:
+        del m0, m1
+        free_memory(runtime)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from poisonguard.runtime import to_device
 from poisonguard.train.batching import Example, encode_for_training
 
 
@@ -68,7 +69,7 @@ def run_training(
     for batch in batches:
         if step >= total_steps:
             break
-        inputs = encode_for_training(processor, list(batch))
+        inputs = to_device(encode_for_training(processor, list(batch)), model)
         out = model(**inputs)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
