@@ -96,7 +96,45 @@ def load_processor(path: str | Path, fallback: str | Path | None = None):
             raise ValueError(f"{path} has no processor or tokenizer files and no base folder was given to "
                              "take them from")
         source = Path(fallback)
-    return AutoProcessor.from_pretrained(source, trust_remote_code=False)
+    processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
+    if not hasattr(processor, "image_processor"):  # transformers fell back to the bare tokenizer
+        processor = _image_only_processor(source, processor)
+    return processor
+
+
+def _image_only_processor(source: Path, tokenizer):
+    """The folder's multimodal processor without its video processor.
+
+    Why: Qwen2-VL, Qwen2.5-VL and InternVL processors hold a video processor that needs torchvision; without
+    it `AutoProcessor` silently returns the tokenizer alone, and the first image batch fails far from the
+    cause. Images never need the video processor, so the processor class is rebuilt from the folder's image
+    processor, tokenizer and chat template (`poisonguard.extract.families.image_only` drops the slot).
+    """
+    import inspect
+
+    import transformers
+    from transformers import AutoImageProcessor
+
+    from poisonguard.extract.families import image_only
+
+    cfg_file = source / "processor_config.json"
+    cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+    name = str(cfg.get("processor_class", "")).removesuffix("ImageOnly")
+    cls = getattr(transformers, name, None) if name else None
+    if cls is None:
+        raise ValueError(f"{source}: AutoProcessor gave a tokenizer only and the processor class "
+                         f"{name or '(none)'} is unknown; install torchvision or save the full processor")
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in cfg.items() if k in params and k not in (
+        "image_processor", "tokenizer", "video_processor", "chat_template")}
+    model_cfg = json.loads((source / "config.json").read_text()) if (source / "config.json").is_file() else {}
+    for key in ("image_seq_length",):  # not always written to processor_config.json; the model's is the truth
+        if key in params and key not in kwargs and key in model_cfg:
+            kwargs[key] = model_cfg[key]
+    template = source / "chat_template.jinja"
+    chat_template = template.read_text() if template.is_file() else getattr(tokenizer, "chat_template", None)
+    return image_only(cls)(image_processor=AutoImageProcessor.from_pretrained(source), tokenizer=tokenizer,
+                           chat_template=chat_template, **kwargs)
 
 
 def load_full(path: str | Path, runtime: Runtime | None = None, *, processor_from: str | Path | None = None,

@@ -91,16 +91,31 @@ def model_token_budget(model, processor) -> int:
     return max(8, ctx - n_img)
 
 
+class _ConfigOnly:
+    """A model's config without its weights: what validation reads of the model."""
+
+    def __init__(self, model_dir):
+        from transformers import AutoConfig
+
+        from poisonguard.models import check_model_dir
+
+        self.config = AutoConfig.from_pretrained(check_model_dir(model_dir), trust_remote_code=False)
+
+
 def validate_for_model(data: str | Path | Dataset, processor, model, image_folder=None) -> CheckedDataset:
-    """Validation plus the model's own context check; `data` is a path or an already read `Dataset`."""
+    """Validation plus the model's own checks (context length; text the tokenizer would read as control
+    tokens or role markers); `data` is a path or an already read `Dataset`. `model` is used for its config."""
+    from poisonguard.data.special_tokens import special_token_check
+
     ds = data if isinstance(data, Dataset) else read_dataset(data, image_root=image_folder)
-    return check_dataset(ds, checks=(context_check(processor, model_token_budget(model, processor)),))
+    return check_dataset(ds, checks=(context_check(processor, model_token_budget(model, processor)),
+                                     special_token_check(processor)))
 
 
 # ----------------------------------------------------------------------------------------------- extraction
 def extract_models(checked: CheckedDataset, base_dir: Path, finetuned_dir: Path, out_dir: Path, *,
                    batch_size: int = 64, shard_size: int = 1024, show_progress: bool = True,
-                   log=None) -> dict:
+                   log=None, runtime=None) -> dict:
     """Decision-position attention of the fine-tuned and of the base model on the usable samples.
 
     Base-model differencing is the largest single gain measured so far (research/prototype.md): the same
@@ -109,24 +124,30 @@ def extract_models(checked: CheckedDataset, base_dir: Path, finetuned_dir: Path,
     Resumable: finished shards of the same samples and model are skipped (and logged); shards of other
     inputs are discarded. The caller must hold the folder (the screen's lock, or DVC's), because leftover
     temp files of a killed run are removed here.
+
+    One full model at a time (`poisonguard.models.model_passes`): a LoRA adapter folder as `finetuned_dir`
+    runs both passes on one loaded base (adapter on, then off). `runtime` sets device and dtype.
     """
     from poisonguard.extract import extract_to_dir
     from poisonguard.extract.storage import remove_temp_files
-    from poisonguard.train.finetune import load_model
+    from poisonguard.models import is_adapter_dir, model_passes
 
     samples = checked.ok
     ids = [s.id for s in samples]
     examples = LazyExamples(samples, checked.image_loader())
     digests = checked.digests(samples)
     out = {}
-    for name, model_dir in (("finetuned", finetuned_dir), ("base", base_dir)):
+    base_tag = model_digest(Path(base_dir))
+    tags = {"base": base_tag, "finetuned": model_digest(Path(finetuned_dir)) + (
+        f"+{base_tag}" if is_adapter_dir(finetuned_dir) else "")}  # an adapter's model is adapter + base
+    for name, model, processor in model_passes(base_dir, finetuned_dir, runtime):
         folder = Path(out_dir) / name
         folder.mkdir(parents=True, exist_ok=True)
         remove_temp_files(folder)
-        model, processor = load_model(model_dir)
         extract_to_dir(model, processor, examples, ids, folder, shard_size=shard_size, batch_size=batch_size,
-                       tag=model_digest(Path(model_dir)), inputs=digests, on_stale="restart",
+                       tag=tags[name], inputs=digests, on_stale="restart",
                        show_progress=show_progress, log=log)
+        del model, processor  # released before the next pass loads its model
         out[name] = str(folder)
     return out
 
@@ -304,16 +325,19 @@ FUSED_DRIFT_SCORES = ("drift_max", "drift_mean", "drift_max_rel")
 
 
 def projector_scores(base: Path, finetuned: Path, checked: CheckedDataset, *, batch_size: int = 64,
-                     names=FUSED_DRIFT_SCORES, show_progress: bool = True) -> dict[str, np.ndarray]:
+                     names=FUSED_DRIFT_SCORES, show_progress: bool = True, runtime=None) -> dict[str, np.ndarray]:
     """Per-sample projector drift of the full visual path (each model's own tower + projector), aligned with
-    `checked.ok` (the order of the extraction); NaN for samples without an image."""
-    from poisonguard.audit.activations import collect_drift, drift_scores, shared_direction
-    from poisonguard.train.finetune import load_model
+    `checked.ok` (the order of the extraction); NaN for samples without an image.
 
-    m0, processor = load_model(base)
-    m1, _ = load_model(finetuned)
-    col = collect_drift(m0, m1, processor, checked.ok, checked.image_loader(), batch_size=batch_size,
-                        show_progress=show_progress)
+    Holds only the two visual paths (language models dropped) or, for an adapter, one model seen with the
+    adapter off and on (`poisonguard.models.drift_pair`)."""
+    from poisonguard.audit.activations import collect_drift, drift_scores, shared_direction
+    from poisonguard.models import drift_pair
+
+    with drift_pair(base, finetuned, runtime) as (m0, m1, processor):
+        col = collect_drift(m0, m1, processor, checked.ok, checked.image_loader(), batch_size=batch_size,
+                            show_progress=show_progress)
+        del m0, m1
     scores = drift_scores(col, shared_direction(col))
     return {k: np.asarray(scores[k], dtype=np.float64) for k in names}
 
@@ -374,21 +398,29 @@ def run_screen(data: str | Path, base: str | Path, out: str | Path, *, finetuned
                image_folder=None, finetune_cfg=None, detectors=DETECTORS, default: str = "shift",
                detector_params: dict | None = None, strata_k: int = 8, batch_size: int = 64,
                shard_size: int = 1024, projector: bool = True, show_progress: bool = True,
-               log=print) -> ScreenResult:
+               log=print, runtime=None) -> ScreenResult:
     """The whole screening of one dataset into a report directory (see the module docstring).
 
     Raises `DataError` for an unreadable file (before any model is loaded) and when no sample is usable (after
     writing the verdict table, so every sample's reason is on record); `FolderBusyError` when another run
     holds `out`. A rerun after a crash resumes the extraction (see `extract_models`).
+
+    `runtime` (`poisonguard.runtime.Runtime`; default CPU float32) sets device and dtype for every model.
+    With `finetuned` given, validation reads only the base's config and processor (no model load).
     """
+    from poisonguard.models import load_processor
     from poisonguard.report.html import render_report
+    from poisonguard.runtime import free_memory
     from poisonguard.train.examples import to_examples
     from poisonguard.train.finetune import FinetuneConfig, finetune, load_model, save_model
 
     out = Path(out)
     with folder_lock(out):
         ds = read_dataset(data, image_root=image_folder)
-        model, processor = load_model(base)
+        if finetuned is None:  # the base is fine-tuned below: load it now
+            model, processor = load_model(base, runtime=runtime)
+        else:  # validation needs only the config and the processor
+            model, processor = _config_only(base), load_processor(base)
         checked = validate_for_model(ds, processor, model)
         log(f"validated {len(checked.dataset.samples)} samples: {len(checked.ok)} ok, "
             f"{len(checked.quarantined)} quarantined")
@@ -407,14 +439,16 @@ def run_screen(data: str | Path, base: str | Path, out: str | Path, *, finetuned
                                      show_progress=show_progress)
             finetuned = out / "finetuned"
             save_model(ft_model, processor, finetuned, rep)
+            del ft_model
         del model
+        free_memory(runtime)
         extract_models(checked, Path(base), Path(finetuned), out / "extract", batch_size=batch_size,
-                       shard_size=shard_size, show_progress=show_progress, log=log)
+                       shard_size=shard_size, show_progress=show_progress, log=log, runtime=runtime)
         extra = {}
         names = [d for d in detectors if projector or d not in ("fused", "projector")]
         if projector and any(d in names for d in ("fused", "projector")):
             extra = projector_scores(base, finetuned, checked, batch_size=batch_size,
-                                     show_progress=show_progress)
+                                     show_progress=show_progress, runtime=runtime)
             save_drift_scores([s.id for s in checked.ok], extra, out / "extract" / DRIFT_FILE)
             names = _without_unfit_projector(names, extra, log)
         features = build_features(out / "extract", strata_k=strata_k, extra_scores=extra)

@@ -128,3 +128,22 @@ def test_passes_hold_one_model_with_an_adapter_and_two_at_most_otherwise(llava_d
     assert peak_full - start <= 2 and live_models() == start
     for (_, a), (_, b) in zip(seen, full):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llava_next", "qwen2_vl", "qwen2_5_vl", "internvl"])
+def test_processors_reload_from_disk_without_a_video_processor(family, tmp_path):
+    """Qwen2(.5)-VL and InternVL processors hold a video processor that needs torchvision; without it the
+    folder's processor is rebuilt for images, and must encode exactly as the original."""
+    from PIL import Image
+
+    from poisonguard.models import load_processor
+
+    model, processor = build_tiny(family)
+    processor.save_pretrained(tmp_path)
+    model.config.save_pretrained(tmp_path)
+    again = load_processor(tmp_path)
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour"}]}]
+    image = Image.new("RGB", (32, 16), (10, 200, 30))
+    a, b = ({**pr(text=[pr.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)],
+                  images=[image], return_tensors="pt", padding=True)} for pr in (processor, again))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

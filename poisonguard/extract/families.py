@@ -231,7 +231,7 @@ QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|
                  "<|image_pad|>", "<|video_pad|>"]
 
 
-def _image_only(processor_cls):
+def image_only(processor_cls):
     """`processor_cls` without its video processor slot.
 
     Why: transformers' video processors import torchvision, which is not installed here, and ProcessorMixin
@@ -257,7 +257,7 @@ def _qwen_processor(processor_cls):
     image_processor = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
                                                size={"shortest_edge": 64, "longest_edge": 32 * 32},
                                                image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    processor = _image_only(processor_cls)(image_processor=image_processor, tokenizer=tok,
+    processor = image_only(processor_cls)(image_processor=image_processor, tokenizer=tok,
                                            chat_template=QWEN_TEMPLATE)
     return tok, processor
 
@@ -332,7 +332,7 @@ def _build_internvl(seed: int):
     # thumbnail; each tile is 4x4 patches of 4 px, pixel-shuffled by 0.5 -> 4 LM tokens per tile.
     image_processor = GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, min_patches=1, max_patches=4,
                                                image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    processor = _image_only(InternVLProcessor)(image_processor=image_processor, tokenizer=tok,
+    processor = image_only(InternVLProcessor)(image_processor=image_processor, tokenizer=tok,
                                                image_seq_length=4, chat_template=INTERNVL_TEMPLATE)
     config = InternVLConfig(
         vision_config=InternVLVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
