@@ -420,7 +420,7 @@ def run_screen(data: str | Path, base: str | Path, out: str | Path, *, finetuned
         if finetuned is None:  # the base is fine-tuned below: load it now
             model, processor = load_model(base, runtime=runtime)
         else:  # validation needs only the config and the processor
-            model, processor = _config_only(base), load_processor(base)
+            model, processor = _ConfigOnly(base), load_processor(base)
         checked = validate_for_model(ds, processor, model)
         log(f"validated {len(checked.dataset.samples)} samples: {len(checked.ok)} ok, "
             f"{len(checked.quarantined)} quarantined")
