@@ -62,7 +62,7 @@ def test_processor_falls_back_to_the_base(llava_dirs):
     assert not (merged / "tokenizer_config.json").exists()
     with pytest.raises(ValueError, match="no processor"):
         load_model(merged)
-    model, processor = load_model(merged, base=llava_dirs / "base")
+    _, processor = load_model(merged, base=llava_dirs / "base")
     assert processor.chat_template
 
 

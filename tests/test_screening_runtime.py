@@ -75,7 +75,7 @@ def family_dirs(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def no_html(monkeypatch):
     """The HTML report (matplotlib, seconds per figure) is not under test here: a stub page instead."""
-    import poisonguard.report.html as html
+    from poisonguard.report import html
 
     monkeypatch.setattr(html, "render_report", lambda table, reports, default, path: path.write_text("stub"))
 
@@ -130,8 +130,8 @@ def adapter_dirs(tmp_path_factory):
 
 def _peak_live(monkeypatch):
     """Record the live-model count at every extraction and drift pass of a screen."""
-    import poisonguard.audit.activations as activations
-    import poisonguard.extract as extract
+    from poisonguard import extract
+    from poisonguard.audit import activations
 
     seen: list[int] = []
     for module, name in ((extract, "extract_to_dir"), (activations, "collect_drift")):

@@ -48,12 +48,16 @@ def template_markers(processor, specials: dict[str, int] | None = None) -> list[
                 {"role": "user", "content": [{"type": "text", "text": _SENTINEL.format(1)}]},
                 {"role": "assistant", "content": [{"type": "text", "text": _SENTINEL.format(2)}]},
                 {"role": "user", "content": [{"type": "text", "text": _SENTINEL.format(3)}]}]
+    from jinja2 import TemplateError
+
+    # a template may refuse a system role (raise_exception in Jinja) or be missing: then user/assistant only
+    failures = (TemplateError, ValueError, TypeError, KeyError, AttributeError)
     try:
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    except Exception:  # a template without a system role, or none at all: fall back to user/assistant
+    except failures:
         try:
             text = processor.apply_chat_template(messages[1:], tokenize=False, add_generation_prompt=True)
-        except Exception:
+        except failures:
             return []
     literal = re.sub("\u2063PGSENTINEL\\d\u2063", "\n", text)
     for tok in sorted(specials, key=len, reverse=True):
