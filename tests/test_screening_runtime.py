@@ -161,3 +161,11 @@ def test_adapter_gives_the_merged_verdicts_with_one_model_in_memory(data, adapte
     for col in ("p_poison", "score_projector"):
         np.testing.assert_allclose(via_adapter[col], via_merged[col], rtol=1e-3, atol=1e-4)
     assert live_models() <= start, "no model outlives the screen"
+
+
+def test_adapter_screen_in_bf16(data, adapter_dirs, tmp_path):
+    """peft keeps LoRA weights in float32 on a bf16 base: both passes and the drift pass must still feed the
+    model bf16 inputs and read its outputs back."""
+    base, adapter, _ = adapter_dirs
+    res = _screen(data, base, adapter, tmp_path / "a", Runtime(torch.device("cpu"), torch.bfloat16))
+    _check_table(res.table)
