@@ -11,7 +11,7 @@ other comfortably. So:
   full model resident: with an adapter the same weights serve both passes (adapter on, then off); with two
   full folders the first is released before the second is loaded;
 - an original (non-`-hf`) LLaVA checkpoint or a config that needs remote code is refused with a one-line
-  `ValueError` saying how to convert it; pickled weights are refused (safetensors only).
+  `CheckpointError` (a ValueError) saying how to convert it; pickled weights are refused (safetensors only).
 
 Every full model loaded here is registered with `runtime.track_model`, so tests can count live models.
 """
@@ -26,7 +26,14 @@ from typing import Any
 
 import torch
 
+from poisonguard.data.errors import DataError
 from poisonguard.runtime import CPU_FP32, Runtime, free_memory, track_model
+
+
+class CheckpointError(DataError):
+    """A model folder that cannot be loaded as given (original LLaVA layout, remote code, pickled weights, an
+    adapter without its base). A `DataError`, so every CLI verb reports it as bad input: one line, exit 2."""
+
 
 ADAPTER_CONFIG = "adapter_config.json"
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
@@ -65,21 +72,21 @@ def check_model_dir(path: str | Path) -> Path:
     has_safetensors = any(path.glob("*.safetensors"))
     pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickled and not has_safetensors:
-        raise ValueError(f"{path} holds only pickled weights ({', '.join(pickled)}); poisonguard loads "
+        raise CheckpointError(f"{path} holds only pickled weights ({', '.join(pickled)}); poisonguard loads "
                          "safetensors only. Convert the checkpoint with safetensors first.")
     if is_adapter_dir(path):
         return path
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise ValueError(f"{path} has no config.json (and no adapter_config.json): not a model folder")
+        raise CheckpointError(f"{path} has no config.json (and no adapter_config.json): not a model folder")
     cfg = json.loads(config_file.read_text())
     if cfg.get("auto_map"):
-        raise ValueError(f"{path} needs remote code (config.json has auto_map: {sorted(cfg['auto_map'])}); "
+        raise CheckpointError(f"{path} needs remote code (config.json has auto_map: {sorted(cfg['auto_map'])}); "
                          "poisonguard never runs remote code: use the transformers-native (-hf) conversion of "
                          "this model, e.g. OpenGVLab/InternVL3-8B-hf or llava-hf/llava-1.5-7b-hf")
     original = [k for k in ORIGINAL_LLAVA_KEYS if k in cfg]
     if original or (cfg.get("model_type") in ("llava_llama", "llava_mistral", "llava_mpt", "llava_qwen")):
-        raise ValueError(f"{path} is an original LLaVA checkpoint ({', '.join(original) or cfg['model_type']}), "
+        raise CheckpointError(f"{path} is an original LLaVA checkpoint ({', '.join(original) or cfg['model_type']}), "
                          "not the transformers layout: convert it with convert_llava_weights_to_hf.py from the "
                          "transformers source tree (models/llava/), or use the llava-hf release "
                          "(e.g. llava-hf/llava-1.5-7b-hf)")
@@ -93,7 +100,7 @@ def load_processor(path: str | Path, fallback: str | Path | None = None):
     source = Path(path)
     if not has_processor(source):
         if fallback is None:
-            raise ValueError(f"{path} has no processor or tokenizer files and no base folder was given to "
+            raise CheckpointError(f"{path} has no processor or tokenizer files and no base folder was given to "
                              "take them from")
         source = Path(fallback)
     processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
@@ -122,7 +129,7 @@ def _image_only_processor(source: Path, tokenizer):
     name = str(cfg.get("processor_class", "")).removesuffix("ImageOnly")
     cls = getattr(transformers, name, None) if name else None
     if cls is None:
-        raise ValueError(f"{source}: AutoProcessor gave a tokenizer only and the processor class "
+        raise CheckpointError(f"{source}: AutoProcessor gave a tokenizer only and the processor class "
                          f"{name or '(none)'} is unknown; install torchvision or save the full processor")
     params = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in cfg.items() if k in params and k not in (
@@ -149,7 +156,7 @@ def load_full(path: str | Path, runtime: Runtime | None = None, *, processor_fro
     runtime = runtime or CPU_FP32
     path = check_model_dir(path)
     if is_adapter_dir(path):
-        raise ValueError(f"{path} is a LoRA adapter folder: load it with load_model(path, base=BASE_DIR)")
+        raise CheckpointError(f"{path} is a LoRA adapter folder: load it with load_model(path, base=BASE_DIR)")
     processor = load_processor(path, processor_from)
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False,
                               "attn_implementation": attn_implementation, "dtype": runtime.dtype}
@@ -177,7 +184,7 @@ def load_model(path: str | Path, runtime: Runtime | None = None, *, base: str | 
 
     base_dir = Path(base) if base is not None else adapter_base(path)
     if base_dir is None:
-        raise ValueError(f"{path} is a LoRA adapter whose base model folder is unknown: pass the base "
+        raise CheckpointError(f"{path} is a LoRA adapter whose base model folder is unknown: pass the base "
                          "(--base) it was trained on")
     model, base_processor = load_full(base_dir, runtime, attn_implementation=attn_implementation)
     processor = load_processor(path) if has_processor(path) else base_processor

@@ -147,3 +147,23 @@ def test_processors_reload_from_disk_without_a_video_processor(family, tmp_path)
     a, b = ({**pr(text=[pr.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)],
                   images=[image], return_tensors="pt", padding=True)} for pr in (processor, again))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_reports_an_unloadable_checkpoint_in_one_line(llava_dirs, tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from poisonguard.cli import app
+
+    cfg = json.loads((llava_dirs / "base" / "config.json").read_text())
+    original = tmp_path / "original"
+    original.mkdir()
+    (original / "config.json").write_text(json.dumps({**cfg, "mm_vision_tower": "openai/clip-vit-large"}))
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    rows = [{"id": "a", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nwhat ?"},
+                                                              {"from": "gpt", "value": "red"}]}]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    r = CliRunner().invoke(app, ["screen", "--data", str(tmp_path / "d.json"), "--base", str(original),
+                                 "--finetuned", str(llava_dirs / "adapter"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2, r.output
+    assert "convert_llava_weights_to_hf" in r.output and "Traceback" not in r.output
