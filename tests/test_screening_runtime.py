@@ -129,8 +129,9 @@ def adapter_dirs(tmp_path_factory):
 
 
 def _peak_live(monkeypatch):
-    """Record the live-model count at every extraction and drift pass of a screen."""
-    from poisonguard import extract
+    """Record the live-model count at every extraction and drift pass of a screen (returned list), and right
+    after every model load, while switching (`loads`)."""
+    from poisonguard import extract, models
     from poisonguard.audit import activations
 
     seen: list[int] = []
@@ -142,6 +143,16 @@ def _peak_live(monkeypatch):
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(module, name, spy)
+    loads: list[int] = []
+    track = models.track_model
+
+    def tracked(model):
+        out = track(model)
+        loads.append(live_models())
+        return out
+
+    monkeypatch.setattr(models, "track_model", tracked)
+    _peak_live.loads = loads
     return seen
 
 
@@ -150,11 +161,15 @@ def test_adapter_gives_the_merged_verdicts_with_one_model_in_memory(data, adapte
     rt = Runtime(torch.device("cpu"), torch.float32)
     start = live_models()
     seen = _peak_live(monkeypatch)
+    loads = _peak_live.loads
     via_adapter = _screen(data, base, adapter, tmp_path / "a", rt).table
     assert len(seen) == 3 and max(seen) - start <= 1, seen  # 2 extraction passes + 1 drift pass
+    assert len(loads) == 2 and max(loads) - start <= 1, loads  # one base for extraction, one for the drift
     seen.clear()
+    loads.clear()
     via_merged = _screen(data, base, merged, tmp_path / "m", rt).table
     assert len(seen) == 3 and max(seen) - start <= 2, seen
+    assert len(loads) == 4 and max(loads) - start <= 2, loads  # even while switching models
     _check_table(via_adapter)
     cols = ["id", "status", "flagged", "flag_projector"]
     pd.testing.assert_frame_equal(via_adapter[cols], via_merged[cols])
