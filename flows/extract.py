@@ -24,7 +24,6 @@ import argparse
 import functools
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect_dask import DaskTaskRunner
@@ -45,13 +44,13 @@ def plan_extraction(data: str, image_root: str | None, model_dir: str, ids: list
     from poisonguard.pipeline.validate import validate_for_model
 
     checked = validate_for_model(data, model_dir, image_root)
-    p = plan(checked, {"model": Path(model_dir)})
+    p = plan(checked, model_dir)
     digests = dict(zip(p.ids, p.inputs))
     wanted = p.ids if ids is None else list(ids)
     missing = [i for i in wanted if i not in digests]
     if missing:
         raise ValueError(f"{len(missing)} id(s) to extract are not usable samples of {data}: {missing[:5]}")
-    return {"ids": wanted, "inputs": [digests[i] for i in wanted], "tag": p.tags["model"]}
+    return {"ids": wanted, "inputs": [digests[i] for i in wanted], "tag": p.tags["base"]}
 
 
 @task(retries=1, retry_delay_seconds=30)

@@ -24,14 +24,26 @@ def _print_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, default=float))
 
 
-def _setup_threads() -> None:
-    """Torch threads: `PG_THREADS` if set, else at most 2 (the reference machines have 2 cores; more threads
-    than cores make a tiny model slower, not faster)."""
-    import os
+Device = Annotated[str | None, typer.Option(
+    help="auto | cpu | cuda | cuda:N (default: params.yaml runtime.device; auto = CUDA when a GPU is present).")]
+Dtype = Annotated[str | None, typer.Option(
+    help="auto | float32 | bfloat16 (default: params.yaml runtime.dtype; auto = bf16 on a GPU, fp32 on the CPU).")]
 
-    import torch
 
-    torch.set_num_threads(int(os.environ.get("PG_THREADS", min(2, torch.get_num_threads()))))
+def _setup_threads(runtime=None) -> None:
+    """Torch threads on the CPU: `PG_THREADS` if set, else at most 2 (the reference machines have 2 cores;
+    more threads than cores make a tiny model slower, not faster). Left alone on a GPU."""
+    from poisonguard.runtime import set_threads
+
+    set_threads(runtime)
+
+
+def _runtime(cfg):
+    """The config's runtime resolved on this machine (a bad or impossible choice is bad input, exit 2)."""
+    try:
+        return cfg.runtime.resolve()
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -101,24 +113,29 @@ def finetune(
     data: Annotated[Path, typer.Option(help="Training dataset (LLaVA JSON or HF messages).")],
     base: Annotated[Path, typer.Option(help="Base model directory (HF save_pretrained, safetensors).")],
     out: Annotated[Path, typer.Option(help="Where to save the fine-tuned model (same HF format).")],
-    lora: Annotated[bool, typer.Option("--lora", help="LoRA adapters (peft) on the LM, merged on save.")] = False,
-    mode: Annotated[str | None, typer.Option(help="default | train_vision | projector_only | lora.")] = None,
+    lora: Annotated[bool, typer.Option("--lora", help="LoRA adapters (peft) on the LM; saves the adapter (--merge: the merged model).")] = False,
+    mode: Annotated[str | None, typer.Option(help="auto | default | train_vision | projector_only | lora.")] = None,
     epochs: Annotated[float | None, typer.Option(help="Epochs (default from params.yaml).")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for shuffling.")] = None,
     image_folder: Annotated[Path | None, typer.Option(help="Where image paths start.")] = None,
     params: Annotated[Path | None, typer.Option(help="params.yaml to read the `finetune` section from.")] = None,
+    merge: Annotated[bool, typer.Option("--merge", help="LoRA: save the merged model instead of the adapter.")] = False,
+    device: Device = None,
+    dtype: Dtype = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Fine-tune a model on a dataset (the pipeline's `finetune` stage: samples that fail validation against
     the base model are left out and counted; `poisonguard screen` lists their reasons)."""
     from poisonguard.pipeline.finetuning import finetune as run
 
-    _setup_threads()
-    cfg = _config(params, finetune={"mode": "lora" if lora else mode, "epochs": epochs, "lr": lr,
-                                    "seed": seed}).finetune
+    config = _config(params, finetune={"mode": "lora" if lora else mode, "epochs": epochs, "lr": lr, "seed": seed,
+                                       "merge": merge or None}, runtime={"device": device, "dtype": dtype})
+    runtime = _runtime(config)
+    _setup_threads(runtime)
+    cfg = config.finetune
     with _bad_input():
-        res = run(data, base, out, cfg, image_folder=image_folder, show_progress=not quiet,
+        res = run(data, base, out, cfg, runtime=runtime, image_folder=image_folder, show_progress=not quiet,
                   log=lambda m: typer.echo(m, err=True))
     typer.echo(f"fine-tuned {res.report['steps']} steps ({cfg.mode}) in {res.seconds:.0f}s, "
                f"final loss {res.report['final_loss']:.3f} -> {out}")
@@ -133,16 +150,20 @@ def eval_model(
     train: Annotated[Path | None, typer.Option(help="Poisoned training set, for the fit of poisoned samples.")] = None,
     poison_ids: Annotated[Path | None, typer.Option(help="poison_ids.json of that training set.")] = None,
     params: Annotated[Path | None, typer.Option(help="params.yaml with attack parameters.")] = None,
+    base: Annotated[Path | None, typer.Option(help="Base model of a LoRA adapter folder given as --model.")] = None,
+    device: Device = None,
+    dtype: Dtype = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Clean accuracy (CP), attack success rate (ASR) and poisoned-train fit, as JSON (benchmark tool)."""
     from poisonguard.pipeline.config import attack_params
     from poisonguard.train.evaluate import evaluate_files
 
-    _setup_threads()
+    runtime = _runtime(_config(params, runtime={"device": device, "dtype": dtype}))
+    _setup_threads(runtime)
     with _bad_input():
         result = evaluate_files(model, test, attack=attack, target=target, train=train, poison_ids=poison_ids,
-                                params=attack_params(params, attack) if attack else None,
+                                params=attack_params(params, attack) if attack else None, runtime=runtime, base=base,
                                 show_progress=not quiet)
     _print_json(result)
 
@@ -152,18 +173,20 @@ def screen(
     data: Annotated[Path, typer.Option(help="Suspect dataset (LLaVA JSON or HF messages).")],
     base: Annotated[Path, typer.Option(help="Base model directory (before fine-tuning on the suspect data).")],
     out: Annotated[Path, typer.Option(help="Report folder: verdicts.parquet/csv, clean.json, report.html, ...")],
-    finetuned: Annotated[Path | None, typer.Option(help="Already fine-tuned model; fine-tunes when absent.")] = None,
+    finetuned: Annotated[Path | None, typer.Option(help="Already fine-tuned model folder or LoRA adapter folder; fine-tunes when absent.")] = None,
     image_folder: Annotated[Path | None, typer.Option(help="Where image paths start.")] = None,
     detector: Annotated[str | None, typer.Option(help="Whose verdict decides: a detector of fit_gmm, or 'vote' (params: em_vote.decide).")] = None,
     params: Annotated[Path | None, typer.Option(help="params.yaml (every pipeline section; default the repo's).")] = None,
+    device: Device = None,
+    dtype: Dtype = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Screen a dataset: verdict per sample (ok / quarantined / flagged) and a release candidate. Runs the
     pipeline's stages (those of `dvc repro`) in one process."""
     from poisonguard.pipeline.screen import run_screen
 
-    _setup_threads()
-    cfg = _config(params, em_vote={"decide": detector})
+    cfg = _config(params, em_vote={"decide": detector}, runtime={"device": device, "dtype": dtype})
+    _setup_threads(_runtime(cfg))
     with _bad_input():
         res = run_screen(data, base, out, finetuned=finetuned, image_folder=image_folder, config=cfg,
                          show_progress=not quiet, log=lambda m: typer.echo(m, err=True))
@@ -203,14 +226,16 @@ def bench(
     no_screen: Annotated[bool, typer.Option("--no-screen", help="Only the attack table (CP/ASR/fit).")] = False,
     clean: Annotated[bool, typer.Option(help="Include the 0%-poison clean cell.")] = True,
     params: Annotated[Path | None, typer.Option(help="params.yaml (the pipeline's sections; default the repo's).")] = None,
+    device: Device = None,
+    dtype: Dtype = None,
 ) -> None:
     """The benchmark: attacks x rates x seeds x detectors with controls (and --retrain, the defence loop);
     writes summary.json, tables.md (mean ± std over seeds) and report/index.html with plots."""
     from poisonguard.attacks import ATTACKS
     from poisonguard.bench import BenchConfig, quick_config, run_bench
 
-    _setup_threads()
-    pipeline = _config(params)
+    pipeline = _config(params, runtime={"device": device, "dtype": dtype})
+    _setup_threads(_runtime(pipeline))
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
 
     def numbers(option: str, text: str, kind: type) -> tuple:
@@ -284,6 +309,9 @@ def audit(
     max_eval: Annotated[int | None, typer.Option(help="Test prompts per CP / ASR evaluation (default: all).")] = None,
     max_samples: Annotated[int | None, typer.Option(help="Samples in the activation analysis, evenly spaced (default: all).")] = None,
     image_folder: Annotated[Path | None, typer.Option(help="Where --data's image paths start.")] = None,
+    params: Annotated[Path | None, typer.Option(help="params.yaml (section runtime; default the repo's).")] = None,
+    device: Device = None,
+    dtype: Dtype = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Projector audit (ProjLens): ΔW spectra, drift of each visual token, rank-k removal / reconstruction."""
@@ -305,13 +333,15 @@ def audit(
     if repair_k < 1:
         _fail(f"--repair-k must be a positive integer, got {repair_k}")
     ranks = _positive_ints(ks, "--ks")
-    _setup_threads()
+    runtime = _runtime(_config(params, runtime={"device": device, "dtype": dtype}))
+    _setup_threads(runtime)
     log = lambda m: typer.echo(m, err=True)
     with _bad_input():
         try:
             report = audit_models(base, finetuned, data, test=test, attack=attack, target=target, truth=truth, ks=ranks,
                                   out_dir=out, repair_k=repair_k, max_eval=max_eval, max_samples=max_samples,
-                                  image_folder=image_folder, layer_sets=layers, show_progress=not quiet, log=log)
+                                  image_folder=image_folder, layer_sets=layers, show_progress=not quiet, log=log,
+                                  runtime=runtime)
         except ValueError as exc:  # AuditInputError: no projector, mismatched models, bad options; bad weights
             _fail(str(exc))
     for lay in report["weights"]["layers"]:

@@ -9,4 +9,5 @@ from poisonguard.pipeline.validate import load_validation
 
 layout = Layout.dvc(WORK)
 audit_projector(load_validation(DATA, layout.validation), BASE, FINETUNED, layout,
-                section_config("audit_projector", PARAMS), show_progress=False, log=log)
+                section_config("audit_projector", PARAMS), runtime=section_config("runtime", PARAMS).resolve(),
+                show_progress=False, log=log)

@@ -8,4 +8,4 @@ from poisonguard.pipeline.extraction import extract_attention
 from poisonguard.pipeline.layout import Layout
 
 extract_attention(DATA, BASE, FINETUNED, Layout.dvc(WORK), section_config("extract_attention", PARAMS),
-                  show_progress=False, log=log)
+                  runtime=section_config("runtime", PARAMS).resolve(), show_progress=False, log=log)

@@ -18,7 +18,7 @@ from poisonguard.audit.projector import (
     projector_linears,
 )
 from poisonguard.audit.report import audit_models
-from poisonguard.audit.weights import layer_deltas, rank_k_edit, repair, spectrum_summary
+from poisonguard.audit.weights import layer_deltas, rank_k_edit, rank_k_edited, repair, spectrum_summary
 
 __all__ = [
     "DRIFT_SCORES",
@@ -34,6 +34,7 @@ __all__ = [
     "projector_features",
     "projector_linears",
     "rank_k_edit",
+    "rank_k_edited",
     "repair",
     "shared_direction",
     "spectrum_summary",

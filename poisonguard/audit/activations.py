@@ -23,6 +23,7 @@ Why (ProjLens, research/projlens.md §4, §6, §8; drift probe, research/detecto
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +122,11 @@ def _image_norm_r(delta: torch.Tensor, top: torch.Tensor, base_norm: torch.Tenso
     return float((c @ x).item() / denom)
 
 
+def _using(model):
+    """A context yielding the model: a view's `active()`, or the model itself."""
+    return model.active() if hasattr(model, "active") else nullcontext(model)
+
+
 @torch.no_grad()
 def collect_drift(
     base: nn.Module,
@@ -137,11 +143,14 @@ def collect_drift(
 ) -> DriftCollection:
     """One pass: both models see the same pixels (`processor` = the base's), each through its own tower.
 
+    `base` and `finetuned` are models, or views with an `active()` context that yields one
+    (`poisonguard.models.AdapterView`: one peft model serves as both, adapter off and on).
     The token rows of `fit_samples` evenly spaced samples (at most `max_fit_tokens` rows) are kept for the
     norm law; everything else is reduced per sample, so memory does not grow with tokens × samples.
     """
     n = len(samples)
-    d = base.get_output_embeddings().weight.shape[1]
+    with _using(base) as m0:
+        d = m0.get_output_embeddings().weight.shape[1]
     nan = np.full(n, np.nan)
     col = DriftCollection(
         ids=np.asarray([s.id for s in samples], dtype=str),
@@ -172,15 +181,20 @@ def collect_drift(
         idx = with_images[start : start + batch_size]
         images = [load_image(ref) for i in idx for ref in samples[i].images]
         inputs = image_inputs(processor, images)
-        f0, f1 = projector_features(base, inputs), projector_features(finetuned, inputs)
-        v0, v1 = torch.cat(f0.v), torch.cat(f1.v)  # (R, D_in): every token of the batch
+        with _using(base) as m0:
+            f0 = projector_features(m0, inputs)
+        v0 = torch.cat(f0.v)  # (R, D_in): every token of the batch
+        with _using(finetuned) as m1:
+            f1 = projector_features(m1, inputs)
+            p1_v0 = apply_projector(m1, v0)  # (R, D): the fine-tuned projector on the base tower's output
+        v1 = torch.cat(f1.v)  # (R, D_in)
         e0, e1 = torch.cat(f0.e), torch.cat(f1.e)  # (R, D)
         delta = (e1 - e0).double()  # (R, D)
         r = delta.norm(dim=1)  # (R,)
         base_norm = e0.norm(dim=1).double()  # (R,)
         rel = r / base_norm.clamp_min(_EPS)  # (R,)
         rel_input = r / v1.norm(dim=1).double().clamp_min(_EPS)  # (R,)
-        proj_only = (apply_projector(finetuned, v0) - e0).norm(dim=1)  # (R,): tower held at base
+        proj_only = (p1_v0 - e0).norm(dim=1)  # (R,): tower held at base
         col.gram += (delta.T @ delta).numpy()  # (D, D)
         image_rows = [e.shape[0] for e in f0.e]
         per_sample = [
@@ -350,7 +364,7 @@ def logit_lens(
     """Top tokens of lm_head(±g) and lm_head(norm(±g)) for a unit direction g in the LM's hidden space."""
     head = model.get_output_embeddings()
     final_norm = getattr(model.get_decoder(), "norm", None)
-    g = torch.as_tensor(np.asarray(direction), dtype=head.weight.dtype)
+    g = torch.as_tensor(np.asarray(direction), dtype=head.weight.dtype, device=head.weight.device)
     g = g / g.norm().clamp_min(_EPS)  # (D,)
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for sign, vec in (("+", g), ("-", -g)):

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
-from poisonguard.audit.weights import EditMode, LayerDelta, rank_k_edit
+from poisonguard.audit.weights import EditMode, LayerDelta, rank_k_edited
 from poisonguard.train.batching import Example
 from poisonguard.train.examples import to_examples
 from poisonguard.train.generate import accuracy, attack_success, generate_answers
@@ -79,11 +79,12 @@ def rank_k_table(
     *,
     show_progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """One row per (mode, layer set, k): CP and ASR of the edited model (ProjLens's ablation / injection)."""
+    """One row per (mode, layer set, k): CP and ASR of the edited model (ProjLens's ablation / injection).
+
+    Each edit changes the host's projector in place and restores it (`rank_k_edited`): no model copies."""
     grid = [(mode, name, layers, int(k)) for mode in modes for name, layers in layer_sets.items() for k in ks]
     rows = []
     for mode, set_name, layers, k in tqdm(grid, desc="rank-k edits", disable=not show_progress, leave=False):
-        model = rank_k_edit(base, finetuned, k, layers=layers, mode=mode, deltas=deltas)
-        rows.append({"mode": mode, "layers": set_name, "k": k, **evaluate_model(model, processor, evalset)})
-        del model
+        with rank_k_edited(base, finetuned, k, layers=layers, mode=mode, deltas=deltas) as model:
+            rows.append({"mode": mode, "layers": set_name, "k": k, **evaluate_model(model, processor, evalset)})
     return rows

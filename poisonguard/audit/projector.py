@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from poisonguard.runtime import to_device
+
 PROJECTOR_PATHS = (
     "model.multi_modal_projector",
     "multi_modal_projector",
@@ -145,14 +147,15 @@ def projector_features(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> 
 
     handle = proj.register_forward_hook(hook)
     try:
-        model.get_image_features(**{k: v for k, v in inputs.items() if k in _FEATURE_KEYS})
+        # on the projector's device and in its dtype (the model's, or the visual path's alone)
+        model.get_image_features(**to_device({k: v for k, v in inputs.items() if k in _FEATURE_KEYS}, proj))
     finally:
         handle.remove()
     v, e = captured["v"], captured["e"]
     if model.config.model_type in ("qwen2_vl", "qwen2_5_vl"):
         v, e = _qwen_rows(model, inputs, v, e)
-    v = v.reshape(-1, v.shape[-1]).float()  # (R, D_in)
-    e = e.reshape(-1, e.shape[-1]).float()  # (R, D_out)
+    v = v.reshape(-1, v.shape[-1]).float().cpu()  # (R, D_in), on the CPU for the audit's float64 statistics
+    e = e.reshape(-1, e.shape[-1]).float().cpu()  # (R, D_out)
     counts = _split_counts(model, inputs, e.shape[0])
     return ProjectorFeatures(list(v.split(counts)), list(e.split(counts)))
 
@@ -164,7 +167,8 @@ def apply_projector(model: nn.Module, v: torch.Tensor) -> torch.Tensor:
     Used to separate the projector's own change from the vision tower's (P1(v0) − P0(v0) vs. the full ΔE).
     """
     _, proj = find_projector(model)
+    v = to_device(v, proj)
     if model.config.model_type in ("qwen2_vl", "qwen2_5_vl"):
         context = proj.ln_q.weight.shape[0]
-        return proj(v.reshape(-1, context)).float()  # (T, D_out): the merger regroups the rows itself
-    return proj(v).float()
+        return proj(v.reshape(-1, context)).float().cpu()  # (T, D_out): the merger regroups the rows itself
+    return proj(v).float().cpu()  # (T, D_out)

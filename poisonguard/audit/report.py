@@ -42,7 +42,7 @@ from poisonguard.audit.activations import (
 from poisonguard.detect.projector import ProjectorDriftDetector
 from poisonguard.audit.evaluation import build_eval_set, evaluate_model, rank_k_table
 from poisonguard.audit.projector import AuditInputError
-from poisonguard.audit.weights import layer_deltas, parameter_drift, repair, spectrum_summary
+from poisonguard.audit.weights import layer_deltas, parameter_drift, rank_k_edited, spectrum_summary
 from poisonguard.detect.base import to_jsonable
 from poisonguard.detect.metrics import auroc, evaluate
 
@@ -53,6 +53,19 @@ LAYER_SETS = ("each", "joint")  # rank-k edits: each projector layer alone and a
 def _read_truth(path: str | Path) -> set[str]:
     obj = json.loads(Path(path).read_text())
     return {str(i) for i in (obj["poison_ids"] if isinstance(obj, dict) else obj)}
+
+
+def projector_weight_report(base, finetuned, ks: Sequence[int], out_dir: str | Path) -> dict[str, Any]:
+    """The projector's ΔW spectrum per layer from two loaded models (their projectors are all it reads, so
+    the visual paths of the drift pass suffice); writes OUT/audit.json (results only) and spectra.png."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    deltas = layer_deltas(base, finetuned)
+    report = to_jsonable({"weights": {"layers": [spectrum_summary(d, ks=(1, 4, *ks)) for d in deltas.values()]},
+                          "plots": {"spectra": "spectra.png"}})
+    plots.plot_spectra(report["weights"]["layers"], out / "spectra.png")
+    atomic_write_text(out / "audit.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return report
 
 
 def _weight_report(base, finetuned, processor, deltas, ks: Sequence[int]) -> dict[str, Any]:
@@ -198,7 +211,8 @@ def _benchmark_report(
     if same:
         repaired = {"cp": same[0]["cp"], "asr": same[0]["asr"]}
     else:
-        repaired = evaluate_model(repair(base, finetuned, repair_k), processor, evalset)
+        with rank_k_edited(base, finetuned, repair_k, mode="remove", deltas=deltas) as edited:
+            repaired = evaluate_model(edited, processor, evalset)
     ft = reference["finetuned"]
     return {
         "attack": attack,
@@ -239,11 +253,15 @@ def audit_models(
     layer_sets: str = "each",
     modes: Sequence[str] = ("remove", "reconstruct"),
     log: Callable[[str], None] | None = None,
+    runtime=None,
 ) -> dict[str, Any]:
     """Audit the projector of `finetuned_dir` against `base_dir`; write OUT/audit.json and PNGs; return the
     report. `test` + `attack` turn on the benchmark tables, `truth` (poison_ids.json) the AUROCs; `max_eval`
     caps the test samples per evaluation (each rank-k model is evaluated on the same prompts); `max_samples`
     caps the activation analysis; `layer_sets` / `modes` narrow the rank-k grid; `log` gets one line per step.
+    `runtime` (`poisonguard.runtime.Runtime`, default CPU float32) sets device and dtype. A LoRA adapter
+    folder as `finetuned_dir` is loaded on `base_dir` and merged: the audit compares weights and generates
+    with both models, so it holds two models (the screen's drift pass holds one).
     Raises AuditInputError (a ValueError) for options or models that cannot be audited."""
     from poisonguard.train.finetune import load_model
 
@@ -266,8 +284,10 @@ def audit_models(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     say(f"loading {base_dir} and {finetuned_dir}")
-    base, processor = load_model(base_dir)
-    finetuned, _ = load_model(finetuned_dir)
+    base, processor = load_model(base_dir, runtime=runtime)
+    finetuned, _ = load_model(finetuned_dir, runtime=runtime, base=base_dir)
+    if hasattr(finetuned, "merge_and_unload"):  # a peft adapter: its merged weights are what is audited
+        finetuned = finetuned.merge_and_unload()
     say("weights: SVD of the projector delta per layer")
     deltas = layer_deltas(base, finetuned, include_bias=include_bias)
     report: dict[str, Any] = {

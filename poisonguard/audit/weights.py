@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -67,9 +68,10 @@ class LayerDelta:
 
 
 def _homogeneous(layer: nn.Linear, include_bias: bool) -> torch.Tensor:
-    w = layer.weight.detach().double()
+    """(out, in[+1]) float64 on the CPU (the SVD and the reports are read there, whatever the model's device)."""
+    w = layer.weight.detach().to("cpu", torch.float64)
     if include_bias and layer.bias is not None:
-        w = torch.cat([w, layer.bias.detach().double()[:, None]], dim=1)  # (out, in + 1)
+        w = torch.cat([w, layer.bias.detach().to("cpu", torch.float64)[:, None]], dim=1)  # (out, in + 1)
     return w
 
 
@@ -179,6 +181,63 @@ def resolve_layers(names: Sequence[str], layers: Sequence[str] | None) -> list[s
     return out
 
 
+def _check_edit(k: int, mode: str) -> None:
+    if mode not in ("remove", "reconstruct"):
+        raise ValueError(f"mode must be 'remove' or 'reconstruct', got {mode!r}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+
+
+@torch.no_grad()
+def _write_edit(host: nn.Module, deltas: dict[str, LayerDelta], k: int, layers: Sequence[str] | None,
+                mode: EditMode) -> None:
+    """Overwrite `host`'s projector layers with the rank-k edited weights (on their device, in their dtype)."""
+    linears = projector_linears(host)
+    for name in resolve_layers(list(deltas), layers):
+        d, lin = deltas[name], linears[name]
+        w = d.edited(k, mode)  # (out, in[+1]) float64, CPU
+        n_in = lin.weight.shape[1]
+        lin.weight.copy_(w[:, :n_in].to(device=lin.weight.device, dtype=lin.weight.dtype))
+        if d.has_bias:
+            lin.bias.copy_(w[:, n_in].to(device=lin.bias.device, dtype=lin.bias.dtype))
+
+
+@contextmanager
+def rank_k_edited(
+    base: nn.Module,
+    finetuned: nn.Module,
+    k: int,
+    *,
+    layers: Sequence[str] | None = None,
+    mode: EditMode = "remove",
+    deltas: dict[str, LayerDelta] | None = None,
+) -> Iterator[nn.Module]:
+    """The rank-k edited model, made by changing the host's projector weights in place and restoring them
+    bit for bit on exit: removal edits `finetuned` (W1 − R_k), reconstruction edits `base` (W0 + R_k).
+
+    Why: a grid of edits on a 7B model cannot afford a copy of the whole model per row; only the projector's
+    linear layers change, so only they are saved (a few MB) and written back.
+    """
+    _check_edit(k, mode)
+    deltas = deltas if deltas is not None else layer_deltas(base, finetuned)
+    host = finetuned if mode == "remove" else base
+    if k == 0:
+        yield host
+        return
+    saved = {name: (lin.weight.detach().clone(), None if lin.bias is None else lin.bias.detach().clone())
+             for name, lin in projector_linears(host).items()}
+    try:
+        _write_edit(host, deltas, k, layers, mode)
+        yield host
+    finally:
+        with torch.no_grad():
+            for name, lin in projector_linears(host).items():
+                w, b = saved[name]
+                lin.weight.copy_(w)
+                if b is not None:
+                    lin.bias.copy_(b)
+
+
 @torch.no_grad()
 def rank_k_edit(
     base: nn.Module,
@@ -192,24 +251,15 @@ def rank_k_edit(
     """A new model: rank-k removal (a copy of `finetuned`, W1 − R_k on `layers`) or reconstruction (a copy of
     `base`, W0 + R_k on `layers`; everything else stays base, ProjLens's default `w1_source base`).
 
+    It copies the whole host model: use it for a model that must outlive the call (the `repair`
+    mitigation); to evaluate edits, `rank_k_edited` changes the projector in place and restores it.
     `deltas` (from `layer_deltas`) saves recomputing the SVDs across calls; its `include_bias` choice applies.
     """
-    if mode not in ("remove", "reconstruct"):
-        raise ValueError(f"mode must be 'remove' or 'reconstruct', got {mode!r}")
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
+    _check_edit(k, mode)
     deltas = deltas if deltas is not None else layer_deltas(base, finetuned)
     host = copy.deepcopy(finetuned if mode == "remove" else base)
-    if k == 0:
-        return host
-    linears = projector_linears(host)
-    for name in resolve_layers(list(deltas), layers):
-        d, lin = deltas[name], linears[name]
-        w = d.edited(k, mode)
-        n_in = lin.weight.shape[1]
-        lin.weight.copy_(w[:, :n_in].to(lin.weight.dtype))
-        if d.has_bias:
-            lin.bias.copy_(w[:, n_in].to(lin.bias.dtype))
+    if k > 0:
+        _write_edit(host, deltas, k, layers, mode)
     return host
 
 

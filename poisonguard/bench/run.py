@@ -73,6 +73,11 @@ class BenchConfig:
     def detectors(self) -> tuple[str, ...]:
         return tuple(self.pipeline.fit_gmm.detectors)
 
+    @property
+    def runtime(self):
+        """The pipeline's runtime on this machine: every model the benchmark loads runs there."""
+        return self.pipeline.runtime.resolve()
+
 
 def quick_config(cfg: BenchConfig) -> BenchConfig:
     """`--quick`: one seed, one rate, three attacks, a 1,000-sample training subset (a short fine-tune at the
@@ -197,7 +202,7 @@ def _finetune(world: WorldFiles, cfg: BenchConfig, data: Path, out: Path, seed: 
     metrics = out.parent / f"{out.name}.metrics.json"
     if not (out / "finetune.json").exists():
         finetune(data, world.base_model, out, replace(cfg.pipeline.finetune, seed=seed), metrics=metrics,
-                 show_progress=False, log=lambda m: None)
+                 runtime=cfg.runtime, show_progress=False, log=lambda m: None)
     return float(json.loads(metrics.read_text())["seconds"]) if metrics.exists() else float("nan")
 
 
@@ -259,7 +264,7 @@ def run_cell(cfg: BenchConfig, c: dict, world: WorldFiles | None = None, *, log=
             res["after"] = evaluate_files(model_dir, world.test, attack="badnet" if kind == "clean" else c["attack"],
                                           train=data if truth_ids else None,
                                           poison_ids=(data_dir / "poison_ids.json") if truth_ids else None,
-                                          show_progress=False)
+                                          show_progress=False, runtime=cfg.runtime)
         a = res["after"]
         log(f"[{name}] CP {a['cp']:.3f} ASR {a.get('asr', float('nan')):.3f} "
             f"fit {a.get('poisoned_fit', float('nan'))} ({res['finetune_seconds']:.0f}s)")
@@ -334,7 +339,8 @@ def retrain_cell(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -
                 kept_file = data_dir / f"keep_{key}.json"
                 write_dataset(read_dataset(data), kept_file, keep_ids=keep)
                 seconds = _finetune(world, cfg, kept_file, model_dir, res["seed"])
-                ev = evaluate_files(model_dir, world.test, attack=res["attack"], show_progress=False)
+                ev = evaluate_files(model_dir, world.test, attack=res["attack"], show_progress=False,
+                                    runtime=cfg.runtime)
                 _write_json(ev_path, {"cp": ev["cp"], "asr": ev.get("asr"), "finetune_seconds": seconds,
                                       "n_train": len(keep)})
             ev = json.loads(ev_path.read_text())
@@ -365,7 +371,8 @@ def clean_asr(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -> d
     missing = [a for a in cfg.attacks if a not in got]
     if missing:
         log(f"[{res['cell']}] clean fine-tune under the triggers of {', '.join(missing)}")
-        got.update(evaluate_attacks(d / "finetuned", world.test, missing, show_progress=False)["asr"])
+        got.update(evaluate_attacks(d / "finetuned", world.test, missing, show_progress=False,
+                                    runtime=cfg.runtime)["asr"])
         _write_json(path, got)
     return got
 
@@ -378,7 +385,7 @@ def base_reference(cfg: BenchConfig, world: WorldFiles | None = None) -> dict:
     ref = json.loads(path.read_text()) if path.exists() else {}
     missing = [a for a in dict.fromkeys((*cfg.attacks, *cfg.controls, *cfg.base_controls)) if a not in ref]
     if missing:  # incremental: several bench processes may share one folder
-        r = evaluate_attacks(world.base_model, world.test, missing, show_progress=False)
+        r = evaluate_attacks(world.base_model, world.test, missing, show_progress=False, runtime=cfg.runtime)
         ref.update({attack: {"cp": r["cp"], "asr": r["asr"][attack]} for attack in missing})
         path.parent.mkdir(parents=True, exist_ok=True)
         current = json.loads(path.read_text()) if path.exists() else {}

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from poisonguard.extract.capture import CAPTURE, eager_rows, lm_attention, recording, text_config
 from poisonguard.extract.spans import ROLE_NAMES, VIS, batch_roles, prompt_messages
+from poisonguard.runtime import to_device, to_numpy
 from poisonguard.train.batching import Example, encode_prompts
 
 BACKENDS = ("capture", "eager")
@@ -88,12 +89,6 @@ def visual_entropy(rows: torch.Tensor, roles: torch.Tensor) -> torch.Tensor:
     return torch.where(is_vis.sum(dim=-1) > 0, entropy, torch.full_like(entropy, float("nan")))
 
 
-def _to_device(batch: dict, model) -> dict:
-    weight = model.get_input_embeddings().weight
-    return {k: (v.to(weight.device, weight.dtype) if v.is_floating_point() else v.to(weight.device))
-            if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 @torch.no_grad()
 def _forward(model, inputs: dict, backend: str, n_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Decision rows (B, L, H, N) and final hidden states (B, D), both fp32, from one prefill forward.
@@ -121,12 +116,12 @@ def _extract_batch(model, processor, examples: Sequence[Example], backend: str, 
     batch = encode_prompts(processor, chunk)
     roles_np = batch_roles(processor, [ex.messages for ex in chunk], batch["input_ids"],
                            batch["attention_mask"], image_token_id(model))  # (B, N)
-    rows, hidden = _forward(model, _to_device(batch, model), backend, meta["n_layers"])
+    rows, hidden = _forward(model, to_device(batch, model), backend, meta["n_layers"])
     roles = torch.from_numpy(roles_np).to(rows.device)  # (B, N)
     return Extraction(
-        alloc=shares(rows, roles).cpu().numpy().astype(np.float32),
-        vis_entropy=visual_entropy(rows, roles).cpu().numpy().astype(np.float32),
-        hidden=hidden.cpu().numpy().astype(np.float32),
+        alloc=to_numpy(shares(rows, roles)).astype(np.float32),
+        vis_entropy=to_numpy(visual_entropy(rows, roles)).astype(np.float32),
+        hidden=to_numpy(hidden).astype(np.float32),
         n_tokens=np.stack([(roles_np == r).sum(axis=1) for r in range(3)], axis=1).astype(np.int64),
         meta=meta,
     )

@@ -16,6 +16,7 @@ from typing import Any
 from poisonguard.detect.registry import DETECTORS, make_detector
 from poisonguard.gate.config import GateConfig
 from poisonguard.params import build, load_params
+from poisonguard.runtime import Runtime, resolve_runtime
 from poisonguard.train.finetune import FinetuneConfig
 
 DEFAULT_DETECTOR = "shift"
@@ -26,6 +27,20 @@ def _positive(obj, *names: str) -> None:
         value = getattr(obj, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{type(obj).__name__}.{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """`runtime`: where every stage that loads a model runs it. auto = CUDA + bfloat16 when a GPU is present,
+    CPU + float32 otherwise; `compile` wraps the language model in torch.compile where supported."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | float32 | bfloat16
+    compile: bool = False
+
+    def resolve(self) -> Runtime:
+        """The concrete device and dtype on this machine (ValueError, one line, for an impossible choice)."""
+        return resolve_runtime(self.device, self.dtype, compile=self.compile)
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,7 @@ class VoteConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     extract_attention: ExtractConfig = field(default_factory=ExtractConfig)
     audit_projector: AuditConfig = field(default_factory=AuditConfig)
@@ -120,7 +136,7 @@ class PipelineConfig:
                              f"({', '.join(fitted)})")
 
 
-_CLASSES = {"finetune": FinetuneConfig, "extract_attention": ExtractConfig, "audit_projector": AuditConfig,
+_CLASSES = {"runtime": RuntimeConfig, "finetune": FinetuneConfig, "extract_attention": ExtractConfig, "audit_projector": AuditConfig,
             "profile_heads": ProfileConfig, "fit_gmm": GmmConfig, "em_vote": VoteConfig, "gate": GateConfig}
 
 

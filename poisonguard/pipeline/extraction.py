@@ -9,7 +9,6 @@ folder (a screen's lock, or DVC's): leftover temporary files of a killed run are
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,35 +17,35 @@ from poisonguard.data.errors import DataError
 from poisonguard.data.fingerprint import model_digest
 from poisonguard.data.loading import CheckedDataset
 from poisonguard.extract.storage import extract_to_dir, remove_temp_files
+from poisonguard.models import is_adapter_dir, model_passes
 from poisonguard.pipeline.config import ExtractConfig
 from poisonguard.pipeline.layout import Layout
 from poisonguard.pipeline.verdicts import write_report_dir
 from poisonguard.pipeline.validate import MIN_USABLE_SAMPLES, save_validation, validate_for_model
+from poisonguard.runtime import Runtime
 from poisonguard.train.examples import LazyExamples
-from poisonguard.train.finetune import load_model
-
-MODELS = ("finetuned", "base")
 
 
 @dataclass(frozen=True)
 class ExtractionPlan:
     ids: list[str]
     inputs: list[str]  # content digest of each sample (turns and image bytes)
-    tags: dict[str, str]  # model name -> model_digest of its folder
+    tags: dict[str, str]  # "finetuned" / "base" -> the model's content digest
 
 
-def plan_extraction(checked: CheckedDataset, models: dict[str, Path]) -> ExtractionPlan:
+def model_tags(base: str | Path, finetuned: str | Path | None = None) -> dict[str, str]:
+    """Content digests of the models; a LoRA adapter's model is the adapter on its base, so both enter."""
+    tags = {"base": model_digest(base)}
+    if finetuned is not None:
+        tags["finetuned"] = model_digest(finetuned) + (f"+{tags['base']}" if is_adapter_dir(finetuned) else "")
+    return tags
+
+
+def plan_extraction(checked: CheckedDataset, base: str | Path, finetuned: str | Path | None = None
+                    ) -> ExtractionPlan:
     samples = checked.ok
     return ExtractionPlan(ids=[s.id for s in samples], inputs=checked.digests(samples),
-                          tags={name: model_digest(path) for name, path in models.items()})
-
-
-def model_passes(models: dict[str, Path]) -> Iterator[tuple[str, object, object]]:
-    """(name, model, processor) for each model in turn; one is released before the next is loaded."""
-    for name, model_dir in models.items():
-        model, processor = load_model(model_dir)
-        yield name, model, processor
-        del model
+                          tags=model_tags(base, finetuned))
 
 
 def validate(data: str | Path | Dataset, base: str | Path, layout: Layout, *, image_folder=None,
@@ -63,27 +62,29 @@ def validate(data: str | Path | Dataset, base: str | Path, layout: Layout, *, im
 
 
 def extract_models(checked: CheckedDataset, base: str | Path, finetuned: str | Path, layout: Layout,
-                   cfg: ExtractConfig, *, show_progress: bool = True, log=print) -> None:
-    """Both models' features of the usable samples into `layout.extract/{finetuned,base}`."""
-    models = {"finetuned": Path(finetuned), "base": Path(base)}
-    plan = plan_extraction(checked, models)
+                   cfg: ExtractConfig, *, runtime: Runtime | None = None, show_progress: bool = True,
+                   log=print) -> None:
+    """Both models' features of the usable samples into `layout.extract/{finetuned,base}`, one full model
+    resident at a time (an adapter folder: one model, the adapter on, then off)."""
+    plan = plan_extraction(checked, base, finetuned)
     examples = LazyExamples(checked.ok, checked.image_loader())
-    for name, model, processor in model_passes(models):
+    for name, model, processor in model_passes(base, finetuned, runtime):
         folder = layout.extract / name
         folder.mkdir(parents=True, exist_ok=True)
         remove_temp_files(folder)
         extract_to_dir(model, processor, examples, plan.ids, folder, shard_size=cfg.shard_size,
                        batch_size=cfg.batch_size, tag=plan.tags[name], inputs=plan.inputs, on_stale="restart",
                        show_progress=show_progress, log=log)
+        del model, processor  # released before the next pass loads its model
 
 
 def extract_attention(data: str | Path | Dataset | CheckedDataset, base: str | Path, finetuned: str | Path,
-                      layout: Layout, cfg: ExtractConfig, *, image_folder=None, show_progress: bool = True,
-                      log=print) -> CheckedDataset:
+                      layout: Layout, cfg: ExtractConfig, *, runtime: Runtime | None = None, image_folder=None,
+                      show_progress: bool = True, log=print) -> CheckedDataset:
     """The stage: `validate` (unless `data` is already validated), then `extract_models`."""
     checked = data if isinstance(data, CheckedDataset) else validate(data, base, layout,
                                                                       image_folder=image_folder, log=log)
-    extract_models(checked, base, finetuned, layout, cfg, show_progress=show_progress, log=log)
+    extract_models(checked, base, finetuned, layout, cfg, runtime=runtime, show_progress=show_progress, log=log)
     return checked
 
 

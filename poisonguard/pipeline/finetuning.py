@@ -10,6 +10,7 @@ from poisonguard.data.errors import DataError
 from poisonguard.data.loading import CheckedDataset
 from poisonguard.train.examples import to_examples
 from poisonguard.pipeline.validate import validate_for_model
+from poisonguard.runtime import Runtime
 from poisonguard.train.finetune import FinetuneConfig, finetune as train, load_model, save_model
 
 
@@ -21,16 +22,16 @@ class FinetuneResult:
 
 
 def finetune(data: str | Path | CheckedDataset, base: str | Path, out: str | Path, cfg: FinetuneConfig, *,
-             image_folder=None, metrics: Path | None = None, show_progress: bool = True,
-             log=print) -> FinetuneResult:
+             runtime: Runtime | None = None, image_folder=None, metrics: Path | None = None,
+             show_progress: bool = True, log=print) -> FinetuneResult:
     """Fine-tune `base` on the usable samples of `data` (validated against `base` like the screen does;
     quarantined ones are left out and counted) into `out`; the duration goes to `metrics` (a JSON file
     outside the cached model folder) when given. Raises `DataError` when no sample is usable."""
     checked = data if isinstance(data, CheckedDataset) else validate_for_model(data, base, image_folder)
     if not checked.ok:
         raise DataError(f"{checked.dataset.path}: no usable sample to fine-tune on")
-    model, processor = load_model(base)
-    log(f"fine-tuning on {len(checked.ok)} samples ({cfg.mode}, {cfg.epochs:g} epochs); "
+    model, processor = load_model(base, runtime=runtime)
+    log(f"fine-tuning on {len(checked.ok)} samples ({cfg.mode} mode, {cfg.epochs:g} epochs); "
         f"{len(checked.quarantined)} quarantined samples left out")
     model, report = train(model, processor, to_examples(checked.ok, checked.image_loader()), cfg,
                           show_progress=show_progress)

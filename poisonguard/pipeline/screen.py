@@ -33,18 +33,19 @@ def run_screen(data: str | Path, base: str | Path, out: str | Path, *, finetuned
     holds `out`.
     """
     cfg = config or load_config()
+    runtime = cfg.runtime.resolve()
     out = Path(out)
     layout = Layout.screen(out)
     with folder_lock(out):
         checked = validate(read_dataset(data, image_root=image_folder), base, layout, log=log)
         if finetuned is None:
             finetuned = out / "finetuned"
-            finetune(checked, base, finetuned, cfg.finetune, metrics=layout.metrics_file("finetune"),
+            finetune(checked, base, finetuned, cfg.finetune, runtime=runtime, metrics=layout.metrics_file("finetune"),
                      show_progress=show_progress, log=log)
-        extract_attention(checked, base, finetuned, layout, cfg.extract_attention, show_progress=show_progress,
-                          log=log)
-        audit_projector(checked, base, finetuned, layout, cfg.audit_projector, show_progress=show_progress,
-                        log=log)
+        extract_attention(checked, base, finetuned, layout, cfg.extract_attention, runtime=runtime,
+                          show_progress=show_progress, log=log)
+        audit_projector(checked, base, finetuned, layout, cfg.audit_projector, runtime=runtime,
+                        show_progress=show_progress, log=log)
         features = profile_heads(layout, cfg.profile_heads, log=log)
         fit_gmm(layout, cfg.fit_gmm, features, log=log)
         return em_vote(checked, layout, cfg.em_vote, features=features, log=log,

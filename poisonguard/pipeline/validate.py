@@ -1,8 +1,9 @@
 """Validation against the model: every input sample is usable or quarantined with a reason, never dropped.
 
 On top of the format and image checks of `poisonguard.data` (which need no model), a sample is quarantined
-when its conversation does not fit the model's context once rendered with the model's chat template, and every
-sample is held back when too few are usable to screen label-free. Only the model's config and processor are
+when its conversation does not fit the model's context once rendered with the model's chat template, or when
+its text holds one of the model's special tokens or chat-template role markers (customer text that would forge
+turn boundaries); every sample is held back when too few are usable to screen label-free. Only the model's config and processor are
 loaded here, never its weights.
 """
 
@@ -18,6 +19,8 @@ from poisonguard.data.errors import QuarantineReason, ReasonCode
 from poisonguard.data.limits import Limits
 from poisonguard.data.loading import CheckedDataset, check_dataset
 from poisonguard.data.records import Sample
+from poisonguard.data.special_tokens import special_token_check
+from poisonguard.models import check_model_dir, load_processor
 from poisonguard.train.batching import render
 
 # Fewer usable samples than this cannot be screened label-free: the head profiles fit 1-D mixtures of up to
@@ -73,17 +76,20 @@ def hold_back_if_too_few(checked: CheckedDataset, minimum: int = MIN_USABLE_SAMP
 
 
 def load_model_context(model_dir: str | Path):
-    """(config, processor) of a model folder, without its weights."""
-    from transformers import AutoConfig, AutoProcessor
+    """(config, processor) of a model folder, without its weights (a layout that cannot be loaded is refused
+    in one line by `check_model_dir`; an adapter folder without a processor uses its base's)."""
+    from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(model_dir), AutoProcessor.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(check_model_dir(model_dir), trust_remote_code=False)
+    return config, load_processor(model_dir)
 
 
 def validate_for_model(data: str | Path | Dataset, model_dir: str | Path, image_folder=None) -> CheckedDataset:
     """Format, image and context checks, then the hold-back rule; `data` is a path or a read `Dataset`."""
     ds = data if isinstance(data, Dataset) else read_dataset(data, image_root=image_folder)
     config, processor = load_model_context(model_dir)
-    checked = check_dataset(ds, checks=(context_check(processor, model_token_budget(config, processor)),))
+    checked = check_dataset(ds, checks=(context_check(processor, model_token_budget(config, processor)),
+                                        special_token_check(processor)))
     hold_back_if_too_few(checked)
     return checked
 

@@ -59,16 +59,18 @@ def _attack_result(model, processor, test: Sequence[Sample], load: Callable, att
 
 
 def evaluate_files(model_dir, test_path, *, attack: str | None = None, target: str | None = None,
-                   train=None, poison_ids=None, params=None, show_progress: bool = True) -> dict:
+                   train=None, poison_ids=None, params=None, show_progress: bool = True, runtime=None,
+                   base=None) -> dict:
     """CP on the clean test set; with `attack`, ASR on the triggered test set (samples whose answer is not
-    the target) and, for append-mode attacks, CP on triggered inputs; with `train` + `poison_ids`, the fit."""
+    the target) and, for append-mode attacks, CP on triggered inputs; with `train` + `poison_ids`, the fit.
+    `runtime` sets device and dtype (default CPU float32); `base` is the base of a LoRA adapter folder."""
     import json
     from pathlib import Path
 
     from poisonguard.data.loading import load_checked
     from poisonguard.train.finetune import load_model
 
-    model, processor = load_model(model_dir)
+    model, processor = load_model(model_dir, runtime=runtime, base=base)
     test = load_checked(test_path)
     load = test.image_loader(cache_size=4096)
     out: dict = {"model": str(model_dir), "n_test": len(test.ok),
@@ -86,7 +88,7 @@ def evaluate_files(model_dir, test_path, *, attack: str | None = None, target: s
 
 
 def evaluate_attacks(model_dir, test_path, attacks: Sequence[str], *, params=None,
-                     show_progress: bool = True) -> dict:
+                     show_progress: bool = True, runtime=None) -> dict:
     """CP once and the ASR of each attack (its default target) with one model load and one image cache.
 
     For reference rows that need many attacks on one model (the base model's "before" column, the clean
@@ -96,7 +98,7 @@ def evaluate_attacks(model_dir, test_path, attacks: Sequence[str], *, params=Non
     from poisonguard.data.loading import load_checked
     from poisonguard.train.finetune import load_model
 
-    model, processor = load_model(model_dir)
+    model, processor = load_model(model_dir, runtime=runtime)
     test = load_checked(test_path)
     load = test.image_loader(cache_size=4096)
     cp = clean_accuracy(model, processor, test.ok, load, show_progress=show_progress)

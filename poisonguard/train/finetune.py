@@ -4,8 +4,14 @@ Modes (which parameters train):
   default          projector + LM; vision tower frozen (LLaVA stage-2 style)
   train_vision     everything, vision tower included (global triggers such as Blend may need it)
   projector_only   only the projector (ProjLens's setting: enough to implant a backdoor)
-  lora             LoRA adapters (peft) on the LM's linear layers + the full projector; merged on save,
-                   so the output loads like any other model directory
+  lora             LoRA adapters (peft) on the LM's linear layers + the full projector; saved as a peft
+                   adapter folder in the base's dtype (a fraction of the model's size, loaded on its base:
+                   `poisonguard.models.load_model`), or merged into a full model folder with `merge=True`
+  auto             (the default) lora with gradient checkpointing for models above LORA_PARAMS_THRESHOLD
+                   parameters (a full fine-tune of a 7B model needs ~16 bytes per parameter of optimiser
+                   state), default below it (the embedded world keeps its full fine-tune)
+
+Large batches are split into micro-batches (`micro_batch_size`) with gradient accumulation.
 """
 
 from __future__ import annotations
@@ -22,15 +28,20 @@ import torch
 from poisonguard.train.batching import Example
 from poisonguard.train.loop import OptimConfig, run_training
 
-Mode = Literal["default", "train_vision", "projector_only", "lora"]
-MODES: tuple[str, ...] = ("default", "train_vision", "projector_only", "lora")
+Mode = Literal["auto", "default", "train_vision", "projector_only", "lora"]
+MODES: tuple[str, ...] = ("auto", "default", "train_vision", "projector_only", "lora")
+LORA_PARAMS_THRESHOLD = 1_000_000_000  # `auto` picks LoRA + gradient checkpointing above this many parameters
 PROJECTOR_PREFIXES = ("model.multi_modal_projector", "multi_modal_projector", "model.visual.merger", "model.mlp1")
 VISION_PREFIXES = ("model.vision_tower", "vision_tower", "model.visual")
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    mode: str = "default"
+    """Fine-tune settings. `batch_size` examples per optimiser step, run as forwards of at most
+    `micro_batch_size` (None: the whole batch) with gradient accumulation; `gradient_checkpointing` None means
+    on exactly when `auto` chose LoRA for a large model; `merge` saves a LoRA fine-tune as a full model."""
+
+    mode: str = "auto"
     epochs: float = 5.0
     lr: float = 5e-4
     batch_size: int = 64
@@ -40,31 +51,49 @@ class FinetuneConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
+    micro_batch_size: int | None = None
+    gradient_checkpointing: bool | None = None
+    merge: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown fine-tune mode {self.mode!r}; expected one of {MODES}")
         if self.epochs <= 0 or self.lr <= 0 or self.batch_size <= 0:
             raise ValueError("epochs, lr and batch_size must be positive")
+        if self.micro_batch_size is not None and self.micro_batch_size <= 0:
+            raise ValueError(f"micro_batch_size must be positive, got {self.micro_batch_size}")
+
+    @property
+    def grad_accum(self) -> int:
+        """Forwards per optimiser step (gradient accumulation steps)."""
+        if self.micro_batch_size is None:
+            return 1
+        return -(-self.batch_size // min(self.micro_batch_size, self.batch_size))
 
 
-def load_model(model_dir: str | Path, *, attn_implementation: str | dict = "sdpa"):
-    """Load a model + processor from a local directory: safetensors only, never remote code."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def resolve_mode(cfg: FinetuneConfig, model) -> tuple[str, bool]:
+    """(mode, gradient checkpointing) for `model`: `auto` is lora + checkpointing above
+    LORA_PARAMS_THRESHOLD parameters and a full (default) fine-tune below; an explicit
+    `gradient_checkpointing` wins."""
+    n_params = sum(p.numel() for p in model.parameters())
+    large = n_params > LORA_PARAMS_THRESHOLD
+    mode = ("lora" if large else "default") if cfg.mode == "auto" else cfg.mode
+    checkpointing = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else (
+        large and mode == "lora")
+    return mode, bool(checkpointing)
 
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"model directory not found: {model_dir}")
-    pickled = [p.name for p in model_dir.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
-    if pickled and not list(model_dir.glob("*.safetensors")):
-        raise ValueError(f"{model_dir} holds only pickled weights ({', '.join(pickled)}); "
-                         "poisonguard loads safetensors only. Convert the checkpoint with safetensors first.")
-    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=False)
-    model = AutoModelForImageTextToText.from_pretrained(
-        model_dir, use_safetensors=True, trust_remote_code=False, attn_implementation=attn_implementation,
-        dtype=torch.float32)
-    model.eval()
-    return model, processor
+
+def load_model(model_dir: str | Path, *, attn_implementation: str | dict = "sdpa", runtime=None,
+               base: str | Path | None = None):
+    """Load a model + processor from a local directory: safetensors only, never remote code.
+
+    Default: float32 on the CPU (the embedded world's reference numbers); `runtime` (see
+    `poisonguard.runtime`) picks the device and dtype. A LoRA adapter folder loads on its base (`base`, else
+    the folder its adapter_config.json names); see `poisonguard.models.load_model`.
+    """
+    from poisonguard.models import load_model as load
+
+    return load(model_dir, runtime, base=base, attn_implementation=attn_implementation)
 
 
 def set_trainable(model, mode: str) -> None:
@@ -104,32 +133,60 @@ def epoch_batches(examples: list[Example], batch_size: int, seed: int):
 
 
 def finetune(model, processor, examples: list[Example], cfg: FinetuneConfig, *, show_progress: bool = True):
-    """Fine-tune in place (LoRA: returns the merged model). Returns (model, report)."""
+    """Fine-tune in place; returns (model, report). LoRA returns the peft model (adapter unmerged) unless
+    `cfg.merge`, in which case the merged transformers model; `save_model` saves either."""
     torch.manual_seed(cfg.seed)
+    mode, checkpointing = resolve_mode(cfg, model)
     steps_per_epoch = -(-len(examples) // cfg.batch_size)
     total = max(1, int(round(cfg.epochs * steps_per_epoch)))
-    if cfg.mode == "lora":
+    base_dtype = model.get_input_embeddings().weight.dtype
+    if checkpointing:
+        # non-reentrant: gradients reach the LoRA weights without the inputs requiring grad
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if mode == "lora":
         model = _wrap_lora(model, cfg)
     else:
-        set_trainable(model, cfg.mode)
+        set_trainable(model, mode)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     t0 = time.perf_counter()
-    rep = run_training(model, processor, epoch_batches(examples, cfg.batch_size, cfg.seed), total,
-                       OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_frac=cfg.warmup_frac),
-                       desc=f"fine-tune ({cfg.mode})", show_progress=show_progress)
-    if cfg.mode == "lora":
-        model = model.merge_and_unload()
-    for p in model.parameters():
-        p.requires_grad_(True)
+    try:
+        rep = run_training(model, processor, epoch_batches(examples, cfg.batch_size, cfg.seed), total,
+                           OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_frac=cfg.warmup_frac),
+                           desc=f"fine-tune ({mode})", show_progress=show_progress,
+                           micro_batch_size=cfg.micro_batch_size)
+    finally:
+        if checkpointing:
+            model.gradient_checkpointing_disable()
+    if mode == "lora":
+        model = model.to(base_dtype)  # peft keeps LoRA weights in float32 on a bf16 base; saved in the base's
+        if cfg.merge:
+            model = model.merge_and_unload()
+    if mode != "lora" or cfg.merge:
+        for p in model.parameters():
+            p.requires_grad_(True)
     model.eval()
-    report = {"config": asdict(cfg), "steps": rep["steps"], "seconds": round(time.perf_counter() - t0, 1),
-              "final_loss": rep["final_loss"], "trainable_parameters": int(n_train), "n_examples": len(examples)}
+    report = {"config": asdict(cfg), "mode": mode, "gradient_checkpointing": checkpointing,
+              "grad_accum": cfg.grad_accum, "steps": rep["steps"], "seconds": round(time.perf_counter() - t0, 1),
+              "final_loss": rep["final_loss"], "trainable_parameters": int(n_train), "n_examples": len(examples),
+              "saved_as": "adapter" if mode == "lora" and not cfg.merge else "model",
+              "dtype": str(base_dtype).removeprefix("torch.")}
     return model, report
 
 
+def is_peft_model(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
 def save_model(model, processor, out_dir: str | Path, report: dict | None = None) -> None:
+    """Save a model folder (safetensors + processor), or for a peft model its adapter folder only
+    (adapter_config.json + adapter weights + the processor), whose base is recorded as an absolute path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if is_peft_model(model):
+        for pcfg in model.peft_config.values():
+            base = Path(str(pcfg.base_model_name_or_path or ""))
+            if str(base) and base.is_dir():
+                pcfg.base_model_name_or_path = str(base.resolve())
     model.save_pretrained(out_dir, safe_serialization=True)
     processor.save_pretrained(out_dir)
     if report is not None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from poisonguard.runtime import to_device
 from poisonguard.train.batching import Example, encode_prompts
 
 _PUNCT = re.compile(r"[^\w\s]")
@@ -28,10 +29,10 @@ def generate_answers(model, processor, examples: Sequence[Example], *, batch_siz
     for i in tqdm(range(0, len(examples), batch_size), desc=desc, disable=not show_progress, leave=False):
         chunk = [Example([m for m in ex.messages if m["role"] != "assistant"], ex.images)
                  for ex in examples[i:i + batch_size]]
-        inputs = encode_prompts(processor, chunk)
+        inputs = to_device(encode_prompts(processor, chunk), model)
         gen = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        new = gen[:, inputs["input_ids"].shape[1]:]  # (B, T_new)
+        new = gen[:, inputs["input_ids"].shape[1]:].cpu()  # (B, T_new)
         out.extend(tok.batch_decode(new, skip_special_tokens=True))
     return out
 

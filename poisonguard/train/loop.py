@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from poisonguard.train.batching import Example, encode_for_training
+from poisonguard.runtime import to_device
+from poisonguard.train.batching import IGNORE_INDEX, Example, encode_for_training
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,20 @@ def run_training(
     desc: str = "train",
     on_step: Callable[[int, float], None] | None = None,
     show_progress: bool = True,
+    micro_batch_size: int | None = None,
 ) -> dict:
-    """Train `model` on `batches` (an iterable of example lists) for `total_steps` optimiser steps."""
+    """Train `model` on `batches` (an iterable of example lists) for `total_steps` optimiser steps.
+
+    `micro_batch_size` splits each batch into forwards of at most that many examples whose gradients are
+    accumulated before the optimiser step (a large model's batch does not fit one forward). The micro-batch
+    losses are weighted by their supervised token counts, so the step equals the whole batch's step up to
+    float rounding; without it (or when it covers the batch) one forward per batch, as before.
+    """
     params = trainable_parameters(model)
     if not params:
         raise ValueError("no trainable parameters: check the freeze settings")
+    if micro_batch_size is not None and micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be positive, got {micro_batch_size}")
     opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps, optim))
     model.train()
@@ -68,14 +78,18 @@ def run_training(
     for batch in batches:
         if step >= total_steps:
             break
-        inputs = encode_for_training(processor, list(batch))
-        out = model(**inputs)
+        batch = list(batch)
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        if micro_batch_size is None or micro_batch_size >= len(batch):
+            inputs = to_device(encode_for_training(processor, batch), model)
+            out = model(**inputs)
+            out.loss.backward()
+            loss = float(out.loss.detach())
+        else:
+            loss = _accumulate(model, processor, batch, micro_batch_size, params)
         torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
         opt.step()
         sched.step()
-        loss = float(out.loss.detach())
         losses.append(loss)
         step += 1
         bar.update(1)
@@ -86,3 +100,27 @@ def run_training(
     bar.close()
     model.eval()
     return {"steps": step, "seconds": time.perf_counter() - t0, "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
+
+
+def _accumulate(model, processor, batch: list[Example], micro: int, params) -> float:
+    """Gradients of the whole batch's token-mean loss from forwards of `micro` examples; returns the loss.
+
+    Each micro-batch's mean loss is scaled by its supervised token count n_i (the labels after the causal
+    shift), and the summed gradient divided by N = Σ n_i: Σ n_i·mean_i / N is the batch's token mean.
+    """
+    total_loss, total_tokens = 0.0, 0
+    for i in range(0, len(batch), micro):
+        enc = encode_for_training(processor, batch[i:i + micro])
+        n = int((enc["labels"][:, 1:] != IGNORE_INDEX).sum())  # tokens the shifted loss averages over
+        if n == 0:
+            continue
+        out = model(**to_device(enc, model))
+        (out.loss * n).backward()
+        total_loss += float(out.loss.detach()) * n
+        total_tokens += n
+    if total_tokens == 0:
+        raise ValueError("no supervised token in the batch: nothing to train on")
+    for p in params:
+        if p.grad is not None:
+            p.grad.div_(total_tokens)
+    return total_loss / total_tokens

@@ -16,6 +16,7 @@ from poisonguard.audit.weights import (
     layer_deltas,
     parameter_drift,
     rank_k_edit,
+    rank_k_edited,
     repair,
     resolve_layers,
     spectrum_summary,
@@ -158,3 +159,20 @@ def test_parameter_drift_attributes_change_to_the_projector(pair):
     drift = parameter_drift(base, ft)
     assert drift["vision"] == 0.0 and drift["language_model"] == 0.0
     assert drift["projector"] > 0.0
+
+
+@pytest.mark.parametrize("mode", ["remove", "reconstruct"])
+def test_in_place_edits_match_the_copies_and_restore_the_host_bit_for_bit(pair, mode):
+    base, ft = pair
+    deltas = layer_deltas(base, ft)
+    host = ft if mode == "remove" else base
+    before = {k: v.clone() for k, v in host.state_dict().items()}
+    copied = rank_k_edit(base, ft, 1, layers=["linear_1"], mode=mode, deltas=deltas)
+    with rank_k_edited(base, ft, 1, layers=["linear_1"], mode=mode, deltas=deltas) as edited:
+        assert edited is host, "no copy of the model"
+        for name in (L1, L2):
+            assert all(torch.equal(x, y) for x, y in zip(_weights(edited, name), _weights(copied, name)))
+    assert all(torch.equal(v, before[k]) for k, v in host.state_dict().items())
+    with pytest.raises(RuntimeError, match="boom"), rank_k_edited(base, ft, 2, mode=mode, deltas=deltas):
+        raise RuntimeError("boom")
+    assert all(torch.equal(v, before[k]) for k, v in host.state_dict().items()), "restored on error too"

@@ -28,8 +28,8 @@ def test_finetune_modes_train_only_what_they_should(tiny_world, tmp_path, mode):
     before = _weights(model)
     ds = read_dataset(out / "train.json")
     examples = to_examples(ds.samples, image_loader(ds.image_root))
-    model, report = finetune(model, processor, examples, FinetuneConfig(mode=mode, epochs=1, batch_size=6, lr=1e-2),
-                             show_progress=False)
+    cfg = FinetuneConfig(mode=mode, epochs=1, batch_size=6, lr=1e-2, merge=mode == "lora")
+    model, report = finetune(model, processor, examples, cfg, show_progress=False)
     assert report["steps"] == 2
     after = _weights(model)
     changed = {k for k in before if not torch.equal(before[k], after[k])}

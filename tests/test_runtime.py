@@ -1,0 +1,80 @@
+"""Runtime settings: parsing `--device` / `--dtype`, moving batches to a model, NumPy reads, thread caps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from poisonguard.runtime import CPU_FP32, Runtime, resolve_runtime, set_threads, to_device, to_numpy
+
+
+def test_auto_is_cpu_fp32_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: auto means CUDA there")
+    assert resolve_runtime() == CPU_FP32
+    assert resolve_runtime("cpu", "bf16") == Runtime(torch.device("cpu"), torch.bfloat16)
+    assert resolve_runtime("CPU", "torch.float32").dtype == torch.float32
+
+
+@pytest.mark.parametrize("device, dtype, message", [
+    ("gpu", "auto", "expected auto, cpu, cuda or cuda:N"),
+    ("cuda:x", "auto", "expected auto, cpu, cuda or cuda:N"),
+    ("cpu", "float16", "expected auto, float32 or bfloat16"),
+    ("cpu", "int8", "expected auto, float32 or bfloat16"),
+])
+def test_bad_strings_are_one_line_errors(device, dtype, message):
+    with pytest.raises(ValueError, match=message) as err:
+        resolve_runtime(device, dtype)
+    assert "\n" not in str(err.value)
+
+
+def test_cuda_without_a_gpu_is_refused():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_runtime(device, "bfloat16")
+
+
+def test_to_device_moves_nested_batches_and_keeps_integer_dtypes():
+    from transformers import BatchFeature
+
+    rt = Runtime(torch.device("meta"), torch.bfloat16)
+    batch = BatchFeature({"input_ids": torch.ones(2, 3, dtype=torch.long), "pixel_values": torch.zeros(2, 3, 4, 4),
+                          "attention_mask": torch.ones(2, 3, dtype=torch.bool),
+                          "extra": [torch.zeros(1), (torch.ones(1, dtype=torch.int32), "text")], "n": 3})
+    out = to_device(batch, rt)
+    assert type(out) is dict
+    assert out["input_ids"].device.type == "meta" and out["input_ids"].dtype == torch.long
+    assert out["attention_mask"].dtype == torch.bool
+    assert out["pixel_values"].dtype == torch.bfloat16 and out["pixel_values"].device.type == "meta"
+    assert out["extra"][0].dtype == torch.bfloat16 and out["extra"][1][0].dtype == torch.int32
+    assert out["extra"][1][1] == "text" and out["n"] == 3
+
+
+def test_to_device_follows_the_model():
+    model = torch.nn.Embedding(4, 2).to(torch.bfloat16)
+    out = to_device({"x": torch.zeros(1), "i": torch.zeros(1, dtype=torch.long)}, model)
+    assert out["x"].dtype == torch.bfloat16 and out["i"].dtype == torch.long
+
+
+def test_to_numpy_reads_bf16_and_keeps_float64():
+    assert to_numpy(torch.ones(2, dtype=torch.bfloat16)).dtype == np.float32
+    assert to_numpy(torch.ones(2, dtype=torch.float64)).dtype == np.float64
+    assert to_numpy(torch.ones(2, dtype=torch.long)).dtype == np.int64
+    x = np.zeros(2)
+    assert to_numpy(x) is x
+
+
+def test_thread_cap_applies_on_the_cpu_only(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("PG_THREADS", "1")
+        assert set_threads(CPU_FP32) == 1 and torch.get_num_threads() == 1
+        assert set_threads(Runtime(torch.device("meta"), torch.float32)) is None
+        monkeypatch.setenv("PG_THREADS", "0")
+        with pytest.raises(ValueError, match="PG_THREADS"):
+            set_threads(CPU_FP32)
+    finally:
+        torch.set_num_threads(before)
