@@ -56,21 +56,38 @@ def test_approved_run_releases_and_promotes(prefect_server, report: Report, tmp_
     assert "| s03 |" in markdown and "| s07 |" in markdown and str(report.dir / "report.html") in markdown
 
 
-def test_rejected_run_is_cancelled_and_releases_nothing(prefect_server, report: Report, tmp_path: Path,
-                                                       gx_root: str, mlflow_uri: str) -> None:
-    from mlflow.exceptions import MlflowException
+def test_rejected_run_ends_cleanly_records_and_restores_challenger(prefect_server, report: Report,
+                                                                   tmp_path: Path, gx_root: str,
+                                                                   mlflow_uri: str) -> None:
+    from poisonguard.registry import CHALLENGER, CHAMPION, alias_or_none, promote, register_detector
 
-    from poisonguard.registry import CHALLENGER, CHAMPION, version_for_alias
-
+    # An earlier, approved screening holds both aliases; the rejected one must leave them there.
+    register_detector(report.dir, "flow-rejected", uri=mlflow_uri)
+    promote("flow-rejected", "1", uri=mlflow_uri, reviewer="carol")
     resume_when_paused("screen-and-release", {"approved": False, "reviewer": "bob", "note": "s07 looks odd"})
     state = _run_flow(report, tmp_path, gx_root, mlflow_uri, "flow-rejected")
 
-    assert state.is_cancelled()
+    assert state.is_completed() and state.name == "Rejected"
     assert state.message == "release rejected by bob: s07 looks odd"
-    assert not (tmp_path / "rel").exists()
-    assert version_for_alias("flow-rejected", CHALLENGER, uri=mlflow_uri) == "1"
-    with pytest.raises(MlflowException):
-        version_for_alias("flow-rejected", CHAMPION, uri=mlflow_uri)
+    assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == ["release.json"]  # a record, no data
+    record = json.loads((tmp_path / "rel" / "release.json").read_text())
+    assert record["released"] is False
+    assert {k: record["approval"][k] for k in ("decision", "reviewer", "note", "detector_version")} == {
+        "decision": "rejected", "reviewer": "bob", "note": "s07 looks odd", "detector_version": "2"}
+    assert record["approval"]["flow_run_id"] == str(state.state_details.flow_run_id)
+    assert alias_or_none("flow-rejected", CHALLENGER, uri=mlflow_uri) == "1"
+    assert alias_or_none("flow-rejected", CHAMPION, uri=mlflow_uri) == "1"
+    assert _error_logs(state.state_details.flow_run_id) == []
+
+
+def _error_logs(flow_run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterLevel
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]),
+                                                     level=LogFilterLevel(ge_=30)))
+    return [log.message for log in logs]
 
 
 def test_failed_gate_stops_before_approval(prefect_server, report: Report, tmp_path: Path, gx_root: str,
@@ -163,7 +180,7 @@ def test_full_run_reproduces_the_dvc_pipeline_first(prefect_server, tmp_path: Pa
 
     assert state.is_completed(), state.message
     assert state.result()["gate"]["max_flag_rate"] == 0.25  # the repo's params.yaml drives the gate
-    assert (repo / "work" / "release" / "train.json").is_file()
+    assert (repo / "work" / "flow-release" / "train.json").is_file()
     assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == {"screen", "gate"}
 
 
