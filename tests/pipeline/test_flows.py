@@ -3,7 +3,6 @@ schedule, and the benchmark wrapper."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -100,48 +99,56 @@ def test_failed_gate_stops_before_approval(prefect_server, report: Report, tmp_p
     assert not (tmp_path / "rel").exists()
 
 
-def test_nightly_deployment_runs_on_schedule(prefect_server, tmp_path: Path) -> None:
-    """The prefect.yaml deployment, applied with its cron, and one due run executed by a Runner."""
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-    from prefect.flows import load_flow_from_entrypoint
-    from prefect.runner import Runner
-    from prefect.schedules import Cron
+def test_nightly_sorts_drops(tmp_path: Path) -> None:
+    """Which drops the nightly screens, which it only hands to a release run, and which it skips. (Its
+    schedule and its release runs are tested on real servers in test_schedule.py.)"""
+    import os
 
-    spec = next(d for d in yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())["deployments"]
-                if d["name"] == "nightly")
+    from flows.nightly import STARTED_FILE, find_new_drops
+
     incoming, work = tmp_path / "incoming", tmp_path / "work"
-    (incoming / "drop-a").mkdir(parents=True)  # a drop screened on an earlier night ...
-    (incoming / "drop-a" / "train.json").write_text("[]")
-    (work / "drop-a" / "report").mkdir(parents=True)
-    (work / "drop-a" / "report" / "manifest.json").write_text("{}")
-    (incoming / "drop-b").mkdir()  # ... and a folder without a dataset
+    for drop in ("new", "screened", "started", "no-data", "arriving"):
+        (incoming / drop).mkdir(parents=True)
+        if drop != "no-data":
+            (incoming / drop / "train.json").write_text("[]")
+            os.utime(incoming / drop / "train.json", (1, 1))
+    os.utime(incoming / "arriving" / "train.json")  # just now
+    (work / "screened" / "report").mkdir(parents=True)
+    (work / "screened" / "report" / "manifest.json").write_text("{}")
+    (work / "started").mkdir(parents=True)
+    (work / "started" / STARTED_FILE).write_text(json.dumps({"flow_run_name": "release-started", "url": "u"}))
 
-    flow = load_flow_from_entrypoint(str(REPO / spec["entrypoint"]))
-    deployment = flow.to_deployment(
-        name=spec["name"], schedules=[Cron(s["cron"], timezone=s["timezone"]) for s in spec["schedules"]],
-        parameters={**spec["parameters"], "incoming_dir": str(incoming), "base_model": str(tmp_path / "model"),
-                    "work_dir": str(work), "track": False})
-    deployment_id = deployment.apply()
-    with get_client(sync_client=True) as client:
-        stored = client.read_deployment(deployment_id)
-    assert [s.schedule.cron for s in stored.schedules] == ["0 2 * * *"]
-    assert stored.schedules[0].schedule.timezone == "UTC"
+    found = find_new_drops.fn(str(incoming), str(work), settle_s=60)
+    assert [d["drop"] for d in found["new"]] == ["new", "screened"]  # "screened" only gets its release run
+    why = {d["drop"]: d["why"] for d in found["skipped"]}
+    assert why == {"arriving": "changed in the last 60 s; still arriving?",
+                   "no-data": "no single dataset file (*.json / *.jsonl) at its top level",
+                   "started": "already screened; release run release-started"}
 
-    run = run_deployment(f"nightly-screen/{spec['name']}", timeout=0)  # scheduled now, not waited for
 
-    async def execute_due_runs() -> None:
-        runner = Runner(query_seconds=1)
-        await runner.add_deployment(deployment)
-        await runner.start(run_once=True)
+def test_flow_refuses_dvc_outputs_and_world_rebuilds(prefect_server, tmp_path: Path, gx_root: str) -> None:
+    """A flow never releases into a DVC stage's output, and never rebuilds the `world` stage (the base model
+    scheduled screenings read) as a side effect of `dvc repro gate`."""
+    import subprocess
+    import sys
 
-    asyncio.run(execute_due_runs())
-    with get_client(sync_client=True) as client:
-        finished = client.read_flow_run(run.id)
-    assert finished.state.is_completed(), finished.state.message
-    summary = _artifact("nightly-summary", run.id)
-    assert "| drop-a | skipped | already screened |" in summary
-    assert "| drop-b | skipped | no single dataset file" in summary
+    from flows.screen_release import screen_and_release
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=repo, check=True)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "world": {"cmd": "mkdir -p work/world && echo rebuilt > work/world/base_model", "outs": ["work/world"]},
+        "gate": {"cmd": "echo gated", "deps": ["work/world"]},
+        "release": {"cmd": "mkdir -p work/release", "outs": ["work/release"]},
+    }}))
+
+    state = screen_and_release(repo_dir=str(repo), release_dir="work/release/x", gate_root=gx_root, track=False,
+                               return_state=True)
+    assert state.is_failed() and "DVC output `work/release`" in state.message
+    state = screen_and_release(repo_dir=str(repo), gate_root=gx_root, track=False, return_state=True)
+    assert state.is_failed() and "would rebuild world" in state.message
+    assert not (repo / "work" / "world").exists()
 
 
 def test_benchmark_flow_surfaces_cli_failure(prefect_server, tmp_path: Path) -> None:

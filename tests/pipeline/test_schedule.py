@@ -78,6 +78,7 @@ def test_scheduler_creates_and_worker_runs_the_nightly(stack: Stack, client, tmp
     assert "bulk DML" not in server_log and "schedule_deployments" not in server_log
 
 
+@pytest.mark.slow  # 1-2 min on top of the stack: three flow-run processes and two CLI calls
 def test_each_drop_waits_for_its_own_approval(stack: Stack, client, tmp_path: Path) -> None:
     """The nightly starts `release-drop-a` and `release-drop-b` and ends; both pause; drop-b is approved
     first with `poisonguard approve` and released while drop-a still waits; then drop-a is approved."""
@@ -96,12 +97,13 @@ def test_each_drop_waits_for_its_own_approval(stack: Stack, client, tmp_path: Pa
     assert f"| drop-a | awaiting approval | [release run release-drop-a]({stack.api_url[:-4]}/runs/flow-run/" in summary
 
     description = _pause_description(client, runs["drop-b"])
+    print(f"pause description of release-drop-b:\n{description}")
     assert "**Release approval for drop `drop-b`.**" in description
     assert "**Answer within 15 min" in description and "nothing is released" in description
     assert "poisonguard approve --drop drop-b --reviewer NAME" in description
     assert "champion: none yet" in description
     report_url = _served(description, "report/report.html", stack)
-    assert f"{stack.mlflow_uri}/get-artifact?path=report%2Freport.html&run_uuid=" in description
+    assert f"[download]({report_url})" in description
     with urllib.request.urlopen(report_url, timeout=10) as response:  # served by the MLflow server
         assert response.read() == (reports["drop-b"].dir / "report.html").read_bytes()
     docs_url = _served(description, "gate/verdicts.html", stack)
@@ -133,6 +135,7 @@ def test_each_drop_waits_for_its_own_approval(stack: Stack, client, tmp_path: Pa
         "detector_version"]  # the later approval holds the champion
 
 
+@pytest.mark.slow  # about 1 min on top of the stack
 def test_rejection_is_a_clean_recorded_end(stack: Stack, client, tmp_path: Path) -> None:
     """`poisonguard reject` on a release run: Completed (Rejected), no ERROR log, no data, a release.json with
     the decision, and `challenger` taken off the rejected version (it had no predecessor)."""
