@@ -22,7 +22,7 @@ Prefect outside, DVC inside (DESIGN.md §8). One run takes a screened data drop 
 
 A rejection is an expected end: the run ends Completed, named `Rejected`, with the reviewer's note as its
 message, nothing released, `challenger` back where it was, and a release.json that records the decision. An
-unanswered approval ends Failed (`Expired`) after `approval_timeout_s`, with the same clean-up and record.
+unanswered approval ends the run Failed after `approval_timeout_s`, with the same clean-up and record.
 
 ```
 python flows/screen_release.py --repo-dir . --report-dir work/report --release-dir work/flow-release
@@ -233,12 +233,14 @@ def screen_and_release(
                 approved=False, reviewer="", note=""),
             timeout=approval_timeout_s, poll_interval=poll_interval_s)
     except FlowPauseTimeout:
+        # The server fails a run whose pause expired whatever it proposes next ("The flow was ... and never
+        # resumed."), so the consequence goes into the log and the audit record, not the state's message.
         withdraw(f"approval expired after {approval_timeout_s} s")
         record_no_release(str(report), str(out), decision("expired", "", f"no answer within {approval_timeout_s} s"))
-        logger.warning("nobody answered the approval of %s within %d s; nothing was released", drop,
-                       approval_timeout_s)
+        logger.warning("nobody answered the approval of %s within %s; nothing was released and `challenger` went "
+                       "back. %s", drop, _duration(approval_timeout_s), _rerun_hint(report, out, drop))
         return Failed(name="Expired", message=f"approval of {drop} expired after {_duration(approval_timeout_s)}; "
-                                              f"nothing was released. {_rerun_hint(report, out, drop)}")
+                                              "nothing was released")
 
     reviewer = answer.reviewer.strip()
     if not answer.approved:
@@ -429,7 +431,7 @@ def _approval_description(report: Path, out: Path, gate: dict[str, Any], artifac
         effect,
         "",
         (f"**Answer within {_duration(timeout_s)} (by {deadline}).** If nobody answers by then, the run ends "
-         f"Failed (Expired), nothing is released, `challenger` goes back, and a new run is needed to decide."),
+         f"Failed, nothing is released, `challenger` goes back, and a new run is needed to decide."),
         "",
         (f"Answer with this form (name yourself as reviewer), or from a shell: `poisonguard approve {target} "
          f"--reviewer NAME --note \"...\"` (or `poisonguard reject ...`)."),

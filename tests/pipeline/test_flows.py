@@ -79,6 +79,25 @@ def test_rejected_run_ends_cleanly_records_and_restores_challenger(prefect_serve
     assert _error_logs(state.state_details.flow_run_id) == []
 
 
+def test_unanswered_approval_expires_cleanly(prefect_server, report: Report, tmp_path: Path, gx_root: str,
+                                            mlflow_uri: str) -> None:
+    from flows.screen_release import screen_and_release
+    from poisonguard.registry import CHALLENGER, alias_or_none
+
+    state = screen_and_release(repo_dir=str(REPO), report_dir=str(report.dir), release_dir=str(tmp_path / "rel"),
+                               skip_repro=True, gate_root=gx_root, tracking_uri=mlflow_uri,
+                               model_name="flow-expired", approval_timeout_s=3, poll_interval_s=1,
+                               drop="drop-e", return_state=True)
+
+    assert state.is_failed()  # the server's words: "The flow was expired and never resumed."
+    warnings = _error_logs(state.state_details.flow_run_id)
+    assert len(warnings) == 1 and "nobody answered the approval of drop-e within 3 s" in warnings[0]
+    assert "prefect deployment run screen-and-release/screen-and-release" in warnings[0]
+    record = json.loads((tmp_path / "rel" / "release.json").read_text())
+    assert record["released"] is False and record["approval"]["decision"] == "expired"
+    assert alias_or_none("flow-expired", CHALLENGER, uri=mlflow_uri) is None
+
+
 def _error_logs(flow_run_id) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterLevel
