@@ -79,14 +79,15 @@ def screen_drop(dataset: str, base_model: str, report_dir: str, repo_dir: str, s
 @task(retries=1, retry_delay_seconds=10)
 def start_release_run(deployment: str, drop: str, parameters: dict[str, Any], marker: str) -> dict[str, str]:
     """Create the drop's release run (`release-<drop>`) from `deployment` and return at once; record it in
-    `marker` so later nights skip the drop. The idempotency key makes a retry of this task reuse the run it
-    may already have created."""
+    `marker` so later nights skip the drop. The idempotency key (this nightly run and the drop) makes a retry
+    of this task reuse the run it may already have created, while a later night starts a new one."""
+    from prefect import runtime
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_UI_URL
 
     name = release_run_name(drop)
     run = run_deployment(deployment, parameters=parameters, flow_run_name=name, timeout=0,
-                         idempotency_key=f"{name}:{parameters['report_dir']}")
+                         idempotency_key=f"{runtime.flow_run.get_id()}:{name}")
     ui = PREFECT_UI_URL.value()
     started = {"flow_run_id": str(run.id), "flow_run_name": name, "deployment": deployment,
                "started_at": datetime.now(UTC).isoformat(timespec="seconds"),

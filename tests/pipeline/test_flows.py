@@ -145,6 +145,27 @@ def test_nightly_sorts_drops(tmp_path: Path) -> None:
                    "started": "already screened; release run release-started"}
 
 
+def test_nightly_without_deployments_releases_inline(prefect_server, tmp_path: Path, gx_root: str,
+                                                    mlflow_uri: str) -> None:
+    """`release_deployment=""` (a local run, no deployments): the drop's release runs as a subflow named
+    `release-<drop>`, and the nightly reports its outcome."""
+    from flows.nightly import nightly_screen
+
+    incoming, work = tmp_path / "incoming", tmp_path / "work"
+    (incoming / "drop-i").mkdir(parents=True)
+    (incoming / "drop-i" / "train.json").write_text("[]")
+    make_report(work / "drop-i")  # already screened: only the release is left
+    resume_when_paused("screen-and-release", {"approved": True, "reviewer": "dora"})
+    state = nightly_screen(incoming_dir=str(incoming), base_model=str(tmp_path / "base"), work_dir=str(work),
+                           settle_s=0, release_deployment="", gate_root=gx_root, tracking_uri=mlflow_uri,
+                           model_name="nightly-inline", approval_timeout_s=120, return_state=True)
+
+    assert state.is_completed(), state.message
+    assert state.result()["drops"] == [{"drop": "drop-i", "outcome": "completed", "why": ""}]
+    record = json.loads((work / "drop-i" / "release" / "release.json").read_text())
+    assert record["approval"]["reviewer"] == "dora" and record["approval"]["flow_run_name"] == "release-drop-i"
+
+
 def test_flow_refuses_dvc_outputs_and_world_rebuilds(prefect_server, tmp_path: Path, gx_root: str) -> None:
     """A flow never releases into a DVC stage's output, and never rebuilds the `world` stage (the base model
     scheduled screenings read) as a side effect of `dvc repro gate`."""

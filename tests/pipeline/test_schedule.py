@@ -110,6 +110,9 @@ def test_each_drop_waits_for_its_own_approval(stack: Stack, client, tmp_path: Pa
     with urllib.request.urlopen(docs_url, timeout=10) as response:  # this drop's Data Docs page
         assert b"poisonguard_verdicts" in response.read()
 
+    artifact = _artifact(client, "screening-report", runs["drop-b"])  # the same links in the run's artifact
+    assert "# Screening of drop `drop-b`" in artifact and f"[download]({report_url})" in artifact
+
     done = stack.cli("approve", "--drop", "drop-b", "--reviewer", "alice", "--note", "checked s03, s07")
     assert done.returncode == 0, done.stderr
     assert "approved release-drop-b" in done.stdout
@@ -151,6 +154,8 @@ def test_rejection_is_a_clean_recorded_end(stack: Stack, client, tmp_path: Path)
                                "drop": "drop-c", "model_name": "rejected-drop", "approval_timeout_s": 900})
     run_id = _wait_paused(client, "release-drop-c", stack)
 
+    waiting = stack.cli("approvals")
+    assert waiting.returncode == 0 and f"release-drop-c\t{run_id}\tpaused " in waiting.stdout
     wrong = stack.cli("approve", "--drop", "drop-x", "--reviewer", "bob")
     assert wrong.returncode == 2 and "no paused run named 'release-drop-x'" in wrong.stderr
     assert "release-drop-c" in wrong.stderr  # it lists what is waiting
