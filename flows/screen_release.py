@@ -191,12 +191,11 @@ def screen_and_release(
     """Screen (dvc repro), gate, wait for approval, release, promote. Relative paths are taken from
     `repo_dir`. `skip_repro` starts at the gate with an existing report (e.g. one `poisonguard screen`
     wrote); `track=False` leaves MLflow out; `drop` names the data in what the approver sees (default: the
-    report folder's parent)."""
+    folder of the screened dataset)."""
     logger = get_run_logger()
     repo = Path(repo_dir).resolve()
     report = _under(repo, report_dir)
     out = _under(repo, release_dir)
-    drop = drop or report.parent.name
     clash = _dvc_output_containing(repo, out)
     if clash is not None:
         return Failed(message=f"release_dir {out} is (inside) the DVC output `{clash}` of {repo / 'dvc.yaml'}; "
@@ -205,7 +204,8 @@ def screen_and_release(
     if not skip_repro:
         dvc_repro(str(repo), dvc_targets or ["gate"], rebuild_world)
     gate = check_gate(str(report), str(repo), gate_root)
-    run_name = runtime.flow_run.get_name() or report.parent.name
+    drop = drop or Path(gate["input"]).parent.name
+    run_name = runtime.flow_run.get_name() or drop
     tracked = (register_challenger(str(report), model_name, tracking_uri, run_name, gate["data_docs_pages"])
                if track else None)
     version = tracked["version"] if tracked else None
