@@ -121,15 +121,16 @@ def nightly_screen(
         name = drop["drop"]
         report = work / name / "report"
         if not (report / "manifest.json").exists():
+            # a state, not a raise: one bad drop must not stop the rest
             screened = screen_drop(drop["dataset"], base_model, str(report), str(repo), list(screen_args or []),
-                                   return_state=True)  # a state, not a raise: one bad drop must not stop the rest
+                                   return_state=True)
             if not screened.is_completed():
                 outcomes.append({"drop": name, "outcome": "failed", "why": f"screen: {screened.message}"})
                 continue
-        parameters = {"repo_dir": str(repo), "report_dir": str(report), "release_dir": str(work / name / "release"),
-                      "approval_timeout_s": approval_timeout_s, "skip_repro": True, "track": track,
-                      "model_name": model_name, "tracking_uri": tracking_uri, "gate_root": gate_root,
-                      "drop": name}
+        parameters = {"repo_dir": str(repo), "report_dir": str(report),
+                      "release_dir": str(work / name / "release"), "approval_timeout_s": approval_timeout_s,
+                      "skip_repro": True, "track": track, "model_name": model_name,
+                      "tracking_uri": tracking_uri, "gate_root": gate_root, "drop": name}
         if release_deployment:
             started = start_release_run(release_deployment, name, parameters, str(work / name / STARTED_FILE),
                                         return_state=True)

@@ -129,7 +129,8 @@ def publish_report(report_dir: str, gate: dict[str, Any], tracked: dict[str, Any
                    deadline: str) -> str:
     """A markdown artifact for the approver; returns its key."""
     create_markdown_artifact(markdown=_report_markdown(Path(report_dir), gate, tracked, drop, deadline),
-                             key=ARTIFACT_KEY, description=f"screening of drop {drop}: what the approver decides on")
+                             key=ARTIFACT_KEY,
+                             description=f"screening of drop {drop}: what the approver decides on")
     return ARTIFACT_KEY
 
 
@@ -215,8 +216,9 @@ def screen_and_release(
     def decision(kind: str, reviewer: str, note: str) -> dict[str, Any]:
         from poisonguard.gate import approval_record
 
-        links = {"flow_run": runtime.flow_run.get_flow_run_ui_url(),
-                 **({k: v for k, v in tracked["links"].items() if k in ("mlflow_run", "report")} if tracked else {})}
+        links = {"flow_run": runtime.flow_run.get_flow_run_ui_url()}
+        if tracked:
+            links.update({k: v for k, v in tracked["links"].items() if k in ("mlflow_run", "report")})
         return approval_record(kind, reviewer=reviewer, note=note, report_dir=report,
                                flow_run_id=runtime.flow_run.get_id(), flow_run_name=runtime.flow_run.get_name(),
                                detector_version=version, links=links)
@@ -236,11 +238,12 @@ def screen_and_release(
         # The server fails a run whose pause expired whatever it proposes next ("The flow was ... and never
         # resumed."), so the consequence goes into the log and the audit record, not the state's message.
         withdraw(f"approval expired after {approval_timeout_s} s")
-        record_no_release(str(report), str(out), decision("expired", "", f"no answer within {approval_timeout_s} s"))
-        logger.warning("nobody answered the approval of %s within %s; nothing was released and `challenger` went "
-                       "back. %s", drop, _duration(approval_timeout_s), _rerun_hint(report, out, drop))
-        return Failed(name="Expired", message=f"approval of {drop} expired after {_duration(approval_timeout_s)}; "
-                                              "nothing was released")
+        waited = _duration(approval_timeout_s)
+        record_no_release(str(report), str(out), decision("expired", "", f"no answer within {waited}"))
+        logger.warning("nobody answered the approval of %s within %s; nothing was released and `challenger` "
+                       "went back. %s", drop, waited, _rerun_hint(report, out, drop))
+        return Failed(name="Expired",
+                      message=f"approval of {drop} expired after {waited}; nothing was released")
 
     reviewer = answer.reviewer.strip()
     if not answer.approved:
@@ -249,12 +252,14 @@ def screen_and_release(
         record = record_no_release(str(report), str(out), decision("rejected", reviewer, answer.note))
         logger.info("release of %s rejected by %s: %s; nothing was released (decision recorded in %s)",
                     drop, who, answer.note or "(no note)", record)
-        return Completed(name="Rejected", message=f"release rejected by {who}: {answer.note or 'no note given'}")
+        return Completed(name="Rejected",
+                         message=f"release rejected by {who}: {answer.note or 'no note given'}")
     if not reviewer:
         withdraw("approved without a reviewer's name")
         return Failed(message="an approval must name its reviewer; nothing was released")
 
-    released = release_data(str(report), str(out), str(repo), gate_root, decision("approved", reviewer, answer.note))
+    approval = decision("approved", reviewer, answer.note)
+    released = release_data(str(report), str(out), str(repo), gate_root, approval)
     if version is not None:
         promote_champion(model_name, version, reviewer, answer.note, tracking_uri)
     logger.info("released %s (approved by %s)", released, reviewer)
@@ -414,7 +419,8 @@ def _approval_description(report: Path, out: Path, gate: dict[str, Any], artifac
 
     version = tracked["version"] if tracked else None
     run_name = runtime.flow_run.get_name()
-    target = f"--drop {drop}" if run_name == release_run_name(drop) else f"--flow-run {runtime.flow_run.get_id()}"
+    named = run_name == release_run_name(drop)
+    target = f"--drop {drop}" if named else f"--flow-run {runtime.flow_run.get_id()}"
     effect = (f"Approving releases the data and makes detector version {version} the `champion`; rejecting "
               f"releases nothing and takes `challenger` off version {version}." if version else
               "Approving releases the data; rejecting releases nothing.")

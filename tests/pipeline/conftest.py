@@ -98,6 +98,13 @@ def stack(tmp_path_factory) -> Iterator:
         stack.close()
 
 
+@pytest.fixture
+def mlflow_server(stack):
+    """The stack's MLflow server, started the first time a test asks for it."""
+    stack.start_mlflow()
+    return stack.mlflow_uri
+
+
 def deploy_env(root) -> dict[str, str]:
     """The PG_* variables infra/README.md tells an operator to export before `prefect deploy`."""
     from tests.pipeline.servers import REPO

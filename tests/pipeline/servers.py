@@ -106,13 +106,20 @@ class Stack:
         }
         prefect = self._spawn("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                                                  "--port", str(prefect_port)])
+        wait_for_http(f"http://127.0.0.1:{prefect_port}/api/health", prefect, self.logs["prefect-server"])
+        return self
+
+    def start_mlflow(self) -> None:
+        """Start the MLflow server at the MLFLOW_TRACKING_URI the worker already has (once; only the tests
+        that register detectors need it, and it costs half a minute of CPU to start)."""
+        if "mlflow-server" in self.logs:
+            return
+        port = self.mlflow_uri.rsplit(":", 1)[1]
         mlflow = self._spawn("mlflow-server", [
-            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
+            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", port, "--workers", "1",
             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
             "--artifacts-destination", str(self.root / "mlartifacts"), "--serve-artifacts"])
-        wait_for_http(f"http://127.0.0.1:{prefect_port}/api/health", prefect, self.logs["prefect-server"])
-        wait_for_http(f"http://127.0.0.1:{mlflow_port}/health", mlflow, self.logs["mlflow-server"])
-        return self
+        wait_for_http(f"{self.mlflow_uri}/health", mlflow, self.logs["mlflow-server"])
 
     def prefect(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """A `prefect` CLI command against this server, run from the repository root."""
@@ -144,7 +151,7 @@ class Stack:
                               text=True, timeout=120, check=False)
 
     def close(self) -> None:
-        for proc in reversed(self.procs):  # the worker (and its runs) first, the servers last
+        for proc in reversed(self.procs):  # the worker (and its runs) before the servers
             stop(proc)
         self._exit.close()
 

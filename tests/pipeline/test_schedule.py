@@ -79,7 +79,8 @@ def test_scheduler_creates_and_worker_runs_the_nightly(stack: Stack, client, tmp
 
 
 @pytest.mark.slow  # 1-2 min on top of the stack: three flow-run processes and two CLI calls
-def test_each_drop_waits_for_its_own_approval(stack: Stack, client, tmp_path: Path) -> None:
+def test_each_drop_waits_for_its_own_approval(stack: Stack, mlflow_server: str, client,
+                                              tmp_path: Path) -> None:
     """The nightly starts `release-drop-a` and `release-drop-b` and ends; both pause; drop-b is approved
     first with `poisonguard approve` and released while drop-a still waits; then drop-a is approved."""
     from prefect.deployments import run_deployment
@@ -139,7 +140,8 @@ def test_each_drop_waits_for_its_own_approval(stack: Stack, client, tmp_path: Pa
 
 
 @pytest.mark.slow  # about 1 min on top of the stack
-def test_rejection_is_a_clean_recorded_end(stack: Stack, client, tmp_path: Path) -> None:
+def test_rejection_is_a_clean_recorded_end(stack: Stack, mlflow_server: str, client,
+                                           tmp_path: Path) -> None:
     """`poisonguard reject` on a release run: Completed (Rejected), no ERROR log, no data, a release.json with
     the decision, and `challenger` taken off the rejected version (it had no predecessor)."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterLevel
