@@ -99,9 +99,12 @@ def test_unanswered_approval_expires_cleanly(prefect_server, report: Report, tmp
 
 
 def _error_logs(flow_run_id) -> list[str]:
+    """The run's WARNING-and-above log messages, after sending the ones still queued in this process."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterLevel
+    from prefect.logging.handlers import APILogHandler
 
+    APILogHandler().flush()
     with get_client(sync_client=True) as client:
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]),
                                                      level=LogFilterLevel(ge_=30)))
