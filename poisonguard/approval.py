@@ -70,7 +70,7 @@ def answer(*, approved: bool, reviewer: str, note: str = "", drop: str | None = 
     Raises ApprovalError when the reviewer is not named, when no paused run (or more than one) matches, or
     when the server refuses the answer (e.g. the approval already timed out).
     """
-    from prefect.exceptions import FlowPauseTimeout
+    from prefect.exceptions import FlowPauseTimeout, NotPausedError
     from prefect.flow_runs import resume_flow_run
 
     if not reviewer.strip():
@@ -80,7 +80,9 @@ def answer(*, approved: bool, reviewer: str, note: str = "", drop: str | None = 
         resume_flow_run(UUID(run.id), run_input={"approved": approved, "reviewer": reviewer.strip(), "note": note})
     except FlowPauseTimeout as exc:
         raise ApprovalError(f"run {run.name} can no longer be resumed: its approval timed out") from exc
-    except RuntimeError as exc:  # NotPausedError, or the server rejected the input
+    except NotPausedError as exc:  # answered by someone else since we looked
+        raise ApprovalError(f"run {run.name} is no longer waiting for approval") from exc
+    except RuntimeError as exc:  # the server rejected the answer (e.g. it does not fit the form)
         raise ApprovalError(f"run {run.name} was not resumed: {exc}") from exc
     return run
 
