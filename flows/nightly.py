@@ -136,6 +136,8 @@ def nightly_screen(
                                         return_state=True)
             if started.is_completed():
                 run = started.result()
+                logger.info("%s: release run %s waits for approval: %s", name, run["flow_run_name"],
+                            run["url"] or run["flow_run_id"])
                 outcomes.append({"drop": name, "outcome": "awaiting approval",
                                  "why": f"release run {run['flow_run_name']}", "url": run["url"]})
             else:
