@@ -3,10 +3,17 @@
 DVC and the poisonguard CLI are driven as subprocesses, not through their Python internals: `dvc repro` is
 only stable as a CLI (research/anchors.md §B.4), and a subprocess keeps the task's memory and threads apart
 from the flow's. Output is streamed line by line into the run logger and the tail kept for the error.
+
+Progress bars stay out of the logs: a child gets `TQDM_DISABLE=1` (every tqdm bar not told otherwise), and a
+bar that still draws itself (a caller passing `disable=False` explicitly) redraws with carriage returns on
+one line; only the text after its last carriage return, the bar's final state, becomes a log line. Without
+that, one screening put thousands of bar redraws into a run's log.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import subprocess
 import sys
 import threading
@@ -15,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 _TAIL_LINES = 40
+QUIET_ENV = {"TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 class CommandFailed(RuntimeError):
@@ -27,15 +35,17 @@ class CommandFailed(RuntimeError):
 
 
 def run_command(cmd: Sequence[str], cwd: str | Path, *, timeout_s: float | None = None,
-                logger=None) -> list[str]:
-    """Run `cmd` in `cwd`, stream its merged stdout/stderr to `logger` (or stderr); return the output lines.
+                logger=None, env: dict[str, str] | None = None) -> list[str]:
+    """Run `cmd` in `cwd`, stream its merged stdout/stderr to `logger` (or stderr); return the output lines
+    (progress-bar redraws collapsed, see the module docstring). `env` adds to this process's environment.
 
     Raises CommandFailed on a non-zero exit and TimeoutError (after killing it) past `timeout_s`.
     """
     lines: list[str] = []
     tail: deque[str] = deque(maxlen=_TAIL_LINES)
-    with subprocess.Popen(list(cmd), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          bufsize=1) as proc:
+    child_env = {**os.environ, **QUIET_ENV, **(env or {})}
+    with subprocess.Popen(list(cmd), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          env=child_env) as proc:
         # A watchdog, because a silent command would block the line loop past any wait(timeout=...).
         timed_out = threading.Event()
 
@@ -47,8 +57,14 @@ def run_command(cmd: Sequence[str], cwd: str | Path, *, timeout_s: float | None 
         if watchdog is not None:
             watchdog.start()
         try:
-            for raw in proc.stdout or ():
-                line = raw.rstrip("\n")
+            # Split on "\n" only: universal newlines would make every "\r" redraw a line of its own.
+            stream = io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace", newline="\n") \
+                if proc.stdout is not None else ()
+            for raw in stream:
+                text = raw.rstrip("\n")
+                line = final_redraw(text)
+                if "\r" in text and not line:  # a bar that cleared itself (leave=False)
+                    continue
                 lines.append(line)
                 tail.append(line)
                 if logger is not None:
@@ -67,6 +83,13 @@ def run_command(cmd: Sequence[str], cwd: str | Path, *, timeout_s: float | None 
     if proc.returncode != 0:
         raise CommandFailed(cmd, proc.returncode, list(tail))
     return lines
+
+
+def final_redraw(line: str) -> str:
+    """What a terminal would show of `line`: the text after its last carriage return (a progress bar's
+    final state), or the whole line when it has none."""
+    parts = [p for p in line.split("\r") if p.strip()]
+    return parts[-1] if parts else ""
 
 
 def poisonguard_cli() -> list[str]:

@@ -438,3 +438,59 @@ def main() -> None:  # pragma: no cover - console entry point
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+# --- release approval (Prefect) ------------------------------------------------------------------------------
+
+
+def _answer_release(approved: bool, drop: str | None, flow_run: str | None, reviewer: str, note: str) -> None:
+    from poisonguard.approval import ApprovalError, answer
+
+    try:
+        run = answer(approved=approved, reviewer=reviewer, note=note, drop=drop, flow_run_id=flow_run)
+    except ApprovalError as exc:
+        _fail(str(exc))
+    verb = "approved" if approved else "rejected"
+    typer.echo(f"{verb} {run.name} ({run.id}) as {reviewer.strip()}; the run continues on its worker"
+               + (f": {run.ui_url}" if run.ui_url else ""))
+
+
+_DROP_HELP = "The drop whose release run (`release-<drop>`) waits for approval."
+_RUN_HELP = "The paused flow run's id (instead of --drop)."
+
+
+@app.command()
+def approve(
+    reviewer: Annotated[str, typer.Option(help="Who approves (kept in release.json and on the model version).")],
+    drop: Annotated[str | None, typer.Option(help=_DROP_HELP)] = None,
+    flow_run: Annotated[str | None, typer.Option(help=_RUN_HELP)] = None,
+    note: Annotated[str, typer.Option(help="Why; kept in the audit record.")] = "",
+) -> None:
+    """Approve a paused release run: it releases the data and makes its detector version the champion."""
+    _answer_release(True, drop, flow_run, reviewer, note)
+
+
+@app.command()
+def reject(
+    reviewer: Annotated[str, typer.Option(help="Who rejects (kept in release.json).")],
+    drop: Annotated[str | None, typer.Option(help=_DROP_HELP)] = None,
+    flow_run: Annotated[str | None, typer.Option(help=_RUN_HELP)] = None,
+    note: Annotated[str, typer.Option(help="Why; kept in the audit record.")] = "",
+) -> None:
+    """Reject a paused release run: nothing is released and the detector aliases stay as they were."""
+    _answer_release(False, drop, flow_run, reviewer, note)
+
+
+@app.command()
+def approvals() -> None:
+    """List the release runs waiting for an approval (name, id, paused since, expires)."""
+    from poisonguard.approval import pending_approvals
+
+    runs = pending_approvals()
+    for run in runs:
+        typer.echo(f"{run.name}\t{run.id}"
+                   + (f"\tpaused {run.paused_at:%Y-%m-%d %H:%M} UTC" if run.paused_at else "")
+                   + (f"\texpires {run.expires_at:%Y-%m-%d %H:%M} UTC" if run.expires_at else "")
+                   + (f"\t{run.ui_url}" if run.ui_url else ""))
+    if not runs:
+        typer.echo("no release run is waiting for approval")

@@ -46,13 +46,16 @@ _OK_ROWS = f'status=="{OK}"'
 @dataclass
 class GateResult:
     """Outcome of one checkpoint run. `failures` holds one line per failed expectation (empty on success);
-    `data_docs` is the Data Docs index (file URL) where the run can be inspected."""
+    `data_docs` is the Data Docs index (file URL); `validation_pages` maps each table (verdicts, release,
+    provenance) to the Data Docs page of this run's validation, which stays valid after later runs (the
+    index shows the latest)."""
 
     success: bool
     failures: list[str]
     summary: dict[str, Any]
     data_docs: str | None
     checkpoint_result: Any = field(repr=False, default=None)
+    validation_pages: dict[str, str] = field(default_factory=dict)
 
 
 class GateFailed(RuntimeError):
@@ -101,12 +104,14 @@ def check_release(report: ScreeningReport, release_ids: Sequence[str], *, gate_r
                                    run_id=RunIdentifier(run_name=report.report_dir.resolve().name))
         # One Data Docs build for the three results (an UpdateDataDocsAction would build once per result).
         docs = context.build_data_docs(resource_identifiers=list(gx_result.run_results))
+        pages = _validation_pages(context, gx_result)
     result = GateResult(
         success=bool(gx_result.success),
         failures=_failures(gx_result),
         summary=_summary(report, release_ids, config),
         data_docs=next(iter(docs.values()), None),
         checkpoint_result=gx_result,
+        validation_pages=pages,
     )
     if not result.success:
         if not result.failures:  # GX said no without a failed expectation: never let that pass silently
@@ -181,6 +186,18 @@ def _suites(config: GateConfig) -> dict[str, list]:
 
 
 # --- GX project plumbing ------------------------------------------------------------------------------------
+
+
+def _validation_pages(context, gx_result) -> dict[str, str]:
+    """table -> the Data Docs URL of this run's validation of it (first site that has one)."""
+    pages = {}
+    for identifier in gx_result.run_results:
+        suite = identifier.expectation_suite_identifier.name
+        table = suite.removeprefix(_suite_name(""))
+        urls = [u.get("site_url") for u in context.get_docs_sites_urls(resource_identifier=identifier)]
+        if any(urls):
+            pages[table] = next(u for u in urls if u)
+    return pages
 
 
 def _suite_name(table: str) -> str:

@@ -5,6 +5,12 @@ that manifest against the verdict table and the re-read input, and only then is 
 in the input's own format (same file name), the kept samples' images (hard links where possible, same
 relative paths) and `release.json`. Everything goes into a temporary folder next to `out_dir` that is renamed
 into place at the end, so a failed gate or a crash leaves `out_dir` untouched.
+
+Every decision on a release is recorded in `release.json`: who decided, what (approved, rejected, expired),
+the note, when, in which flow run, on which detector version and which report (checksums of report.html and
+the verdict table). An approval is written with the release (`release(..., approval=...)`); a rejection or
+an expired approval writes a folder holding only the record (`record_decision`), so a drop that was turned
+down still has its audit trail and never looks like a release (`"released": false`, no dataset file).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,20 +30,103 @@ from poisonguard.data.dataset import Dataset
 from poisonguard.data.writer import atomic_write_bytes
 from poisonguard.gate.checkpoint import GateFailed, GateResult, check_release
 from poisonguard.gate.config import GateConfig, gate_config
-from poisonguard.gate.report import ScreeningReport, file_sha256, load_report
+from poisonguard.gate.report import (
+    MANIFEST_FILE,
+    REPORT_HTML,
+    VERDICTS_FILE,
+    ScreeningReport,
+    file_sha256,
+    load_report,
+)
 from poisonguard.gate.tables import OK, releasable_ids
 
 RELEASE_FILE = "release.json"
 EXIT_OK, EXIT_BLOCKED, EXIT_BAD_INPUT = 0, 1, 2
+APPROVED, REJECTED, EXPIRED = "approved", "rejected", "expired"
+DECISIONS = (APPROVED, REJECTED, EXPIRED)
+
+
+def approval_record(decision: str, *, reviewer: str, report_dir: str | Path, note: str = "",
+                    flow_run_id: str | None = None, flow_run_name: str | None = None,
+                    detector_version: str | None = None, links: Mapping[str, str | None] | None = None,
+                    decided_at: datetime | None = None) -> dict[str, Any]:
+    """The audit block of release.json for one decision on the report in `report_dir`.
+
+    `reviewer` must be named for an approval (a release names who let it out); `links` are URLs an auditor
+    can follow later (flow run, MLflow run, report). Raises ValueError for an unknown decision or an
+    unnamed approver.
+    """
+    if decision not in DECISIONS:
+        raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
+    if decision == APPROVED and not reviewer.strip():
+        raise ValueError("an approval must name its reviewer")
+    report_dir = Path(report_dir)
+    html = report_dir / REPORT_HTML
+    verdicts = report_dir / VERDICTS_FILE
+    when = (decided_at or datetime.now(UTC)).astimezone(UTC)
+    return {
+        "decision": decision,
+        "reviewer": reviewer.strip(),
+        "note": note,
+        "decided_at": when.isoformat(timespec="seconds"),
+        "flow_run_id": None if flow_run_id is None else str(flow_run_id),
+        "flow_run_name": flow_run_name,
+        "detector_version": None if detector_version is None else str(detector_version),
+        "report": {
+            "dir": str(report_dir.resolve()),
+            "report_html_sha256": file_sha256(html) if html.is_file() else None,
+            "verdicts_sha256": file_sha256(verdicts) if verdicts.is_file() else None,
+        },
+        "links": {k: v for k, v in (links or {}).items() if v},
+    }
+
+
+def record_decision(report_dir: str | Path, out_dir: str | Path, approval: Mapping[str, Any]) -> Path:
+    """Write a release.json that releases nothing, for a rejected or expired decision; return its path.
+
+    `out_dir` ends up holding only that file (written beside it and renamed into place, like a release), so
+    an earlier release in the same folder is replaced by the record of the later decision. Raises ValueError
+    for an approval (use `release`) and FileExistsError when `out_dir` is not an earlier release.
+    """
+    if approval.get("decision") not in (REJECTED, EXPIRED):
+        raise ValueError(f"record_decision is for rejected or expired decisions, not {approval.get('decision')!r}")
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
+    manifest = json.loads((Path(report_dir) / MANIFEST_FILE).read_text())
+    record = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "released": False,
+        "approval": dict(approval),
+        "report_dir": str(Path(report_dir).resolve()),
+        "input": {k: (manifest.get("input") or {}).get(k)
+                  for k in ("path", "sha256", "format", "n_samples", "ids_sha256")},
+        "verdicts_sha256": manifest.get("verdicts_sha256"),
+        "output": None,
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".partial"))
+    try:
+        atomic_write_bytes(staging / RELEASE_FILE, json.dumps(record, indent=2).encode("utf-8"))
+        os.chmod(staging, 0o755)
+        _swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir / RELEASE_FILE
 
 
 def release(report_dir: str | Path, out_dir: str | Path, *, gate_root: str | Path | None = None,
-            config: GateConfig | None = None, link_images: bool = True) -> Path:
+            config: GateConfig | None = None, link_images: bool = True,
+            approval: Mapping[str, Any] | None = None) -> Path:
     """Gate, then write the cleaned dataset of `report_dir` into `out_dir`; return the dataset file's path.
+    `approval` (see `approval_record`, decision "approved") goes into release.json as the audit record.
 
-    Raises GateFailed (nothing written) when the checkpoint fails, ReportError for an unreadable report, and
-    FileExistsError when `out_dir` holds something other than an earlier release.
+    Raises GateFailed (nothing written) when the checkpoint fails, ReportError for an unreadable report,
+    FileExistsError when `out_dir` holds something other than an earlier release, and ValueError for an
+    `approval` that is not one.
     """
+    if approval is not None and approval.get("decision") != APPROVED:
+        raise ValueError(f"a release needs an approval, not a {approval.get('decision')!r} decision")
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
     report = load_report(report_dir)
@@ -56,6 +146,8 @@ def release(report_dir: str | Path, out_dir: str | Path, *, gate_root: str | Pat
             raise GateFailed(GateResult(False, [f"input dataset {dataset.path} changed during the release"],
                                         gate.summary, gate.data_docs))
         record = _release_record(report, keep, data_path, images, gate)
+        if approval is not None:
+            record["approval"] = dict(approval)
         atomic_write_bytes(staging / RELEASE_FILE, json.dumps(record, indent=2).encode("utf-8"))
         os.chmod(staging, 0o755)  # mkdtemp makes it private; a release is meant to be read by others
         _swap_into_place(staging, out_dir)
@@ -145,6 +237,7 @@ def _release_record(report: ScreeningReport, keep: list[str], data_path: Path, i
         removed.append({"id": sample_id, "status": status, "flagged": bool(row.get("flagged")), "reason": why})
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "released": True,
         "report_dir": str(Path(report.report_dir).resolve()),
         "input": {k: report.expected.get(k) for k in ("path", "sha256", "format", "n_samples", "ids_sha256")},
         "verdicts_sha256": report.verdicts_sha256,

@@ -73,6 +73,57 @@ def promote(name: str, version: str | int, *, alias: str = CHAMPION, uri: str | 
             client.set_model_version_tag(name, str(version), f"poisonguard.{alias}.note", note)
 
 
+def alias_or_none(name: str, alias: str, *, uri: str | None = None) -> str | None:
+    """The version `alias` points at, or None when the model or the alias does not exist (yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return version_for_alias(name, alias, uri=uri)
+    except MlflowException:
+        return None
+
+
+def restore_alias(name: str, alias: str, previous: str | None, *, expected: str, uri: str | None = None,
+                  reason: str | None = None) -> str | None:
+    """Undo a move of `alias` to version `expected`: point it back at `previous` (remove it when None), but
+    only while it still points at `expected`, so a later screening that took the alias meanwhile keeps it.
+    `reason` is kept as a tag on `expected`. Returns the version the alias points at afterwards."""
+    from mlflow import MlflowClient
+
+    with tracking(uri) as resolved:
+        client = MlflowClient(resolved)
+        if reason:
+            client.set_model_version_tag(name, str(expected), f"poisonguard.{alias}.removed", reason)
+        current = alias_or_none(name, alias, uri=resolved)
+        if current != str(expected):
+            return current
+        if previous is None:
+            client.delete_registered_model_alias(name, alias)
+            return None
+        client.set_registered_model_alias(name, alias, str(previous))
+        return str(previous)
+
+
+def alias_summary(name: str, alias: str = CHAMPION, *, uri: str | None = None) -> dict | None:
+    """What the approver compares a new screening with: the version behind `alias` (default `champion`,
+    the last approved screening), its run's counts and flag rate, who approved it and when it was
+    registered. None when there is no such alias yet."""
+    from mlflow import MlflowClient
+
+    version = alias_or_none(name, alias, uri=uri)
+    if version is None:
+        return None
+    with tracking(uri) as resolved:
+        client = MlflowClient(resolved)
+        mv = client.get_model_version(name, version)
+        metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+    keys = ("n_samples", "n_ok", "n_quarantined", "n_flagged", "flag_rate")
+    return {"version": str(version), "run_id": mv.run_id, **{k: metrics.get(k) for k in keys},
+            "reviewer": (mv.tags or {}).get(f"poisonguard.{alias}.reviewer"),
+            "input_path": (mv.tags or {}).get("poisonguard.input_path"),
+            "registered_at_ms": mv.creation_timestamp}
+
+
 def version_for_alias(name: str, alias: str, *, uri: str | None = None) -> str:
     """The version `alias` points at (MlflowClient.get_model_version_by_alias)."""
     from mlflow import MlflowClient

@@ -91,6 +91,53 @@ def log_screening(report_dir: str | Path, params: Mapping[str, Any] | None = Non
             return run.info.run_id
 
 
+def run_links(run_id: str, *, uri: str | None = None,
+              artifacts: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """URLs of a screening's MLflow run that work from a browser: `mlflow_run` (the run page) and, for each
+    `name: artifact path` of `artifacts` (default the HTML report), `name` (the run page opened on that
+    artifact; the MLflow UI renders HTML) and `name_download` (the file served by the tracking server's
+    `/get-artifact`, which needs `mlflow server --serve-artifacts` or an artifact store the server reads).
+    A sqlite store has no web server: every URL is then None; `where` always says where the run is."""
+    from urllib.parse import quote
+
+    from mlflow import MlflowClient
+
+    artifacts = dict(artifacts or {"report": f"report/{REPORT_HTML}"})
+    resolved = tracking_uri(uri)
+    links: dict[str, str | None] = {"where": f"MLflow run {run_id} in {resolved}", "mlflow_run": None}
+    links.update({key: None for name in artifacts for key in (name, f"{name}_download")})
+    if not resolved.startswith(("http://", "https://")):
+        return links
+    base = resolved.rstrip("/")
+    experiment = MlflowClient(resolved).get_run(run_id).info.experiment_id
+    page = f"{base}/#/experiments/{experiment}/runs/{run_id}"
+    links["mlflow_run"] = page
+    for name, path in artifacts.items():
+        links[name] = f"{page}/artifactPath/{path}"
+        links[f"{name}_download"] = f"{base}/get-artifact?path={quote(path)}&run_uuid={run_id}"
+    return links
+
+
+def log_files(run_id: str, files: Mapping[str, str | Path], *, artifact_path: str,
+              uri: str | None = None) -> dict[str, str]:
+    """Log each `name: local file` into run `run_id` as `<artifact_path>/<name>`; return name -> artifact
+    path. Used for the release gate's Data Docs pages, which otherwise exist only on the worker's disk."""
+    import shutil
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    logged = {}
+    with tracking(uri) as resolved, tempfile.TemporaryDirectory() as tmp:
+        client = MlflowClient(resolved)
+        for name, path in files.items():
+            local = Path(tmp) / name
+            shutil.copyfile(path, local)
+            client.log_artifact(run_id, str(local), artifact_path=artifact_path)
+            logged[name] = f"{artifact_path}/{name}"
+    return logged
+
+
 def provenance_tags(manifest: Mapping[str, Any], report_dir: Path) -> dict[str, str]:
     spec = manifest.get("input") or {}
     return {

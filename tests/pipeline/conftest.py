@@ -76,3 +76,38 @@ def resume_when_paused(flow_name: str, run_input: dict, *, timeout_s: float = 12
         raise TimeoutError(f"no paused run of {flow_name!r} within {timeout_s} s")
 
     return in_thread(approver)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Iterator:
+    """A real Prefect server, MLflow server and process worker, with the nightly and screen-and-release
+    deployments applied from infra/prefect.yaml by `prefect deploy` (tests/pipeline/servers.py). Every test
+    that uses it talks to these servers, not to the in-process test harness."""
+    from tests.pipeline.servers import REPO, Stack
+
+    root = tmp_path_factory.mktemp("stack")
+    (root / "incoming").mkdir()
+    stack = Stack(root)
+    try:
+        stack.start()
+        stack.create_pool()
+        stack.deploy(REPO / "infra" / "prefect.yaml", ["nightly", "screen-and-release"], deploy_env(root))
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.close()
+
+
+@pytest.fixture
+def mlflow_server(stack):
+    """The stack's MLflow server, started the first time a test asks for it."""
+    stack.start_mlflow()
+    return stack.mlflow_uri
+
+
+def deploy_env(root) -> dict[str, str]:
+    """The PG_* variables infra/README.md tells an operator to export before `prefect deploy`."""
+    from tests.pipeline.servers import REPO
+
+    return {"PG_REPO_DIR": str(REPO), "PG_INCOMING_DIR": str(root / "incoming"),
+            "PG_BASE_MODEL": str(root / "base_model")}

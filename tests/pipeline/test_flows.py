@@ -3,7 +3,6 @@ schedule, and the benchmark wrapper."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -56,21 +55,60 @@ def test_approved_run_releases_and_promotes(prefect_server, report: Report, tmp_
     assert "| s03 |" in markdown and "| s07 |" in markdown and str(report.dir / "report.html") in markdown
 
 
-def test_rejected_run_is_cancelled_and_releases_nothing(prefect_server, report: Report, tmp_path: Path,
-                                                       gx_root: str, mlflow_uri: str) -> None:
-    from mlflow.exceptions import MlflowException
+def test_rejected_run_ends_cleanly_records_and_restores_challenger(prefect_server, report: Report,
+                                                                   tmp_path: Path, gx_root: str,
+                                                                   mlflow_uri: str) -> None:
+    from poisonguard.registry import CHALLENGER, CHAMPION, alias_or_none, promote, register_detector
 
-    from poisonguard.registry import CHALLENGER, CHAMPION, version_for_alias
-
+    # An earlier, approved screening holds both aliases; the rejected one must leave them there.
+    register_detector(report.dir, "flow-rejected", uri=mlflow_uri)
+    promote("flow-rejected", "1", uri=mlflow_uri, reviewer="carol")
     resume_when_paused("screen-and-release", {"approved": False, "reviewer": "bob", "note": "s07 looks odd"})
     state = _run_flow(report, tmp_path, gx_root, mlflow_uri, "flow-rejected")
 
-    assert state.is_cancelled()
+    assert state.is_completed() and state.name == "Rejected"
     assert state.message == "release rejected by bob: s07 looks odd"
-    assert not (tmp_path / "rel").exists()
-    assert version_for_alias("flow-rejected", CHALLENGER, uri=mlflow_uri) == "1"
-    with pytest.raises(MlflowException):
-        version_for_alias("flow-rejected", CHAMPION, uri=mlflow_uri)
+    assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == ["release.json"]  # a record, no data
+    record = json.loads((tmp_path / "rel" / "release.json").read_text())
+    assert record["released"] is False
+    assert {k: record["approval"][k] for k in ("decision", "reviewer", "note", "detector_version")} == {
+        "decision": "rejected", "reviewer": "bob", "note": "s07 looks odd", "detector_version": "2"}
+    assert record["approval"]["flow_run_id"] == str(state.state_details.flow_run_id)
+    assert alias_or_none("flow-rejected", CHALLENGER, uri=mlflow_uri) == "1"
+    assert alias_or_none("flow-rejected", CHAMPION, uri=mlflow_uri) == "1"
+    assert _error_logs(state.state_details.flow_run_id) == []
+
+
+def test_unanswered_approval_expires_cleanly(prefect_server, report: Report, tmp_path: Path, gx_root: str,
+                                            mlflow_uri: str) -> None:
+    from flows.screen_release import screen_and_release
+    from poisonguard.registry import CHALLENGER, alias_or_none
+
+    state = screen_and_release(repo_dir=str(REPO), report_dir=str(report.dir), release_dir=str(tmp_path / "rel"),
+                               skip_repro=True, gate_root=gx_root, tracking_uri=mlflow_uri,
+                               model_name="flow-expired", approval_timeout_s=3, poll_interval_s=1,
+                               drop="drop-e", return_state=True)
+
+    assert state.is_failed()  # the server's words: "The flow was expired and never resumed."
+    said = [m for m in _error_logs(state.state_details.flow_run_id) if "nobody answered" in m]
+    assert len(said) == 1 and "nobody answered the approval of drop-e within 3 s" in said[0]
+    assert "prefect deployment run screen-and-release/screen-and-release" in said[0]
+    record = json.loads((tmp_path / "rel" / "release.json").read_text())
+    assert record["released"] is False and record["approval"]["decision"] == "expired"
+    assert alias_or_none("flow-expired", CHALLENGER, uri=mlflow_uri) is None
+
+
+def _error_logs(flow_run_id) -> list[str]:
+    """The run's WARNING-and-above log messages, after sending the ones still queued in this process."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterLevel
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]),
+                                                     level=LogFilterLevel(ge_=30)))
+    return [log.message for log in logs]
 
 
 def test_failed_gate_stops_before_approval(prefect_server, report: Report, tmp_path: Path, gx_root: str,
@@ -83,48 +121,77 @@ def test_failed_gate_stops_before_approval(prefect_server, report: Report, tmp_p
     assert not (tmp_path / "rel").exists()
 
 
-def test_nightly_deployment_runs_on_schedule(prefect_server, tmp_path: Path) -> None:
-    """The prefect.yaml deployment, applied with its cron, and one due run executed by a Runner."""
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-    from prefect.flows import load_flow_from_entrypoint
-    from prefect.runner import Runner
-    from prefect.schedules import Cron
+def test_nightly_sorts_drops(tmp_path: Path) -> None:
+    """Which drops the nightly screens, which it only hands to a release run, and which it skips. (Its
+    schedule and its release runs are tested on real servers in test_schedule.py.)"""
+    import os
 
-    spec = next(d for d in yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())["deployments"]
-                if d["name"] == "nightly")
+    from flows.nightly import STARTED_FILE, find_new_drops
+
     incoming, work = tmp_path / "incoming", tmp_path / "work"
-    (incoming / "drop-a").mkdir(parents=True)  # a drop screened on an earlier night ...
-    (incoming / "drop-a" / "train.json").write_text("[]")
-    (work / "drop-a" / "report").mkdir(parents=True)
-    (work / "drop-a" / "report" / "manifest.json").write_text("{}")
-    (incoming / "drop-b").mkdir()  # ... and a folder without a dataset
+    for drop in ("new", "screened", "started", "no-data", "arriving"):
+        (incoming / drop).mkdir(parents=True)
+        if drop != "no-data":
+            (incoming / drop / "train.json").write_text("[]")
+            os.utime(incoming / drop / "train.json", (1, 1))
+    os.utime(incoming / "arriving" / "train.json")  # just now
+    (work / "screened" / "report").mkdir(parents=True)
+    (work / "screened" / "report" / "manifest.json").write_text("{}")
+    (work / "started").mkdir(parents=True)
+    (work / "started" / STARTED_FILE).write_text(json.dumps({"flow_run_name": "release-started", "url": "u"}))
 
-    flow = load_flow_from_entrypoint(str(REPO / spec["entrypoint"]))
-    deployment = flow.to_deployment(
-        name=spec["name"], schedules=[Cron(s["cron"], timezone=s["timezone"]) for s in spec["schedules"]],
-        parameters={**spec["parameters"], "incoming_dir": str(incoming), "base_model": str(tmp_path / "model"),
-                    "work_dir": str(work), "track": False})
-    deployment_id = deployment.apply()
-    with get_client(sync_client=True) as client:
-        stored = client.read_deployment(deployment_id)
-    assert [s.schedule.cron for s in stored.schedules] == ["0 2 * * *"]
-    assert stored.schedules[0].schedule.timezone == "UTC"
+    found = find_new_drops.fn(str(incoming), str(work), settle_s=60)
+    assert [d["drop"] for d in found["new"]] == ["new", "screened"]  # "screened" only gets its release run
+    why = {d["drop"]: d["why"] for d in found["skipped"]}
+    assert why == {"arriving": "changed in the last 60 s; still arriving?",
+                   "no-data": "no single dataset file (*.json / *.jsonl) at its top level",
+                   "started": "already screened; release run release-started"}
 
-    run = run_deployment(f"nightly-screen/{spec['name']}", timeout=0)  # scheduled now, not waited for
 
-    async def execute_due_runs() -> None:
-        runner = Runner(query_seconds=1)
-        await runner.add_deployment(deployment)
-        await runner.start(run_once=True)
+def test_nightly_without_deployments_releases_inline(prefect_server, tmp_path: Path, gx_root: str,
+                                                    mlflow_uri: str) -> None:
+    """`release_deployment=""` (a local run, no deployments): the drop's release runs as a subflow named
+    `release-<drop>`, and the nightly reports its outcome."""
+    from flows.nightly import nightly_screen
 
-    asyncio.run(execute_due_runs())
-    with get_client(sync_client=True) as client:
-        finished = client.read_flow_run(run.id)
-    assert finished.state.is_completed(), finished.state.message
-    summary = _artifact("nightly-summary", run.id)
-    assert "| drop-a | skipped | already screened |" in summary
-    assert "| drop-b | skipped | no single dataset file" in summary
+    incoming, work = tmp_path / "incoming", tmp_path / "work"
+    (incoming / "drop-i").mkdir(parents=True)
+    (incoming / "drop-i" / "train.json").write_text("[]")
+    make_report(work / "drop-i")  # already screened: only the release is left
+    resume_when_paused("screen-and-release", {"approved": True, "reviewer": "dora"})
+    state = nightly_screen(incoming_dir=str(incoming), base_model=str(tmp_path / "base"), work_dir=str(work),
+                           settle_s=0, release_deployment="", gate_root=gx_root, tracking_uri=mlflow_uri,
+                           model_name="nightly-inline", approval_timeout_s=120, return_state=True)
+
+    assert state.is_completed(), state.message
+    assert state.result()["drops"] == [{"drop": "drop-i", "outcome": "completed", "why": ""}]
+    record = json.loads((work / "drop-i" / "release" / "release.json").read_text())
+    assert record["approval"]["reviewer"] == "dora" and record["approval"]["flow_run_name"] == "release-drop-i"
+
+
+def test_flow_refuses_dvc_outputs_and_world_rebuilds(prefect_server, tmp_path: Path, gx_root: str) -> None:
+    """A flow never releases into a DVC stage's output, and never rebuilds the `world` stage (the base model
+    scheduled screenings read) as a side effect of `dvc repro gate`."""
+    import subprocess
+    import sys
+
+    from flows.screen_release import screen_and_release
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=repo, check=True)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "world": {"cmd": "mkdir -p work/world && echo rebuilt > work/world/base_model", "outs": ["work/world"]},
+        "gate": {"cmd": "echo gated", "deps": ["work/world"]},
+        "release": {"cmd": "mkdir -p work/release", "outs": ["work/release"]},
+    }}))
+
+    state = screen_and_release(repo_dir=str(repo), release_dir="work/release/x", gate_root=gx_root, track=False,
+                               return_state=True)
+    assert state.is_failed() and "DVC output `work/release`" in state.message
+    state = screen_and_release(repo_dir=str(repo), gate_root=gx_root, track=False, return_state=True)
+    assert state.is_failed() and "would rebuild world" in state.message
+    assert not (repo / "work" / "world").exists()
 
 
 def test_benchmark_flow_surfaces_cli_failure(prefect_server, tmp_path: Path) -> None:
@@ -163,7 +230,7 @@ def test_full_run_reproduces_the_dvc_pipeline_first(prefect_server, tmp_path: Pa
 
     assert state.is_completed(), state.message
     assert state.result()["gate"]["max_flag_rate"] == 0.25  # the repo's params.yaml drives the gate
-    assert (repo / "work" / "release" / "train.json").is_file()
+    assert (repo / "work" / "flow-release" / "train.json").is_file()
     assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == {"screen", "gate"}
 
 

@@ -133,3 +133,29 @@ def test_champion_pyfunc_scores_extraction_folders(tmp_path: Path, mlflow_uri: s
     # a single extraction folder (no screen layout) scores the same samples
     single = score_extractions(detector, [str(folders[1] / "finetuned")])
     np.testing.assert_allclose(single["p_poison"], expected["p_poison"].iloc[5:])
+
+
+def test_champion_summary_and_challenger_restore(report: Report, mlflow_uri: str) -> None:
+    """What the approver compares with (the champion's counts and approver), and how a rejected screening
+    gives `challenger` back without taking it from a later screening."""
+    from poisonguard.registry import alias_or_none, alias_summary, log_screening, restore_alias, run_links
+
+    name = "restore-aliases"
+    assert alias_summary(name, uri=mlflow_uri) is None
+    run_id = log_screening(report.dir, uri=mlflow_uri)
+    v1 = register_detector(report.dir, name, run_id=run_id, uri=mlflow_uri)
+    promote(name, v1, uri=mlflow_uri, reviewer="carol")
+    summary = alias_summary(name, uri=mlflow_uri)
+    assert summary["version"] == v1 and summary["reviewer"] == "carol" and summary["run_id"] == run_id
+    assert (summary["n_flagged"], summary["n_ok"]) == (2, 9)
+
+    v2 = register_detector(report.dir, name, uri=mlflow_uri)
+    v3 = register_detector(report.dir, name, uri=mlflow_uri)  # a later screening took `challenger` meanwhile
+    assert restore_alias(name, CHALLENGER, v1, expected=v2, uri=mlflow_uri) == v3  # left alone
+    assert restore_alias(name, CHALLENGER, v1, expected=v3, uri=mlflow_uri, reason="rejected") == v1
+    assert restore_alias(name, CHALLENGER, None, expected=v1, uri=mlflow_uri) is None
+    assert alias_or_none(name, CHALLENGER, uri=mlflow_uri) is None
+    assert alias_or_none(name, CHAMPION, uri=mlflow_uri) == v1
+
+    links = run_links(run_id, uri=mlflow_uri)  # a sqlite store has no web server: no URLs, only where
+    assert links["mlflow_run"] is None and links["report"] is None and run_id in links["where"]

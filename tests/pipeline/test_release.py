@@ -122,3 +122,53 @@ def test_release_cli_exit_codes(report: Report, tmp_path: Path, gx_root: str, mo
     assert "release blocked" in capsys.readouterr().err and not (tmp_path / "blocked").exists()
     assert release_cli(tmp_path / "no_such_report", tmp_path / "bad") == 2
     assert "manifest.json not found" in capsys.readouterr().err
+
+
+def test_approved_release_carries_its_audit_record(tmp_path: Path, gx_root: str) -> None:
+    from datetime import UTC, datetime
+
+    from poisonguard.gate import approval_record
+
+    report = make_report(tmp_path)
+    approval = approval_record("approved", reviewer=" alice ", note="ok", report_dir=report.dir,
+                               flow_run_id="f-1", flow_run_name="release-drop-a", detector_version="3",
+                               links={"flow_run": "http://prefect/runs/f-1", "mlflow_run": None},
+                               decided_at=datetime(2026, 12, 4, 21, 0, tzinfo=UTC))
+    release(report.dir, tmp_path / "out", gate_root=gx_root, approval=approval)
+
+    record = json.loads((tmp_path / "out" / "release.json").read_text())
+    assert record["released"] is True
+    assert record["approval"] == {
+        "decision": "approved", "reviewer": "alice", "note": "ok", "decided_at": "2026-12-04T21:00:00+00:00",
+        "flow_run_id": "f-1", "flow_run_name": "release-drop-a", "detector_version": "3",
+        "report": {"dir": str(report.dir.resolve()),
+                   "report_html_sha256": file_sha256(report.dir / "report.html"),
+                   "verdicts_sha256": file_sha256(report.verdicts)},
+        "links": {"flow_run": "http://prefect/runs/f-1"}}
+
+
+def test_rejection_writes_a_record_and_no_data(tmp_path: Path, gx_root: str) -> None:
+    from poisonguard.gate import approval_record, record_decision
+
+    report = make_report(tmp_path)
+    out = tmp_path / "out"
+    release(report.dir, out, gate_root=gx_root)  # an earlier release in the same folder is superseded
+    rejected = approval_record("rejected", reviewer="bob", note="s07 looks odd", report_dir=report.dir)
+    path = record_decision(report.dir, out, rejected)
+
+    assert sorted(p.name for p in out.iterdir()) == ["release.json"]
+    record = json.loads(path.read_text())
+    assert record["released"] is False and record["output"] is None
+    assert record["approval"]["decision"] == "rejected" and record["approval"]["reviewer"] == "bob"
+    assert record["input"]["sha256"] == file_sha256(report.dataset)
+    with pytest.raises(ValueError, match="name its reviewer"):
+        approval_record("approved", reviewer=" ", report_dir=report.dir)
+    with pytest.raises(ValueError, match="needs an approval"):
+        release(report.dir, out, gate_root=gx_root, approval=rejected)
+    with pytest.raises(ValueError, match="rejected or expired"):
+        record_decision(report.dir, out, approval_record("approved", reviewer="x", report_dir=report.dir))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        record_decision(report.dir, foreign, rejected)
