@@ -99,5 +99,5 @@ class ActivationClusteringDetector(Detector):
         margin = d2[:, 1 - small] - d2[:, small]  # > 0: nearer the smaller cluster
         p_poison = expit(margin / (2.0 * float(st["s2"])))
         flagged = (margin > 0) & bool(st["active"])
-        signals = {"score_ac": margin, "vote_ac": flagged.astype(float)}
+        signals = {"score_activation_clustering": margin, "vote_activation_clustering": flagged.astype(float)}
         return self._result(features, p_poison, flagged, signals, **st["report"])

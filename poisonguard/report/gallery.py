@@ -72,8 +72,7 @@ def ranking(table: pd.DataFrame, default: str) -> pd.Series:
 
 def score_column(table: pd.DataFrame, name: str) -> str | None:
     """The verdict-table column that holds detector `name`'s per-sample score, if any."""
-    alias = {"activation_clustering": "ac"}.get(name, name)
-    for col in (f"score_{alias}", f"vote_{alias}", f"p_{alias}"):
+    for col in (f"score_{name}", f"vote_{name}", f"p_{name}"):
         if col in table.columns and table[col].notna().any():
             return col
     return None
