@@ -11,6 +11,6 @@ source .venv/bin/activate
 [ -d .dvc ] || dvc init -q
 dvc repro "$@"
 echo
-echo "screening metrics:"; cat work/metrics/screen.json
+echo "screening metrics:"; cat work/metrics/em_vote.json
 echo "report:  $(pwd)/work/report/report.html"
 [ -d work/release ] && echo "release: $(pwd)/work/release" || true

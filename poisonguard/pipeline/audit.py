@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from poisonguard.atomic import atomic_write_json
 from poisonguard.audit.activations import collect_drift, drift_scores, shared_direction
 from poisonguard.audit.report import projector_weight_report
 from poisonguard.data.loading import CheckedDataset
 from poisonguard.extract.features import save_drift_scores
-from poisonguard.atomic import atomic_write_json
 from poisonguard.models import drift_pair, is_adapter_dir
 from poisonguard.pipeline.config import AuditConfig
 from poisonguard.pipeline.layout import Layout

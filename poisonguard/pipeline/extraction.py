@@ -20,8 +20,8 @@ from poisonguard.extract.storage import extract_to_dir, remove_temp_files
 from poisonguard.models import is_adapter_dir, model_passes
 from poisonguard.pipeline.config import ExtractConfig
 from poisonguard.pipeline.layout import Layout
-from poisonguard.pipeline.verdicts import write_report_dir
 from poisonguard.pipeline.validate import MIN_USABLE_SAMPLES, save_validation, validate_for_model
+from poisonguard.pipeline.verdicts import write_report_dir
 from poisonguard.runtime import Runtime
 from poisonguard.train.examples import LazyExamples
 

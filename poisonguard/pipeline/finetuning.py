@@ -8,10 +8,11 @@ from pathlib import Path
 from poisonguard.atomic import atomic_write_json
 from poisonguard.data.errors import DataError
 from poisonguard.data.loading import CheckedDataset
-from poisonguard.train.examples import to_examples
 from poisonguard.pipeline.validate import validate_for_model
 from poisonguard.runtime import Runtime
-from poisonguard.train.finetune import FinetuneConfig, finetune as train, load_model, save_model
+from poisonguard.train.examples import to_examples
+from poisonguard.train.finetune import FinetuneConfig, load_model, save_model
+from poisonguard.train.finetune import finetune as train
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from poisonguard.atomic import atomic_write_json
-from poisonguard.gate import GateConfig, GateResult, release as write_release, run_gate
+from poisonguard.gate import GateConfig, GateResult, run_gate
+from poisonguard.gate import release as write_release
 from poisonguard.pipeline.layout import Layout
 
 
