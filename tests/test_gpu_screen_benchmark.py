@@ -40,7 +40,7 @@ def test_tiny_run_on_the_cpu(tmp_path):
                             str(tmp_path / "w"), "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert [s["name"] for s in r["stages"]] == ["validate", "extract (fine-tuned + base passes)",
-                                                "projector drift", "detectors (shift, projector)"]
+                                                "projector drift", "profile + detectors (shift, projector)"]
     assert all(s["samples"] == 16 and s["samples_per_s"] > 0 for s in r["stages"])
     assert r["counts"]["live_models_peak"] == 1 and r["built"]["shards"] > 1
     assert (tmp_path / "w" / "adapter" / "adapter_config.json").is_file()

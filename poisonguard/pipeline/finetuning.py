@@ -28,7 +28,8 @@ def finetune(data: str | Path | CheckedDataset, base: str | Path, out: str | Pat
     """Fine-tune `base` on the usable samples of `data` (validated against `base` like the screen does;
     quarantined ones are left out and counted) into `out`; the duration goes to `metrics` (a JSON file
     outside the cached model folder) when given. Raises `DataError` when no sample is usable."""
-    checked = data if isinstance(data, CheckedDataset) else validate_for_model(data, base, image_folder)
+    checked = data if isinstance(data, CheckedDataset) else validate_for_model(data, base, image_folder,
+                                                                                hold_back=False)
     if not checked.ok:
         raise DataError(f"{checked.dataset.path}: no usable sample to fine-tune on")
     model, processor = load_model(base, runtime=runtime)

@@ -84,13 +84,16 @@ def load_model_context(model_dir: str | Path):
     return config, load_processor(model_dir)
 
 
-def validate_for_model(data: str | Path | Dataset, model_dir: str | Path, image_folder=None) -> CheckedDataset:
-    """Format, image and context checks, then the hold-back rule; `data` is a path or a read `Dataset`."""
+def validate_for_model(data: str | Path | Dataset, model_dir: str | Path, image_folder=None, *,
+                       hold_back: bool = True) -> CheckedDataset:
+    """Format, image, context and special-token checks, then (for screening, `hold_back`) the hold-back
+    rule; `data` is a path or a read `Dataset`. Fine-tuning needs no minimum number of samples."""
     ds = data if isinstance(data, Dataset) else read_dataset(data, image_root=image_folder)
     config, processor = load_model_context(model_dir)
     checked = check_dataset(ds, checks=(context_check(processor, model_token_budget(config, processor)),
                                         special_token_check(processor)))
-    hold_back_if_too_few(checked)
+    if hold_back:
+        hold_back_if_too_few(checked)
     return checked
 
 
