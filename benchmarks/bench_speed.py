@@ -5,7 +5,7 @@
 2. Head profiling: the batched 1-D GMM (K = 1..5) on 100,000 samples × 1,024 heads, against an extrapolated
    per-head sklearn loop (bench_gmm.py; `--gmm-n` for a smaller quick run).
 3. The end-to-end default pipeline: `--pipeline recorded` (default) reads the timings the stages record
-   (work/world/world.json, work/metrics/finetune.json); `--pipeline run` times `dvc repro` from scratch, stage
+   (work/timings/world.timings.json, work/timings/finetune.timings.json); `--pipeline run` times `dvc repro` from scratch, stage
    by stage, in a temporary clone of the committed HEAD (about 18 min on 2 cores; `--pipeline-params` merges
    a YAML of overrides into the clone's params.yaml, e.g. a tiny world for a smoke check).
 
@@ -59,10 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def recorded_pipeline(work: Path) -> dict:
     """Stage timings that `dvc repro` left behind (only the stages that record one)."""
     out: dict = {"source": "recorded", "stages": {}}
-    world = work / "world" / "world.json"
+    world = work / "timings" / "world.timings.json"
     if world.exists():
-        out["stages"]["world"] = float(json.loads(world.read_text())["timings_s"]["total"])
-    ft = work / "metrics" / "finetune.json"
+        out["stages"]["world"] = float(json.loads(world.read_text())["total"])
+    ft = work / "timings" / "finetune.timings.json"
     if ft.exists():
         out["stages"]["finetune (training only)"] = float(json.loads(ft.read_text())["seconds"])
     out["note"] = ("the other stages record no timing; `--pipeline run` times every stage" if out["stages"]

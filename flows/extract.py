@@ -43,7 +43,7 @@ def plan_extraction(data: str, image_root: str | None, model_dir: str, ids: list
     from poisonguard.pipeline.extraction import plan_extraction as plan
     from poisonguard.pipeline.validate import validate_for_model
 
-    checked = validate_for_model(data, model_dir, image_root)
+    checked = validate_for_model(data, model_dir, image_root, hold_back=False)  # extraction only: no minimum
     p = plan(checked, model_dir)
     digests = dict(zip(p.ids, p.inputs))
     wanted = p.ids if ids is None else list(ids)

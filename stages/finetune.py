@@ -8,4 +8,5 @@ from poisonguard.pipeline.finetuning import finetune
 from poisonguard.pipeline.layout import Layout
 
 finetune(DATA, BASE, FINETUNED, section_config("finetune", PARAMS), runtime=section_config("runtime", PARAMS).resolve(),
-         metrics=Layout.dvc(WORK).metrics_file("finetune"), show_progress=False, log=log)
+         metrics=Layout.dvc(WORK).metrics_file("finetune"), timings=Layout.dvc(WORK).timings_file("finetune"),
+         show_progress=False, log=log)

@@ -63,11 +63,10 @@ def test_gpu_script_runs_tiny_shapes_through_the_capture_path(tmp_path):
 
 def test_bench_speed_quick_prints_one_summary(tmp_path, capsys):
     work = tmp_path / "work"
-    (work / "world").mkdir(parents=True)
-    (work / "metrics").mkdir()
-    # the files `dvc repro` leaves behind (world stage: world.json; finetune stage: metrics/finetune.json)
-    (work / "world" / "world.json").write_text(json.dumps({"timings_s": {"total": 820.4}}))
-    (work / "metrics" / "finetune.json").write_text(json.dumps({"steps": 395, "seconds": 128.0}))
+    (work / "timings").mkdir(parents=True)
+    # the timing files `dvc repro` leaves behind (never DVC outputs: they change from run to run)
+    (work / "timings" / "world.timings.json").write_text(json.dumps({"total": 820.4}))
+    (work / "timings" / "finetune.timings.json").write_text(json.dumps({"seconds": 128.0}))
     res = bench_speed.main(["--quick", "--skip-large", "--gmm-n", "2000", "--gmm-m", "8", "--gmm-threads", "1",
                             "--work", str(work)])
     printed = capsys.readouterr().out

@@ -24,9 +24,10 @@ class FinetuneResult:
 
 def finetune(data: str | Path | CheckedDataset, base: str | Path, out: str | Path, cfg: FinetuneConfig, *,
              runtime: Runtime | None = None, image_folder=None, metrics: Path | None = None,
-             show_progress: bool = True, log=print) -> FinetuneResult:
+             timings: Path | None = None, show_progress: bool = True, log=print) -> FinetuneResult:
     """Fine-tune `base` on the usable samples of `data` (validated against `base` like the screen does;
-    quarantined ones are left out and counted) into `out`; the duration goes to `metrics` (a JSON file
+    quarantined ones are left out and counted) into `out`; steps and loss go to `metrics`, the duration to
+    `timings` (JSON files
     outside the cached model folder) when given. Raises `DataError` when no sample is usable."""
     checked = data if isinstance(data, CheckedDataset) else validate_for_model(data, base, image_folder,
                                                                                 hold_back=False)
@@ -41,9 +42,10 @@ def finetune(data: str | Path | CheckedDataset, base: str | Path, out: str | Pat
     report["n_quarantined"] = len(checked.quarantined)
     save_model(model, processor, out, report)
     del model
-    if metrics is not None:
-        Path(metrics).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(metrics, {"steps": report["steps"], "seconds": seconds,
-                                    "final_loss": report["final_loss"]})
+    for path, values in ((metrics, {"steps": report["steps"], "final_loss": report["final_loss"]}),
+                         (timings, {"seconds": seconds})):
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, values)
     log(f"fine-tuned {report['steps']} steps in {seconds:.0f}s, final loss {report['final_loss']:.3f} -> {out}")
     return FinetuneResult(Path(out), report, seconds)

@@ -24,21 +24,24 @@ class Layout:
     gmm: Path  # detectors.json: every fitted detector's JSON state
     report: Path  # the verdict table, release candidate, manifest and report.html
     gate: Path  # result.json of the GX checkpoint
-    metrics: Path  # timings and counts (not cached by DVC: they change from run to run)
+    metrics: Path  # counts and losses (DVC metrics: the same inputs give the same file)
+    timings: Path  # seconds per stage and other run facts (never a DVC output: they change from run to run)
 
     @classmethod
     def screen(cls, out: str | Path) -> Layout:
         out = Path(out)
         return cls(validation=out / "extract" / "validation.json", extract=out / "extract",
                    drift=out / "extract" / DRIFT_FILE, audit=out / "audit", profile=out / "profile",
-                   gmm=out / "gmm", report=out, gate=out / "gate", metrics=out / "metrics")
+                   gmm=out / "gmm", report=out, gate=out / "gate", metrics=out / "metrics",
+                   timings=out / "metrics")
 
     @classmethod
     def dvc(cls, work: str | Path) -> Layout:
         work = Path(work)
         return cls(validation=work / "extract" / "validation.json", extract=work / "extract",
                    drift=work / "audit" / DRIFT_FILE, audit=work / "audit", profile=work / "profile",
-                   gmm=work / "gmm", report=work / "report", gate=work / "gate", metrics=work / "metrics")
+                   gmm=work / "gmm", report=work / "report", gate=work / "gate", metrics=work / "metrics",
+                   timings=work / "timings")
 
     @property
     def features(self) -> Path:
@@ -58,3 +61,6 @@ class Layout:
 
     def metrics_file(self, stage: str) -> Path:
         return self.metrics / f"{stage}.json"
+
+    def timings_file(self, stage: str) -> Path:
+        return self.timings / f"{stage}.timings.json"

@@ -41,7 +41,7 @@ def run_screen(data: str | Path, base: str | Path, out: str | Path, *, finetuned
         if finetuned is None:
             finetuned = out / "finetuned"
             finetune(checked, base, finetuned, cfg.finetune, runtime=runtime, metrics=layout.metrics_file("finetune"),
-                     show_progress=show_progress, log=log)
+                     timings=layout.timings_file("finetune"), show_progress=show_progress, log=log)
         extract_attention(checked, base, finetuned, layout, cfg.extract_attention, runtime=runtime,
                           show_progress=show_progress, log=log)
         audit_projector(checked, base, finetuned, layout, cfg.audit_projector, runtime=runtime,

@@ -69,27 +69,30 @@ def _stages_run(result: subprocess.CompletedProcess) -> set[str]:
     return {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
 
 
-def test_dvc_repro_full_then_noop_then_partial(clone, tmp_path):
+@pytest.fixture(scope="module")
+def first_run(clone) -> str:
+    """The full `dvc repro` of the clone; returns its dvc.lock."""
     root, env = clone
     first = _run([*DVC, "repro"], root, env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert _stages_run(first) == {"world", "poison", "finetune", "extract_attention", "audit_projector",
                                   "profile_heads", "fit_gmm", "em_vote", "gate", "release"}
+    return (root / "dvc.lock").read_text()
+
+
+def test_dvc_repro_full_then_noop_then_partial(clone, first_run, tmp_path):
+    root, env = clone
     table = pd.read_parquet(root / "work" / "report" / "verdicts.parquet")
     assert len(table) == TINY["world"]["n_train"] and table["id"].is_unique
     assert (root / "work" / "release" / "train.json").is_file()
-    lock = (root / "dvc.lock").read_text()
 
     second = _run([*DVC, "repro"], root, env)
     assert second.returncode == 0
     assert "Running stage" not in second.stdout  # nothing changed, nothing runs
-    assert (root / "dvc.lock").read_text() == lock
-
-    # a fresh clone of the same commit reproduces every hash of the first run (outputs hold no timings)
-    other, other_env = _clone(tmp_path / "other")
-    again = _run([*DVC, "repro"], other, other_env)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert (other / "dvc.lock").read_text() == lock
+    assert (root / "dvc.lock").read_text() == first_run
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                            capture_output=True, text=True, check=True)
+    assert status.stdout.strip() == "M dvc.lock"  # only the lock of the tiny params' run; no output tracked
 
     # `poisonguard screen` on the same data and models runs the same stage functions: the same verdicts
     screen = _run([str(Path(sys.executable).with_name("poisonguard")), "screen", "--data", "work/poisoned/train.json",
@@ -108,3 +111,13 @@ def test_dvc_repro_full_then_noop_then_partial(clone, tmp_path):
     ran = _stages_run(third)
     assert "fit_gmm" in ran
     assert not ran & {"world", "poison", "finetune", "extract_attention", "audit_projector", "profile_heads"}
+
+
+@pytest.mark.slow
+def test_a_second_fresh_clone_reproduces_the_lock(first_run, tmp_path):
+    """Outputs hold results only (no timings, no absolute paths): another fresh clone of the same commit
+    writes the same dvc.lock byte for byte."""
+    other, env = _clone(tmp_path / "other")
+    again = _run([*DVC, "repro"], other, env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert (other / "dvc.lock").read_text() == first_run

@@ -26,7 +26,7 @@ def test_dask_fan_out_matches_in_process_extraction(prefect_server, tiny_model_d
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter
 
-    from flows.extract import extract_features, lazy_examples, model_tag
+    from flows.extract import extract_features, lazy_examples
     from poisonguard.extract import extract
     from poisonguard.extract.storage import shard_path
     from poisonguard.train.finetune import load_model
@@ -57,10 +57,26 @@ def test_dask_fan_out_matches_in_process_extraction(prefect_server, tiny_model_d
 
     # A rerun finds both shards done and only loads them.
     mtimes = [shard_path(out, k).stat().st_mtime_ns for k in range(2)]
-    again = extract_features(str(data), str(tiny_model_dir), str(out), shard_size=5, n_workers=1,
-                             tag=model_tag(str(tiny_model_dir)))
+    again = extract_features(str(data), str(tiny_model_dir), str(out), shard_size=5, n_workers=1)
     assert again.ids == screened
     assert [shard_path(out, k).stat().st_mtime_ns for k in range(2)] == mtimes
+
+    # The screen's extraction (the pipeline's plan: same validation, content digests, model digest) reuses
+    # the shards the flow made instead of extracting again.
+    from poisonguard.extract.storage import extract_to_dir
+    from poisonguard.pipeline.extraction import plan_extraction
+    from poisonguard.pipeline.validate import validate_for_model
+    from poisonguard.train.examples import LazyExamples
+
+    checked = validate_for_model(data, tiny_model_dir, hold_back=False)
+    plan = plan_extraction(checked, tiny_model_dir)
+    logs: list[str] = []
+    reused = extract_to_dir(model, processor, LazyExamples(checked.ok, checked.image_loader()), plan.ids, out,
+                            shard_size=5, batch_size=4, tag=plan.tags["base"], inputs=plan.inputs,
+                            show_progress=False, log=logs.append)
+    assert "resuming; 2 of 2 shards already finished, skipped" in " ".join(logs), logs
+    assert [shard_path(out, k).stat().st_mtime_ns for k in range(2)] == mtimes
+    np.testing.assert_array_equal(reused.alloc, ext.alloc)
 
 
 @pytest.mark.slow
