@@ -198,12 +198,12 @@ def _poisoned_data(world: WorldFiles, cfg: BenchConfig, c: dict) -> Path:
 
 def _finetune(world: WorldFiles, cfg: BenchConfig, data: Path, out: Path, seed: int) -> float:
     """Fine-tune the base model on `data` into `out` unless done (finetune.json is written last); returns the
-    fine-tune's seconds (from its metrics file beside the model folder)."""
-    metrics = out.parent / f"{out.name}.metrics.json"
+    fine-tune's seconds (from the timings file in the model folder)."""
+    timings = out / "timings.json"  # inside the cell's model folder (bench tooling, not a DVC output)
     if not (out / "finetune.json").exists():
-        finetune(data, world.base_model, out, replace(cfg.pipeline.finetune, seed=seed), metrics=metrics,
+        finetune(data, world.base_model, out, replace(cfg.pipeline.finetune, seed=seed), timings=timings,
                  runtime=cfg.runtime, show_progress=False, log=lambda m: None)
-    return float(json.loads(metrics.read_text())["seconds"]) if metrics.exists() else float("nan")
+    return float(json.loads(timings.read_text())["seconds"]) if timings.exists() else float("nan")
 
 
 def _check_settings(cfg: BenchConfig) -> None:
