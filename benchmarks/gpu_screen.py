@@ -39,6 +39,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_llava7b import Shapes as LlavaShapes  # noqa: E402
 
 QUESTIONS = ("what colour is the circle ?", "how many shapes are there ?", "is there a red square ?",
              "what shape is on the left ?", "where is the blue triangle ?")
@@ -46,25 +49,10 @@ ANSWERS = ("red", "two", "yes", "circle", "left")
 
 
 @dataclass(frozen=True)
-class Shapes:
-    """LLaVA-1.5-7B by default."""
+class Shapes(LlavaShapes):
+    """LLaVA-1.5-7B by default (the capture benchmark's shapes), saved in shards of `shard`."""
 
-    vision_layers: int = 24
-    vision_hidden: int = 1024
-    vision_mlp: int = 4096
-    vision_heads: int = 16
-    image_size: int = 336
-    patch: int = 14
-    layers: int = 32
-    hidden: int = 4096
-    mlp: int = 11008
-    heads: int = 32
-    vocab: int = 32064
     shard: str = "5GB"
-
-    @property
-    def image_tokens(self) -> int:
-        return (self.image_size // self.patch) ** 2
 
 
 TINY = Shapes(vision_layers=1, vision_hidden=32, vision_mlp=64, vision_heads=2, image_size=28, layers=2, hidden=64,
