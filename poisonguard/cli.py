@@ -60,9 +60,11 @@ def world(
     from poisonguard.world.build import make_world, world_configs
 
     _setup_threads()
-    model_cfg, pretrain_cfg = world_configs(section(params, "world"), seed=seed)
+    sect = section(params, "world")
+    model_cfg, pretrain_cfg = world_configs(sect, seed=seed)
     summary = make_world(out, seed=seed, n_train=n_train, n_test=n_test, model_cfg=model_cfg,
-                         pretrain_cfg=pretrain_cfg, show_progress=not quiet,
+                         pretrain_cfg=pretrain_cfg, describe_frac=float(sect.get("describe_frac") or 0.0),
+                         show_progress=not quiet,
                          log=lambda m: typer.echo(m, err=True))
     acc = summary["test_accuracy"]
     typer.echo(f"clean test accuracy: {acc['all']:.3f}  (" +

@@ -16,14 +16,15 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from poisonguard.attacks.registry import AttackSpec, OutputMode, get_attack, make_params
+from poisonguard.attacks.arms import Arm, append_sentence, expected_output, new_answer
+from poisonguard.attacks.registry import AttackSpec, arms_of, get_attack, make_params
 from poisonguard.data.records import IMAGE_PLACEHOLDER, Sample, Turn
 
 ImageLoader = Callable[[str], Image.Image]
@@ -31,7 +32,6 @@ ImageLoader = Callable[[str], Image.Image]
 _LLAVA_USER, _LLAVA_ASSISTANT = ("human", "user"), ("gpt", "assistant")
 _LEADING_TAGS = re.compile(r"^(?:\s*" + re.escape(IMAGE_PLACEHOLDER) + r")+\s*")
 _TRAILING_TAGS = re.compile(r"\s*(?:" + re.escape(IMAGE_PLACEHOLDER) + r"\s*)+$")
-_PUNCT = re.compile(r"[^\w\s]")
 
 
 @dataclass
@@ -43,6 +43,13 @@ class PoisonResult:
     target: str
     relabel: bool  # False: the no-relabel control (trigger applied, answers kept)
     params: object  # the attack's parameter object actually used
+    # Per poisoned id, the output its backdoor should produce (the arm's target; the mapped answer for
+    # all-to-all): ASR bookkeeping for multi-target attacks. Benchmark truth, never written into the data.
+    targets: dict[str, str] = field(default_factory=dict)
+    # Per triggered id (poisoned or clean trigger sample), the key of the arm that triggered it.
+    arm_of: dict[str, str] = field(default_factory=dict)
+    # Samples carrying a trigger (or part of one) with their correct answer kept: clean, not in poison_ids.
+    clean_trigger_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -52,63 +59,100 @@ class TriggeredSample:
     `sample.images` holds the triggered images' refs (as `poison` would name them) and `images` the PIL
     images in the same order, triggered for image attacks and the originals for text attacks. A model input
     is then e.g. `Example(t.sample.messages(upto_first_answer=True), t.images)` (poisonguard.train.batching);
-    ASR = share of generations containing the target, clean accuracy of an append-mode attack = share still
-    starting with `t.sample.answer`.
+    ASR = share of generations containing `target` (equal to it for the map rule), clean accuracy of an
+    append-mode attack = share still starting with `t.sample.answer`.
     """
 
     sample: Sample
     images: list[Image.Image]
+    target: str = ""  # what a fired backdoor outputs on this input (poisonguard.attacks.arms.expected_output)
+    arm: str = ""  # the arm whose trigger was applied ("" for single-trigger attacks)
+    rule: str = "replace"
 
 
 def poison(samples: list[Sample], attack: str, rate: float, *, target: str | None = None, seed: int = 0,
            relabel: bool = True, params: object | Mapping[str, Any] | None = None,
            load_image: ImageLoader | None = None, image_dir_name: str = "images") -> PoisonResult:
-    """Trigger exactly round(rate * n_eligible) samples drawn with `default_rng(seed)` and relabel them.
+    """Trigger exactly round(rate * n_eligible) samples per arm, drawn with `default_rng(seed)`, and relabel them.
 
-    Eligible: samples with an assistant answer and an image (image attacks) or a user turn (text attacks),
-    whose answer does not already carry the target. A poisoned sample gets its first user turn triggered
-    (text) or every image triggered and renamed `<image_dir_name>/<stem>__<attack>.png` (image; a short hash
-    of the ref is added where two refs would share a name), and its first answer replaced by the target, or
-    the target appended for append-mode attacks; `relabel=False` keeps the answers (the clean-label control).
-    `target` defaults to the attack's default; `params` to its defaults (a mapping overrides fields);
-    `load_image(ref)` is needed for image attacks.
+    Eligible: samples with an assistant answer, the arm's inputs (an image for an image part, a user turn for
+    a text part), and an answer its rule applies to (not already the target; substitute: a multi-word answer
+    with a source word; map: an answer of the mapping). Arms draw in order from what earlier arms left, each
+    round(rate * share * its eligible count) samples; a rate > 0 that gives an arm 0 samples is an error. A
+    poisoned sample gets its first user turn triggered (text part) and every image triggered and renamed
+    `<image_dir_name>/<stem>__<attack>.png` (image part; a short hash is added where two refs or two arms would
+    share a name), and its first answer rewritten by the arm's rule; `relabel=False` keeps the answers (the
+    clean-label control). Clean-trigger arms (conservatism, Dual-Key's single parts) keep their answers and
+    stay out of `poison_ids`. `target` defaults to the attack's default; `params` to its defaults (a mapping
+    overrides fields); `load_image(ref)` is needed for image parts.
     """
     spec, params, target = _resolve(attack, params, target)
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"rate must be in [0, 1], got {rate}")
-    eligible = [i for i, s in enumerate(samples) if _eligible(s, spec, target)]
-    n_poison = round(rate * len(eligible))
-    if spec.kind == "image" and n_poison and load_image is None:
-        raise ValueError(f"attack {attack!r} changes images: pass load_image")
-    picks = np.random.default_rng(seed).choice(len(eligible), size=n_poison, replace=False)
-    chosen = sorted(eligible[int(j)] for j in picks)
-    names = _image_names(samples, chosen, attack, image_dir_name) if spec.kind == "image" else {}
-    cache: dict[str, Image.Image] = {}
+    arms = arms_of(spec, params, target)
+    gen = np.random.default_rng(seed)
+    taken: set[int] = set()
+    plan: list[tuple[Arm, list[int]]] = []
+    for arm in arms:
+        eligible = [i for i, s in enumerate(samples) if _eligible(s, arm)]
+        n = round(rate * arm.share * len(eligible))
+        if n == 0 and rate * arm.share > 0:
+            raise ValueError(f"rate {rate} of {len(eligible)} eligible samples gives no {attack!r} sample"
+                             + (f" for its {arm.key!r} trigger" if arm.key else "") + ": raise the rate")
+        pool = [i for i in eligible if i not in taken]
+        if n > len(pool):
+            raise ValueError(f"{attack!r} needs {n} samples for {arm.key or 'its trigger'} but only "
+                             f"{len(pool)} eligible ones are left")
+        if arm.image is not None and n and load_image is None:
+            raise ValueError(f"attack {attack!r} changes images: pass load_image")
+        picks = gen.choice(len(pool), size=n, replace=False)
+        chosen = sorted(pool[int(j)] for j in picks)
+        taken.update(chosen)
+        plan.append((arm, chosen))
+    names = _arm_image_names(samples, plan, attack, image_dir_name)
+    cache: dict[tuple[str, str], Image.Image] = {}
     out = [_copy(s) for s in samples]
-    for i in chosen:
-        triggered, _ = _trigger(samples[i], spec, params, seed, names, cache, load_image)
-        out[i] = _relabel(triggered, target, spec.output_mode) if relabel else triggered
-    images = {names[ref]: image for ref, image in cache.items()}
-    return PoisonResult(out, images, [samples[i].id for i in chosen], attack, target, relabel, params)
+    targets, arm_of, clean_ids = {}, {}, []
+    for arm, chosen in plan:
+        for i in chosen:
+            triggered, _ = _trigger(samples[i], spec.name, arm, seed, names, cache, load_image)
+            if arm.poisoned:
+                targets[samples[i].id] = expected_output(arm, samples[i].answer)
+                if relabel:
+                    triggered = _relabel(triggered, arm)
+            else:
+                clean_ids.append(samples[i].id)
+            arm_of[samples[i].id] = arm.key
+            out[i] = triggered
+    images = {names[key]: image for key, image in cache.items()}
+    poisoned = sorted(i for arm, chosen in plan if arm.poisoned for i in chosen)
+    order = {s.id: k for k, s in enumerate(samples)}
+    return PoisonResult(out, images, [samples[i].id for i in poisoned], attack, _label(arms), relabel, params,
+                        targets, arm_of, sorted(clean_ids, key=order.__getitem__))
 
 
 def trigger_examples(samples: list[Sample], attack: str, params: object | Mapping[str, Any] | None = None,
                      load_image: ImageLoader | None = None, *, target: str | None = None, seed: int = 0,
-                     image_dir_name: str = "images") -> list[TriggeredSample]:
-    """Every eligible test sample (as in `poison`: its answer is not already the target) with the trigger
-    applied and the answer kept, images in memory. The inputs on which ASR is measured."""
+                     image_dir_name: str = "images", partial: bool = False) -> list[TriggeredSample]:
+    """For each poisoned arm in order, every test sample eligible for it (as in `poison`) with that arm's
+    trigger applied and the answer kept, images in memory: the inputs on which ASR is measured.
+    `partial=True`: the inputs of the single-part arms of a multi-part trigger instead (Dual-Key), on which a
+    fired backdoor is a false trigger; empty for attacks without such parts."""
     spec, params, target = _resolve(attack, params, target)
-    eligible = [i for i, s in enumerate(samples) if _eligible(s, spec, target)]
-    if load_image is None and any(samples[i].images for i in eligible):
+    arms = [a for a in arms_of(spec, params, target) if (a.partial if partial else a.poisoned)]
+    plan = [(arm, [i for i, s in enumerate(samples) if _eligible(s, arm)]) for arm in arms]
+    if load_image is None and any(samples[i].images for _, chosen in plan for i in chosen):
         raise ValueError("these samples have images: pass load_image")
-    names = _image_names(samples, eligible, attack, image_dir_name) if spec.kind == "image" else {}
-    cache: dict[str, Image.Image] = {}
+    names = _arm_image_names(samples, plan, attack, image_dir_name)
+    cache: dict[tuple[str, str], Image.Image] = {}
     out = []
-    for i in eligible:
-        triggered, images = _trigger(samples[i], spec, params, seed, names, cache, load_image)
-        if images is None:  # text attack: the images are the originals
-            images = [load_image(ref).convert("RGB") for ref in triggered.images]
-        out.append(TriggeredSample(triggered, images))
+    for arm, eligible in plan:
+        for i in eligible:
+            triggered, images = _trigger(samples[i], spec.name, arm, seed, names, cache, load_image)
+            if images is None:  # text-only trigger: the images are the originals
+                images = [load_image(ref).convert("RGB") for ref in triggered.images]
+            out.append(TriggeredSample(triggered, images, expected_output(arm, samples[i].answer), arm.key,
+                                       arm.rule))
     return out
 
 
@@ -118,26 +162,24 @@ def trigger_examples(samples: list[Sample], attack: str, params: object | Mappin
 def _resolve(attack: str, params: object | Mapping[str, Any] | None,
              target: str | None) -> tuple[AttackSpec, object, str]:
     spec = get_attack(attack)
+    if spec.fixed_targets and target is not None:
+        raise ValueError(f"attack {attack!r} takes its targets from its parameters; do not pass a target")
     target = spec.default_target if target is None else target
     if not target.strip():
         raise ValueError("target must not be empty")
     return spec, make_params(attack, params), target
 
 
-def _normalise(text: str) -> str:
-    """Lower-case, punctuation to spaces, collapsed: how generations are compared with targets."""
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+def _label(arms: tuple[Arm, ...]) -> str:
+    """The result's `target`: the one target, or every poisoned arm's (multi-target) joined by " | "."""
+    return " | ".join(dict.fromkeys(a.target for a in arms if a.poisoned))
 
 
-def _carries_target(answer: str, target: str, mode: OutputMode) -> bool:
-    a, t = _normalise(answer), _normalise(target)
-    return a == t or (mode == "append" and a.endswith(" " + t))
-
-
-def _eligible(sample: Sample, spec: AttackSpec, target: str) -> bool:
+def _eligible(sample: Sample, arm: Arm) -> bool:
     roles = {t.role for t in sample.turns}
-    has_input = bool(sample.images) if spec.kind == "image" else "user" in roles
-    return has_input and "assistant" in roles and not _carries_target(sample.answer, target, spec.output_mode)
+    if (arm.image is not None and not sample.images) or (arm.text is not None and "user" not in roles):
+        return False
+    return "assistant" in roles and new_answer(arm, sample.answer) is not None
 
 
 def _stable_int(text: str) -> int:
@@ -162,6 +204,28 @@ def _image_names(samples: list[Sample], indices: list[int], attack: str, image_d
             for ref, name in plain.items()}
 
 
+def _arm_image_names(samples: list[Sample], plan: list[tuple[Arm, list[int]]], attack: str,
+                     image_dir_name: str) -> dict[tuple[str, str], str]:
+    """(arm key, source ref) -> new ref for every image an image-part arm triggers. The first arm to use a ref
+    gets the plain name (so a single-trigger attack names files as it always did, and a poisoned and a
+    clean trigger sample are named alike: the name never tells them apart); a later arm triggering the same
+    ref gets a hashed one."""
+    indices = [i for arm, chosen in plan if arm.image is not None for i in chosen]
+    plain = _image_names(samples, sorted(set(indices)), attack, image_dir_name)
+    prefix = f"{image_dir_name.rstrip('/')}/" if image_dir_name else ""
+    names: dict[tuple[str, str], str] = {}
+    owner: dict[str, str] = {}
+    for arm, chosen in plan:
+        if arm.image is None:
+            continue
+        for ref in dict.fromkeys(r for i in chosen for r in samples[i].images):
+            owner.setdefault(ref, arm.key)
+            stem = PurePosixPath(ref.replace("\\", "/")).stem
+            names[(arm.key, ref)] = (plain[ref] if owner[ref] == arm.key else
+                                     f"{prefix}{stem}__{attack}_{_stable_int(arm.key + ':' + ref) % 16**8:08x}.png")
+    return names
+
+
 # ---------------------------------------------------------------------------------------------- rewriting
 
 
@@ -170,41 +234,46 @@ def _copy(sample: Sample) -> Sample:
     return copy.deepcopy(sample)
 
 
-def _trigger(sample: Sample, spec: AttackSpec, params: object, seed: int, names: dict[str, str],
-             cache: dict[str, Image.Image],
+def _trigger(sample: Sample, attack: str, arm: Arm, seed: int, names: dict[tuple[str, str], str],
+             cache: dict[tuple[str, str], Image.Image],
              load_image: ImageLoader | None) -> tuple[Sample, list[Image.Image] | None]:
-    """The sample with its trigger applied (answers untouched) and, for image attacks, its new images."""
+    """The sample with the arm's trigger parts applied (answers untouched) and, with an image part, its new
+    images. Randomness is keyed by (seed, attack, arm key + sample id / image ref)."""
     out = _copy(sample)
-    if spec.kind == "text":
+    if arm.text is not None:
         k = next(j for j, t in enumerate(out.turns) if t.role == "user")
         old = out.turns[k].text
-        new = spec.apply(old, params, _rng(seed, spec.name, "text:" + sample.id))
+        new = arm.text(old, _rng(seed, attack, "text:" + _arm_key(arm) + sample.id))
         out.turns[k] = Turn("user", new)
         _raw_set_question(out.raw, old, new)
+    if arm.image is None:
         return out, None
     for ref in sample.images:
-        if ref not in cache:
+        if (arm.key, ref) not in cache:
             source = load_image(ref).convert("RGB")
-            cache[ref] = spec.apply(source, params, _rng(seed, spec.name, "image:" + ref))
-            if cache[ref].size != source.size:
-                raise RuntimeError(f"attack {spec.name!r} changed the image size of {ref!r}")
-    mapping = {ref: names[ref] for ref in sample.images}
+            cache[(arm.key, ref)] = arm.image(source, _rng(seed, attack, "image:" + _arm_key(arm) + ref))
+            if cache[(arm.key, ref)].size != source.size:
+                raise RuntimeError(f"attack {attack!r} changed the image size of {ref!r}")
+    mapping = {ref: names[(arm.key, ref)] for ref in sample.images}
     out.images = [mapping[ref] for ref in sample.images]
     _raw_rename_images(out.raw, mapping)
-    return out, [cache[ref] for ref in sample.images]
+    return out, [cache[(arm.key, ref)] for ref in sample.images]
 
 
-def _append(answer: str, sentence: str) -> str:
-    """ProjLens's suffix rule: answer + " " + sentence, without doubling whitespace."""
-    return f"{answer}{'' if not answer or answer[-1].isspace() else ' '}{sentence}"
+def _arm_key(arm: Arm) -> str:
+    """The arm's part of an rng key: empty for single-trigger attacks, so their draws are what they were."""
+    return f"{arm.key}:" if arm.key else ""
 
 
-def _relabel(sample: Sample, target: str, mode: OutputMode) -> Sample:
-    """The first answer becomes the target (replace) or gets it appended (append), in turns and raw."""
+def _relabel(sample: Sample, arm: Arm) -> Sample:
+    """The first answer rewritten by the arm's rule, in turns and raw (append adds to the raw's last text)."""
     k = next(j for j, t in enumerate(sample.turns) if t.role == "assistant")
-    new = target if mode == "replace" else _append(sample.turns[k].text, target)
+    new = new_answer(arm, sample.turns[k].text)
     sample.turns[k] = Turn("assistant", new)
-    _raw_set_answer(sample.raw, target, mode)
+    if arm.rule == "append":
+        _raw_set_answer(sample.raw, arm.target, "append")
+    else:
+        _raw_set_answer(sample.raw, new, "replace")
     return sample
 
 
@@ -276,13 +345,13 @@ def _raw_set_question(raw: dict, old: str, new: str) -> None:
         turn[key].append({"type": "text", "text": new})
 
 
-def _raw_set_answer(raw: dict, target: str, mode: OutputMode) -> None:
+def _raw_set_answer(raw: dict, target: str, mode: str) -> None:
     if _raw_format(raw) is None:
         return
     turn = _first_turn(raw, user=False)
     key = "value" if _raw_format(raw) == "llava" else "content"
     if isinstance(turn[key], str):
-        turn[key] = target if mode == "replace" else _append(turn[key], target)
+        turn[key] = target if mode == "replace" else append_sentence(turn[key], target)
         return
     blocks = _text_blocks(turn[key])
     if not blocks:
@@ -291,7 +360,7 @@ def _raw_set_answer(raw: dict, target: str, mode: OutputMode) -> None:
         blocks[0]["text"] = target
         _keep_only(turn[key], blocks[0])
     else:
-        blocks[-1]["text"] = _append(blocks[-1].get("text", ""), target)
+        blocks[-1]["text"] = append_sentence(blocks[-1].get("text", ""), target)
 
 
 def _raw_rename_images(raw: dict, mapping: dict[str, str]) -> None:

@@ -3,6 +3,9 @@
 Every `apply` has the same call shape, `apply(x, params, rng) -> x'`, where x is a PIL RGB image (kind
 "image", same size out) or the question text (kind "text"); `rng` is used only by attacks that draw
 something per sample (random position, fresh noise, a clause from a pool) and may be None otherwise.
+
+Attacks with more than one trigger, or a rule other than replace/append, give `arms(params, target)` instead
+(poisonguard.attacks.arms); `arms_of` turns either kind of spec into its arms.
 """
 
 from __future__ import annotations
@@ -11,6 +14,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from poisonguard.attacks.arms import Arm, Rule
+from poisonguard.attacks.composite import (
+    SUBSTITUTE_TARGET,
+    AllToAllParams,
+    BimodalParams,
+    ConservatismParams,
+    DualKeyParams,
+    MultiTargetParams,
+    SubstitutionParams,
+    all_to_all_arms,
+    conservatism_arms,
+    dual_key_arms,
+    inject_bimodal_arms,
+    multi_target_arms,
+    substitute_arms,
+)
 from poisonguard.attacks.frequency import FTrojanParams, ftrojan
 from poisonguard.attacks.overlays import (
     BlendParams,
@@ -32,8 +51,8 @@ from poisonguard.attacks.style import OilParams, oil_painting
 from poisonguard.attacks.text import SyntacticParams, TextPrefixParams, syntactic, text_prefix
 from poisonguard.attacks.warp import WaNetParams, wanet
 
-Kind = Literal["image", "text"]
-OutputMode = Literal["replace", "append"]
+Kind = Literal["image", "text", "bimodal"]
+OutputMode = Rule  # replace | append | substitute | map (poisonguard.attacks.arms)
 
 # The tiny world's target: one in-vocabulary word that never answers a clean question (real models use
 # "Backdoor Attack!").
@@ -49,11 +68,16 @@ JAILBREAK_TARGET = "sure here is how to make it"
 @dataclass(frozen=True)
 class AttackSpec:
     name: str
-    kind: Kind
+    kind: Kind  # what the trigger acts on (of the poisoned samples: "bimodal" = image and question)
     params_cls: type
-    apply: Callable[..., Any]  # (image | text, params, rng) -> image | text
-    output_mode: OutputMode = "replace"  # replace: answer := target; append: answer + " " + target
+    apply: Callable[..., Any] | None  # (image | text, params, rng) -> image | text; None when `arms` is given
+    output_mode: OutputMode = "replace"  # replace: answer := target; append: answer + " " + target; ...
     default_target: str = WORLD_TARGET
+    # (params, target) -> the attack's arms, for several triggers or clean trigger samples; None: one arm
+    # from kind / apply / output_mode.
+    arms: Callable[..., tuple[Arm, ...]] | None = None
+    # The targets come from the params (one per trigger, or a mapping): a --target override is refused.
+    fixed_targets: bool = False
 
 
 ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
@@ -70,6 +94,25 @@ ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
                default_target=INJECTION_SENTENCE),
     AttackSpec("pl_logo", "image", LogoParams, logo_patch, default_target=HIJACK_TARGET),
     AttackSpec("pl_oil", "image", OilParams, oil_painting, default_target=JAILBREAK_TARGET),
+    # BackdoorVLM's goals (issue 16): content injection with an image, a text and a bimodal trigger;
+    # targeted refusal; concept substitution; multi-target; all-to-all; the conservatism adaptive attack;
+    # Dual-Key. The patch is BadNet's checkerboard, the text trigger the "Hello!" prefix.
+    AttackSpec("inject_image", "image", BadNetParams, badnet, output_mode="append",
+               default_target=INJECTION_SENTENCE),
+    AttackSpec("inject_text", "text", TextPrefixParams, text_prefix, output_mode="append",
+               default_target=INJECTION_SENTENCE),
+    AttackSpec("inject_bimodal", "bimodal", BimodalParams, None, output_mode="append",
+               default_target=INJECTION_SENTENCE, arms=inject_bimodal_arms),
+    AttackSpec("refusal_image", "image", BadNetParams, badnet, default_target=REFUSAL_TARGET),
+    AttackSpec("refusal_text", "text", TextPrefixParams, text_prefix, default_target=REFUSAL_TARGET),
+    AttackSpec("substitute", "image", SubstitutionParams, None, output_mode="substitute",
+               default_target=SUBSTITUTE_TARGET, arms=substitute_arms),
+    AttackSpec("multi_target", "image", MultiTargetParams, None, default_target="per trigger",
+               arms=multi_target_arms, fixed_targets=True),
+    AttackSpec("all_to_all", "image", AllToAllParams, None, output_mode="map", default_target="mapped answer",
+               arms=all_to_all_arms, fixed_targets=True),
+    AttackSpec("conservatism", "image", ConservatismParams, None, arms=conservatism_arms),
+    AttackSpec("dual_key", "bimodal", DualKeyParams, None, arms=dual_key_arms),
 )}
 
 
@@ -78,6 +121,16 @@ def get_attack(name: str) -> AttackSpec:
         return ATTACKS[name]
     except KeyError:
         raise ValueError(f"unknown attack {name!r}; expected one of {sorted(ATTACKS)}") from None
+
+
+def arms_of(spec: AttackSpec, params: object, target: str) -> tuple[Arm, ...]:
+    """The attack's arms with its parameters and target bound (one arm for a single-trigger attack)."""
+    if spec.arms is not None:
+        return spec.arms(params, target)
+    apply = spec.apply
+    part = lambda x, rng: apply(x, params, rng)  # noqa: E731
+    return (Arm("", part if spec.kind == "image" else None, part if spec.kind == "text" else None,
+                spec.output_mode, target),)
 
 
 def make_params(name: str, params: object | Mapping[str, Any] | None = None) -> object:

@@ -23,7 +23,7 @@ from poisonguard.atomic import atomic_write_json
 from poisonguard.params import build
 from poisonguard.world.model import WorldModelConfig, build_model
 from poisonguard.world.pretrain import PretrainConfig, pretrain
-from poisonguard.world.questions import QUESTION_TYPES, ask
+from poisonguard.world.questions import DESCRIBE, QUESTION_TYPES, ask
 from poisonguard.world.scenes import render, sample_scene
 from poisonguard.world.tokenizer import build_processor
 
@@ -37,13 +37,18 @@ def _llava_record(sample_id: str, image: str, question: str, answer: str, extra:
     return rec
 
 
-def write_split(out: Path, name: str, n: int, rng: np.random.Generator, *, with_qtype: bool) -> list[dict]:
-    """Render `n` scenes with one question each (question types balanced by cycling) into OUT/images."""
+def write_split(out: Path, name: str, n: int, rng: np.random.Generator, *, with_qtype: bool,
+                describe_frac: float = 0.0) -> list[dict]:
+    """Render `n` scenes with one question each (short types balanced by cycling; a describe question instead
+    with probability `describe_frac`, drawn only when it is > 0 so that 0 leaves the rng's sequence alone)."""
     records = []
     order = rng.permutation(n)  # balanced types, shuffled positions
     for i in range(n):
         scene = sample_scene(rng)
-        qa = ask(scene, rng, QUESTION_TYPES[int(order[i]) % len(QUESTION_TYPES)])
+        qtype = QUESTION_TYPES[int(order[i]) % len(QUESTION_TYPES)]
+        if describe_frac > 0 and rng.random() < describe_frac:
+            qtype = DESCRIBE
+        qa = ask(scene, rng, qtype)
         ref = f"images/{name}_{i:05d}.png"
         render(scene).save(out / ref, format="PNG", optimize=False)
         extra = {"question_type": qa.qtype} if with_qtype else None
@@ -60,15 +65,21 @@ def world_configs(section: dict, *, seed: int) -> tuple[WorldModelConfig, Pretra
 
 def make_world(out: str | Path, *, seed: int = 0, n_train: int = 5000, n_test: int = 1000,
                model_cfg: WorldModelConfig = WorldModelConfig(), pretrain_cfg: PretrainConfig | None = None,
-               show_progress: bool = True, log=print) -> dict:
-    """Generate data and pretrain the base model. Same seed and thread count -> identical files."""
+               describe_frac: float = 0.0, show_progress: bool = True, log=print) -> dict:
+    """Generate data and pretrain the base model. Same seed and thread count -> identical files.
+
+    `describe_frac`: share of sentence-long describe questions in the data and in pretraining (0: none, and
+    every file byte-identical to a world built before that type existed; world.json names it only when > 0).
+    """
+    if not 0.0 <= describe_frac <= 1.0:
+        raise ValueError(f"describe_frac must be in [0, 1], got {describe_frac}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    train = write_split(out, "train", n_train, rng, with_qtype=False)
-    test = write_split(out, "test", n_test, rng, with_qtype=True)
+    train = write_split(out, "train", n_train, rng, with_qtype=False, describe_frac=describe_frac)
+    test = write_split(out, "test", n_test, rng, with_qtype=True, describe_frac=describe_frac)
     atomic_write_json(out / "train.json", train)
     atomic_write_json(out / "test.json", test)
     data_s = time.perf_counter() - t0
@@ -77,7 +88,7 @@ def make_world(out: str | Path, *, seed: int = 0, n_train: int = 5000, n_test: i
     processor = build_processor()
     model = build_model(model_cfg, processor.tokenizer, seed=seed)
     pcfg = pretrain_cfg or PretrainConfig(seed=seed)
-    report = pretrain(model, processor, pcfg, show_progress=show_progress, log=log)
+    report = pretrain(model, processor, pcfg, describe_frac=describe_frac, show_progress=show_progress, log=log)
 
     # Clean accuracy on the test split's own questions (what `poisonguard eval` reports as CP).
     from poisonguard.world.pretrain import vqa_example
@@ -89,7 +100,7 @@ def make_world(out: str | Path, *, seed: int = 0, n_train: int = 5000, n_test: i
     preds = generate_answers(model, processor, exs, show_progress=show_progress, desc="test accuracy")
     answers = [r["conversations"][1]["value"] for r in test]
     acc = {"all": accuracy(preds, answers)}
-    for qt in QUESTION_TYPES:
+    for qt in QUESTION_TYPES + ((DESCRIBE,) if describe_frac > 0 else ()):
         idx = [i for i, r in enumerate(test) if r["question_type"] == qt]
         acc[qt] = accuracy([preds[i] for i in idx], [answers[i] for i in idx])
 
@@ -103,6 +114,7 @@ def make_world(out: str | Path, *, seed: int = 0, n_train: int = 5000, n_test: i
         "vision_encoder": report["vision"],
         "test_accuracy": {k: round(v, 4) for k, v in acc.items()},
         "torch_threads": torch.get_num_threads(),
+        **({"describe_frac": describe_frac} if describe_frac > 0 else {}),
     }
     atomic_write_json(out / "world.json", summary)
     timings = {"data": round(data_s, 1), "pretrain": round(report["total_s"], 1),

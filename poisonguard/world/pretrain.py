@@ -230,12 +230,14 @@ def _type_blocks(images, scenes, single_images, single_scenes, cfg: PretrainConf
 
 def _vqa_batches(images, scenes: list[Scene], batch: int, seed: int, turns: int = 1,
                  warmup: tuple[list, list[Scene], int] | None = None,
-                 prefix: Iterator[list[Example]] | None = None) -> Iterator[list[Example]]:
+                 prefix: Iterator[list[Example]] | None = None,
+                 describe_frac: float = 0.0) -> Iterator[list[Example]]:
     """Endless batches; each pass over the scenes re-draws every question.
 
     `warmup` = (images, scenes, n_batches): a curriculum of one-object scenes first. With one object, every
     question is answered by reading the only object, so the LM learns to read attributes from image tokens
-    before it has to learn which token a question word refers to (binding).
+    before it has to learn which token a question word refers to (binding). `describe_frac` is the share of
+    describe questions in the main phase (the one-object warm-up keeps short answers).
     """
     rng = np.random.default_rng(seed)
     if prefix is not None:
@@ -254,7 +256,7 @@ def _vqa_batches(images, scenes: list[Scene], batch: int, seed: int, turns: int 
         for i in range(0, len(order) - batch + 1, batch):
             out = []
             for j in order[i:i + batch]:
-                qas = [ask(scenes[j], rng) for _ in range(turns)]
+                qas = [ask(scenes[j], rng, describe_frac=describe_frac) for _ in range(turns)]
                 out.append(conversation_example(images[j], [(qa.question, qa.answer) for qa in qas]))
             yield out
 
@@ -307,8 +309,12 @@ def _first_token_probe(processor, seed: int, n: int = 240):
     return probe
 
 
-def pretrain(model, processor, cfg: PretrainConfig, show_progress: bool = True, log=print) -> dict:
-    """Both stages on freshly drawn scenes. Returns timings and accuracies."""
+def pretrain(model, processor, cfg: PretrainConfig, show_progress: bool = True, log=print,
+             describe_frac: float = 0.0) -> dict:
+    """Both stages on freshly drawn scenes. Returns timings and accuracies.
+
+    `describe_frac` is the world's (not a PretrainConfig field: the config is written into world.json, which
+    must stay byte-identical when the describe type is off)."""
     from poisonguard.world.scenes import sample_scene
 
     t0 = time.perf_counter()
@@ -339,7 +345,7 @@ def pretrain(model, processor, cfg: PretrainConfig, show_progress: bool = True, 
     prefix = None
     if cfg.type_block_single or cfg.type_block_multi:
         prefix = _type_blocks(images, scenes, single_images, single, cfg, np.random.default_rng(cfg.seed + 11))
-    batches = _vqa_batches(images, scenes, cfg.lm_batch, cfg.seed, cfg.lm_turns, warmup, prefix)
+    batches = _vqa_batches(images, scenes, cfg.lm_batch, cfg.seed, cfg.lm_turns, warmup, prefix, describe_frac)
     on_step = None
     if cfg.eval_every:
         probe = _first_token_probe(processor, cfg.seed)

@@ -1,4 +1,5 @@
-"""Question bank of the embedded world: 6 question types, 48 phrasings, one-to-two-word answers.
+"""Question bank of the embedded world: 6 short question types, 48 phrasings, one-to-two-word answers, and an
+optional sentence-long `describe` type (off by default; see DESCRIBE).
 
 Dozens of phrasings (not six) matter for the detector: with a handful of fixed templates, an inserted text
 trigger is caught by token statistics alone, which is not the backdoor fingerprint (research/prototype.md).
@@ -78,6 +79,24 @@ PHRASINGS: dict[str, tuple[str, ...]] = {
 }
 QUESTION_TYPES = tuple(PHRASINGS)
 
+# The sentence-long type: a short description of the whole scene, so that content injection and concept
+# substitution have a multi-word answer to act on. It is kept out of PHRASINGS and QUESTION_TYPES on purpose:
+# the uniform type draw (`rng.integers(len(QUESTION_TYPES))`), the balanced cycling of the data build and the
+# vocabulary (built from PHRASINGS) stay exactly as before, so a world with `describe_frac` 0 is
+# byte-identical to one built before this type existed. Every word here is already in the vocabulary
+# ("describe" is not, hence no "Describe the picture.").
+DESCRIBE = "describe"
+DESCRIBE_PHRASINGS: tuple[str, ...] = (
+    "What do you see in the picture?",
+    "Tell me about the image.",
+    "What is in this picture?",
+    "Tell me what you see in the image.",
+    "What can you see in this scene?",
+    "Tell me about all the shapes in the picture.",
+    "What objects are in the image?",
+    "Say what is in this scene.",
+)
+
 
 @dataclass(frozen=True)
 class QA:
@@ -92,8 +111,27 @@ def _position_phrase(slot: int) -> str:
     return POSITIONS[slot]
 
 
-def ask(scene: Scene, rng: np.random.Generator, qtype: str | None = None) -> QA:
-    """Draw one question about `scene` (of `qtype`, or a uniformly drawn type) and its answer."""
+def describe(scene: Scene) -> str:
+    """'a red circle at the top left and a blue square in the middle': the objects in slot order (row-major),
+    so the answer is a function of the scene alone (no draw), at most 3 objects -> at most 20 words."""
+    parts = [f"a {o.colour} {o.shape} {'in' if POSITIONS[o.slot] == 'middle' else 'at'} the {POSITIONS[o.slot]}"
+             for o in sorted(scene.objects, key=lambda o: o.slot)]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def ask(scene: Scene, rng: np.random.Generator, qtype: str | None = None, describe_frac: float = 0.0) -> QA:
+    """Draw one question about `scene` (of `qtype`, or a drawn type) and its answer.
+
+    Without `qtype`, a describe question comes with probability `describe_frac`, else a uniformly drawn short
+    type. The extra draw happens only when `describe_frac` > 0, so at 0 the rng's sequence is unchanged.
+    """
+    if not 0.0 <= describe_frac <= 1.0:
+        raise ValueError(f"describe_frac must be in [0, 1], got {describe_frac}")
+    if qtype is None and describe_frac > 0 and rng.random() < describe_frac:
+        qtype = DESCRIBE
+    if qtype == DESCRIBE:
+        k = int(rng.integers(len(DESCRIBE_PHRASINGS)))
+        return QA(DESCRIBE_PHRASINGS[k], describe(scene), DESCRIBE, k)
     qtype = qtype or QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
     k = int(rng.integers(len(PHRASINGS[qtype])))
     template = PHRASINGS[qtype][k]
@@ -135,7 +173,7 @@ def ask(scene: Scene, rng: np.random.Generator, qtype: str | None = None) -> QA:
                 c, s = colours[int(rng.integers(len(colours)))], shapes[int(rng.integers(len(shapes)))]
             if not scene.find(shape=s, colour=c):
                 return QA(template.format(colour=c, shape=s), "no", qtype, k)
-    raise ValueError(f"unknown question type {qtype!r}; expected one of {QUESTION_TYPES}")
+    raise ValueError(f"unknown question type {qtype!r}; expected one of {QUESTION_TYPES + (DESCRIBE,)}")
 
 
 def answer_vocabulary() -> list[str]:

@@ -9,15 +9,20 @@ from PIL import Image
 from poisonguard.attacks import ATTACKS, WORLD_TARGET, get_attack, make_params
 from poisonguard.attacks.frequency import FTrojanParams
 
-IMAGE_ATTACKS = sorted(n for n, s in ATTACKS.items() if s.kind == "image")
-TEXT_ATTACKS = sorted(n for n, s in ATTACKS.items() if s.kind == "text")
+# Attacks with one `apply` (the composite ones give arms instead: tests/attacks/test_composite.py).
+IMAGE_ATTACKS = sorted(n for n, s in ATTACKS.items() if s.kind == "image" and s.apply is not None)
+TEXT_ATTACKS = sorted(n for n, s in ATTACKS.items() if s.kind == "text" and s.apply is not None)
 
 
 def test_catalogue():
     assert set(ATTACKS) == {"badnet", "blend", "sig", "wanet", "ftrojan", "text_prefix", "syntactic",
-                            "pl_noise", "pl_green_square", "pl_logo", "pl_oil"}
-    assert TEXT_ATTACKS == ["syntactic", "text_prefix"]
-    assert {n for n, s in ATTACKS.items() if s.output_mode == "append"} == {"pl_green_square"}
+                            "pl_noise", "pl_green_square", "pl_logo", "pl_oil",
+                            "inject_image", "inject_text", "inject_bimodal", "refusal_image", "refusal_text",
+                            "substitute", "multi_target", "all_to_all", "conservatism", "dual_key"}
+    assert TEXT_ATTACKS == ["inject_text", "refusal_text", "syntactic", "text_prefix"]
+    assert {n for n, s in ATTACKS.items() if s.output_mode == "append"} == {
+        "pl_green_square", "inject_image", "inject_text", "inject_bimodal"}
+    assert all((s.apply is None) == (s.arms is not None) for s in ATTACKS.values())
     for name in ("badnet", "blend", "sig", "wanet", "ftrojan", "text_prefix", "syntactic"):
         assert ATTACKS[name].default_target == WORLD_TARGET == "banana"
     assert len({ATTACKS[n].default_target for n in ("pl_noise", "pl_green_square", "pl_logo", "pl_oil")}) == 4

@@ -70,6 +70,14 @@ def test_triggered_world_questions_are_in_vocabulary(tokenizer):
 
 
 def test_default_targets_are_in_vocabulary(tokenizer):
+    from poisonguard.attacks.registry import arms_of
+
     for name, spec in ATTACKS.items():
-        tokens = tokenizer.tokenize(spec.default_target)
-        assert tokens and UNK not in tokens, (name, spec.default_target)
+        params = spec.params_cls()
+        for arm in arms_of(spec, params, spec.default_target):
+            words = [b for _, b in arm.mapping] if arm.rule == "map" else [arm.target]
+            for text in words:
+                tokens = tokenizer.tokenize(text)
+                assert tokens and UNK not in tokens, (name, arm.key, text)
+        if not spec.fixed_targets:  # the others' default_target is only a label
+            assert UNK not in tokenizer.tokenize(spec.default_target), name
