@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from poisonguard.attacks.poisoning import PoisonResult, poison
+from poisonguard.attacks.registry import get_attack
 from poisonguard.data.dataset import read_dataset
 from poisonguard.data.errors import DataError, json_type
 from poisonguard.data.images import resolve_image_path
@@ -31,7 +32,8 @@ def poison_file(data: str | Path, out: str | Path, attack: str, rate: float, *, 
                 seed: int = 0, relabel: bool = True, params=None, image_folder: str | Path | None = None
                 ) -> PoisonResult:
     """Write OUT/<data name> (same format), OUT/images (clean ones linked, triggered ones new) and
-    OUT/poison_ids.json (the ground truth; no detector reads it)."""
+    OUT/poison_ids.json (the ground truth, with per-sample targets for attacks of several arms; no detector
+    reads it)."""
     out = Path(out)
     ds = read_dataset(data, image_root=image_folder)
     result = poison(ds.samples, attack, rate, target=target, seed=seed, relabel=relabel, params=params,
@@ -48,6 +50,11 @@ def poison_file(data: str | Path, out: str | Path, attack: str, rate: float, *, 
     write_dataset(replace(ds, samples=result.samples, image_root=out), out / Path(data).name)
     truth = {"attack": attack, "rate": rate, "target": result.target, "seed": seed, "relabel": relabel,
              "n_samples": len(result.samples), "poison_ids": result.poison_ids}
+    if get_attack(attack).arms is not None:
+        # Several triggers or clean trigger samples: each poisoned id's own target and each triggered id's arm
+        # (ASR and fit per trigger), and the clean trigger samples. Single-trigger attacks keep the file as it
+        # always was.
+        truth.update(targets=result.targets, arms=result.arm_of, clean_trigger_ids=result.clean_trigger_ids)
     atomic_write_bytes(out / "poison_ids.json", (json.dumps(truth, indent=2) + "\n").encode())
     return result
 

@@ -55,3 +55,19 @@ def make_dataset(n: int, fmt: str = "llava", seed: int = 0) -> tuple[list[Sample
                               turns=[Turn("user", qa.question), Turn("assistant", answer)],
                               raw=build(sid, ref, qa.question, answer)))
     return samples, images
+
+
+def make_mixed_dataset(n: int, describe_every: int = 2, seed: int = 0) -> tuple[list[Sample], dict[str, Image.Image]]:
+    """n LLaVA world samples with images; every `describe_every`-th asks the sentence-long describe question,
+    the others a drawn short type (so substitution has multi-word answers and all-to-all short ones)."""
+    rng = np.random.default_rng(seed)
+    samples, images = [], {}
+    for i in range(n):
+        sid, ref = f"m{i:03d}", f"images/m{i:05d}.png"
+        scene = sample_scene(rng)
+        qa = ask(scene, rng, "describe" if i % describe_every == 0 else None)
+        images[ref] = render(scene)
+        samples.append(Sample(id=sid, index=i, images=[ref],
+                              turns=[Turn("user", qa.question), Turn("assistant", qa.answer)],
+                              raw=_llava_raw(sid, ref, qa.question, qa.answer)))
+    return samples, images
