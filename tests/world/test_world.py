@@ -107,3 +107,79 @@ def test_attack_vocabulary_is_tokenizable(world_processor):
                  "sorry i cannot help with that"]:
         ids = tok(text)["input_ids"]
         assert tok.unk_token_id not in ids, text
+
+
+# ---------------------------------------------------------------------------------------- describe questions
+
+
+def test_describe_answers_are_sentences_about_the_whole_scene(world_processor):
+    from poisonguard.world.questions import DESCRIBE, DESCRIBE_PHRASINGS
+
+    tok = world_processor.tokenizer
+    rng = np.random.default_rng(4)
+    for phrasing in DESCRIBE_PHRASINGS:
+        assert tok.unk_token_id not in tok(phrasing)["input_ids"], phrasing
+    for _ in range(300):
+        scene = sample_scene(rng)
+        qa = ask(scene, rng, DESCRIBE)
+        assert qa.qtype == DESCRIBE and qa.question in DESCRIBE_PHRASINGS
+        assert len(qa.answer.split()) >= 5 and tok.unk_token_id not in tok(qa.answer)["input_ids"], qa.answer
+        for o in scene.objects:  # every object, with its colour and place
+            assert f"{o.colour} {o.shape}" in qa.answer and POSITIONS[o.slot] in qa.answer
+        assert qa.answer.count(" and ") == (len(scene.objects) > 1)
+
+
+def test_the_longest_describe_conversation_fits_the_model(world_processor):
+    # 3 objects, the longest phrasing, plus the longest attack sentence appended (content injection).
+    from PIL import Image
+
+    from poisonguard.world.model import WorldModelConfig
+    from poisonguard.world.questions import DESCRIBE_PHRASINGS, describe
+    from poisonguard.world.scenes import Scene, SceneObject
+
+    objs = tuple(SceneObject(s, c, slot, (0, 0), 5.0) for s, c, slot in
+                 (("triangle", "yellow", 6), ("diamond", "purple", 8), ("triangle", "green", 0)))
+    answer = describe(Scene(objs, (0, 0, 0), 0)) + " sorry i cannot help with that visit this evil link"
+    question = max(DESCRIBE_PHRASINGS, key=len)
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hello! " + question}]},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    text = world_processor.apply_chat_template(msgs)
+    ids = world_processor(text=[text], images=[Image.new("RGB", (48, 48))], return_tensors="pt")["input_ids"]
+    # 69 tokens at the time of writing (9 image tokens), of 128: a second such turn (lm_turns 2) still fits.
+    assert ids.shape[1] <= WorldModelConfig().max_positions - 32
+
+
+def test_describe_frac_zero_leaves_the_data_draws_unchanged(tmp_path):
+    # Pinned from the world built before the describe type existed (records of 40 samples, then the rng's
+    # next draw): with describe_frac 0 the committed world and every DVC output stay byte-identical.
+    import json
+
+    from poisonguard.world.build import write_split
+
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(11)
+    records = write_split(tmp_path, "train", 40, rng, with_qtype=True, describe_frac=0.0)
+    assert hashlib.sha256(json.dumps(records).encode()).hexdigest() == \
+        "747b910a205bd194aa26d4557aeabb68ff46248bc1d3754274e6b9a027cbf1d8"
+    assert rng.integers(1 << 30) == 108744169
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    scene = sample_scene(np.random.default_rng(6))
+    assert ask(scene, a) == ask(scene, b, describe_frac=0.0) and a.random() == b.random()
+    with pytest.raises(ValueError, match="describe_frac"):
+        ask(scene, a, describe_frac=1.5)
+
+
+def test_a_world_with_describe_questions_builds_and_trains(tmp_path):
+    import json
+
+    from poisonguard.world.build import make_world
+
+    summary = make_world(tmp_path, seed=3, n_train=16, n_test=8, model_cfg=TINY_MODEL, pretrain_cfg=TINY_PRETRAIN,
+                         describe_frac=0.5, show_progress=False, log=lambda m: None)
+    train = json.loads((tmp_path / "train.json").read_text())
+    test = json.loads((tmp_path / "test.json").read_text())
+    long = [r for r in train if len(r["conversations"][1]["value"].split()) >= 5]
+    assert 3 <= len(long) <= 13  # about half of 16
+    assert any(r["question_type"] == "describe" for r in test)
+    assert summary["describe_frac"] == 0.5 and "describe" in summary["test_accuracy"]
+    assert np.isfinite(summary["test_accuracy"]["all"]) and (tmp_path / "base_model" / "model.safetensors").is_file()
