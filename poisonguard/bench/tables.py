@@ -3,7 +3,8 @@
 Input is `summary.json` (one result per cell, see `poisonguard.bench`). Tables:
 1. attacks: CP and ASR before → after fine-tuning, fit of the poisoned training samples (did the backdoor
    take?);
-2. detection: F1 / AUROC per (attack, rate) and detector;
+2. detection: F1 / AUROC per (attack, rate) and detector, beside the row's ASR, poisoned-train fit and whether
+   the backdoor was learned (a row whose backdoor was not learned is marked so, not scored as a miss);
 3. controls: share of samples flagged where nothing should be (trigger without relabel, the base model on the
    poisoned data, a clean set);
 4. detection in full: P / R / F1 / AUROC per (attack, rate, detector);
@@ -24,6 +25,34 @@ import numpy as np
 # The project's detection goal: F1 and AUROC on every attack, flags on clean data, and after retraining on the
 # cleaned set the attack success rate and the clean-accuracy (CP) gap to a clean fine-tune.
 GOAL = {"f1": 0.95, "auroc": 0.98, "clean_flag_rate": 0.01, "asr": 0.01, "cp_gap": 0.005}
+
+# Learned := the fine-tuned model's ASR on triggered *test* inputs (poisonguard.train.evaluate) is at least
+# this. A backdoor below it has no behaviour to fingerprint, so its cell's detection figures say nothing about
+# the detector: the tables mark such cells "not learned" and leave them out of detection means and the goal
+# check instead of counting them as misses. One half is the stated rule (issue 16): the backdoor fires on most
+# triggered inputs; it is the only place this threshold lives.
+LEARNED_ASR = 0.5
+
+
+def learned(c: dict) -> bool | None:
+    """Did the cell's fine-tune learn its backdoor (ASR >= LEARNED_ASR)? None when no ASR was measured."""
+    asr = _num((c.get("after") or {}).get("asr"))
+    return None if asr is None else asr >= LEARNED_ASR
+
+
+def learned_cells(cs: list[dict]) -> list[dict]:
+    """The cells whose backdoor was learned, or whose ASR was not measured (nothing says it was not)."""
+    return [c for c in cs if learned(c) is not False]
+
+
+def learned_label(cs: list[dict]) -> str:
+    """'yes', 'not learned', 'k of n seeds', or '–' (no ASR measured)."""
+    flags = [learned(c) for c in cs]
+    known = [f for f in flags if f is not None]
+    if not known:
+        return "–"
+    k = sum(known)
+    return "yes" if k == len(known) else "not learned" if k == 0 else f"{k} of {len(known)} seeds"
 
 
 def cell_kind(c: dict) -> str:
@@ -115,12 +144,22 @@ def attack_table(summary: dict) -> str:
                    "poisoned-train fit", "fine-tune s"], rows)
 
 
+def _fit_columns(cs: list[dict]) -> list[str]:
+    """ASR, poisoned-train fit and the learned label of one row (every seed, learned or not)."""
+    after = [c.get("after") or {} for c in cs]
+    return [fmt([a.get("asr") for a in after], 3), fmt([a.get("poisoned_fit") for a in after], 3), learned_label(cs)]
+
+
 def detection_table(summary: dict) -> str:
+    """F1 / AUROC over the seeds whose backdoor was learned; "not learned" where none was."""
     dets = _detectors(summary)
-    rows = [[_label(a, r), str(len(cs))] + [f"{fmt([_det(c, d, 'f1') for c in cs])} / "
-                                            f"{fmt([_det(c, d, 'auroc') for c in cs])}" for d in dets]
-            for (a, r), cs in groups(summary, "attack").items()]
-    return _table(["attack", "seeds", *dets], rows)
+    rows = []
+    for (a, r), cs in groups(summary, "attack").items():
+        ok = learned_cells(cs)
+        rows.append([_label(a, r), str(len(cs)), *_fit_columns(cs)]
+                    + [f"{fmt([_det(c, d, 'f1') for c in ok])} / {fmt([_det(c, d, 'auroc') for c in ok])}"
+                       if ok else "not learned" for d in dets])
+    return _table(["attack", "seeds", "ASR", "fit", "learned", *dets], rows)
 
 
 def controls_table(summary: dict) -> str:
@@ -139,13 +178,14 @@ def controls_table(summary: dict) -> str:
 
 
 def full_detection_table(summary: dict) -> str:
+    """Every seed's figures (learned or not: what was flagged still happened), beside ASR, fit and learned."""
     rows = []
     for (a, r), cs in groups(summary, "attack").items():
         for d in _detectors(summary):
-            rows.append([_label(a, r), d] + [fmt([_det(c, d, k) for c in cs]) for k in
-                                             ("precision", "recall", "f1", "auroc")]
+            rows.append([_label(a, r), *_fit_columns(cs), d] + [fmt([_det(c, d, k) for c in cs]) for k in
+                                                                ("precision", "recall", "f1", "auroc")]
                         + [fmt([_det(c, d, "n_flagged") for c in cs], 0)])
-    return _table(["attack", "detector", "P", "R", "F1", "AUROC", "flagged"], rows)
+    return _table(["attack", "ASR", "fit", "learned", "detector", "P", "R", "F1", "AUROC", "flagged"], rows)
 
 
 def _clean_reference(summary: dict) -> dict[int, dict]:
@@ -224,7 +264,12 @@ def goal_check(summary: dict, detector: str | None = None) -> str:
         lines.append(f"- {name}: met in {len(met)} of {len(have)}"
                      + ("" if len(met) == len(have) else f"; worst {worst[0]} at {show(worst[1])}"))
 
-    attack = groups(summary, "attack")
+    attack = {key: learned_cells(cs) for key, cs in groups(summary, "attack").items()}
+    skipped = [_label(a, r) for (a, r), cs in attack.items() if not cs]
+    attack = {key: cs for key, cs in attack.items() if cs}
+    if skipped:
+        lines.append(f"- not learned (ASR < {LEARNED_ASR} on triggered test inputs; not counted as misses): "
+                     + ", ".join(skipped))
     crit(f"F1 ≥ {GOAL['f1']} (mean over seeds)",
          [(_label(a, r), mean_std(_det(c, det, "f1") for c in cs)[0]) for (a, r), cs in attack.items()],
          lambda v: v >= GOAL["f1"], higher_is_better=True)
@@ -258,10 +303,12 @@ def goal_check(summary: dict, detector: str | None = None) -> str:
 
 def markdown_tables(summary: dict) -> str:
     """Every table of one run, as the Markdown block the README includes."""
-    parts = [("Attacks (CP = clean accuracy on the world's test set, ASR = triggered test answers equal to the "
-              "target; mean ± std over seeds):"), attack_table(summary)]
+    parts = [("Attacks (CP = clean accuracy on the world's test set, ASR = triggered test answers showing the "
+              "backdoor: containing the target, or per attack type as `poisonguard.train.evaluate` says; "
+              "mean ± std over seeds):"), attack_table(summary)]
     if any("detection" in c for c in summary["cells"]):
-        parts += ["\nDetection, F1 / AUROC (mean ± std over seeds):\n", detection_table(summary),
+        parts += [(f"\nDetection, F1 / AUROC (mean ± std over the seeds whose backdoor was learned, ASR ≥ "
+                   f"{LEARNED_ASR}; \"not learned\" rows are no detection miss):\n"), detection_table(summary),
                   "\nControls, share of samples flagged (mean count in brackets):\n", controls_table(summary),
                   "\nDetection in full, P / R / F1 / AUROC and samples flagged:\n", full_detection_table(summary)]
     defence = defence_table(summary)

@@ -62,8 +62,9 @@ def test_kind_of_results_written_before_kinds_existed():
 
 def test_detection_table_aggregates_seeds_per_attack_and_detector():
     table = detection_table(_summary())
-    assert "| attack | seeds | fused | tcap |" in table
-    assert "| badnet 10% | 3 | 0.90 ± 0.10 / 0.98 ± 0.01 | 0.20 ± 0.00 / 0.50 ± 0.00 |" in table
+    assert "| attack | seeds | ASR | fit | learned | fused | tcap |" in table
+    assert ("| badnet 10% | 3 | 0.990 ± 0.000 | 1.000 ± 0.000 | yes | 0.90 ± 0.10 / 0.98 ± 0.01 | "
+            "0.20 ± 0.00 / 0.50 ± 0.00 |") in table
 
 
 def test_controls_are_flag_rates():
@@ -117,3 +118,37 @@ def test_goal_check_also_for_fused_when_another_detector_is_the_default():
     s["config"]["detectors"] = ["tcap", "fused"]
     md = markdown_tables(s)
     assert md.index("Goal check for `tcap`") < md.index("Goal check for `fused`")
+
+
+def _with_unlearned_rows():
+    """The summary plus an attack nobody learned (ASR 0.1, 0.2) and one learned in one seed of two."""
+    s = _summary()
+    for seed, (asr, f1) in enumerate([(0.1, 0.0), (0.2, 0.0)]):
+        s["cells"].append({"cell": f"all_to_all_r0.1_s{seed}", "kind": "attack", "attack": "all_to_all", "rate": 0.1,
+                           "seed": seed, "relabel": True, "n_poison": 10,
+                           "after": {"cp": 0.6, "asr": asr, "poisoned_fit": 0.3},
+                           "detection": {"fused": _det(f1, 0.5, 0.0, 0), "tcap": _det(f1, 0.5, 0.0, 0)}})
+    for seed, (asr, f1) in enumerate([(0.9, 1.0), (0.3, 0.0)]):
+        s["cells"].append({"cell": f"conservatism_r0.1_s{seed}", "kind": "attack", "attack": "conservatism",
+                           "rate": 0.1, "seed": seed, "relabel": True, "n_poison": 10,
+                           "after": {"cp": 0.6, "asr": asr, "poisoned_fit": 0.5},
+                           "detection": {"fused": _det(f1, 1.0, 0.1, 10), "tcap": _det(f1, 1.0, 0.1, 10)}})
+    s["config"]["attacks"] += ["all_to_all", "conservatism"]
+    return s
+
+
+def test_a_backdoor_that_was_not_learned_is_marked_and_no_detection_miss():
+    from poisonguard.bench.tables import LEARNED_ASR, full_detection_table, learned
+
+    assert LEARNED_ASR == 0.5 and learned({"after": {"asr": 0.5}}) and not learned({"after": {"asr": 0.49}})
+    assert learned({"after": {}}) is None
+    s = _with_unlearned_rows()
+    table = detection_table(s)
+    assert "| all_to_all 10% | 2 | 0.150 ± 0.071 | 0.300 ± 0.000 | not learned | not learned | not learned |" in table
+    # mixed: the detection figures are those of the learned seed only
+    assert "| conservatism 10% | 2 | 0.600 ± 0.424 | 0.500 ± 0.000 | 1 of 2 seeds | 1.00 / 1.00 | 1.00 / 1.00 |" in table
+    full = full_detection_table(s)
+    assert "| all_to_all 10% | 0.150 ± 0.071 | 0.300 ± 0.000 | not learned | fused | 0.00 ± 0.00 |" in full
+    goal = goal_check(s)
+    assert "not learned (ASR < 0.5 on triggered test inputs; not counted as misses): all_to_all 10%" in goal
+    assert "F1 ≥ 0.95 (mean over seeds): met in 1 of 2; worst badnet 10% at 0.90" in goal  # conservatism counts 1.00
