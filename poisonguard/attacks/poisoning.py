@@ -95,7 +95,7 @@ def poison(samples: list[Sample], attack: str, rate: float, *, target: str | Non
     plan: list[tuple[Arm, list[int]]] = []
     for arm in arms:
         eligible = [i for i, s in enumerate(samples) if _eligible(s, arm)]
-        n = round(rate * arm.share * len(eligible))
+        n = _arm_count(rate, arm, len(eligible))
         if n == 0 and rate * arm.share > 0:
             raise ValueError(f"rate {rate} of {len(eligible)} eligible samples gives no {attack!r} sample"
                              + (f" for its {arm.key!r} trigger" if arm.key else "") + ": raise the rate")
@@ -129,6 +129,20 @@ def poison(samples: list[Sample], attack: str, rate: float, *, target: str | Non
     order = {s.id: k for k, s in enumerate(samples)}
     return PoisonResult(out, images, [samples[i].id for i in poisoned], attack, _label(arms), relabel, params,
                         targets, arm_of, sorted(clean_ids, key=order.__getitem__))
+
+
+def poison_counts(samples: list[Sample], attack: str, rate: float, *,
+                  params: object | Mapping[str, Any] | None = None, target: str | None = None) -> dict[str, int]:
+    """Per arm key ("" for single-trigger attacks), how many samples `poison` would trigger at `rate`, without
+    loading an image: lets a caller skip an attack its data cannot carry (e.g. substitution on a world
+    without multi-word answers) before it starts."""
+    spec, params, target = _resolve(attack, params, target)
+    return {arm.key: _arm_count(rate, arm, sum(_eligible(s, arm) for s in samples))
+            for arm in arms_of(spec, params, target) if arm.share > 0}
+
+
+def _arm_count(rate: float, arm: Arm, n_eligible: int) -> int:
+    return round(rate * arm.share * n_eligible)
 
 
 def trigger_examples(samples: list[Sample], attack: str, params: object | Mapping[str, Any] | None = None,

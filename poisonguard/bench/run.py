@@ -37,7 +37,11 @@ from poisonguard.pipeline.screen import run_screen
 from poisonguard.report.evaluation import binary_metrics, detector_columns
 from poisonguard.train.evaluate import evaluate_attacks, evaluate_files
 
-ALL_ATTACKS = ("badnet", "blend", "sig", "wanet", "ftrojan", "text_prefix", "syntactic")
+ALL_ATTACKS = ("badnet", "blend", "sig", "wanet", "ftrojan", "text_prefix", "syntactic",
+               # BackdoorVLM's goals (issue 16); `substitute` needs multi-word answers (world describe_frac > 0)
+               # and is skipped, with its reason in the summary, on a world without them.
+               "inject_image", "inject_text", "inject_bimodal", "refusal_image", "refusal_text", "substitute",
+               "multi_target", "all_to_all", "conservatism", "dual_key")
 # --quick: the attacks the embedded base learns with default settings (README: badnet, sig, text prefix), so
 # the smoke run exercises a fingerprint, not only a failed backdoor.
 QUICK_ATTACKS = ("badnet", "sig", "text_prefix")
@@ -142,6 +146,29 @@ def _link(src: Path, dst: Path) -> None:
         import shutil
 
         shutil.copy2(src, dst)
+
+
+def drop_unpoisonable(cfg: BenchConfig, world: WorldFiles, *, log=print) -> tuple[BenchConfig, dict[str, str]]:
+    """The config without the attacks the world's training set cannot carry at some configured rate (an arm
+    with no sample: e.g. substitution without multi-word answers), and why each was dropped. Checked from the
+    records alone, before any cell starts, so a long run does not stop at its first such cell."""
+    from poisonguard.attacks import poison_counts
+    from poisonguard.data.dataset import read_dataset
+
+    samples = read_dataset(world.train).samples
+    skipped = {}
+    for attack in dict.fromkeys((*cfg.attacks, *cfg.controls, *cfg.base_controls)):
+        for rate in cfg.rates:
+            empty = [k or attack for k, n in poison_counts(samples, attack, rate).items() if n == 0]
+            if empty:
+                skipped[attack] = f"no sample to poison at rate {rate:g} for {', '.join(empty)}"
+                log(f"skipping {attack}: {skipped[attack]}")
+                break
+    if not skipped:
+        return cfg, {}
+    keep = lambda names: tuple(a for a in names if a not in skipped)  # noqa: E731
+    return replace(cfg, attacks=keep(cfg.attacks), controls=keep(cfg.controls),
+                   base_controls=keep(cfg.base_controls)), skipped
 
 
 # ------------------------------------------------------------------------------------------------- cells
@@ -416,6 +443,7 @@ def run_bench(cfg: BenchConfig, *, log=print, command: str | None = None) -> dic
     t0 = time.perf_counter()
     _check_settings(cfg)
     world = prepare_world(cfg)
+    cfg, skipped = drop_unpoisonable(cfg, world, log=log)
     log("base model: CP and ASR before fine-tuning")
     ref = base_reference(cfg, world)
     cells = _cells(cfg)
@@ -436,7 +464,7 @@ def run_bench(cfg: BenchConfig, *, log=print, command: str | None = None) -> dic
                "command": command or bench_command(cfg),
                "config": _jsonable({**asdict(cfg), "detectors": list(cfg.detectors),
                                     "finetune": asdict(cfg.pipeline.finetune)}),
-               "base": ref, "cells": results}
+               "base": ref, "cells": results, **({"skipped_attacks": skipped} if skipped else {})}
     out = Path(cfg.out)
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     _write_json(out / "summary.json", summary)

@@ -162,3 +162,25 @@ def test_defence_loop_scope_limits_the_retrained_cells_and_methods(quick_run):
 def test_bad_option_values_are_readable_errors(tmp_path, args, message):
     r = runner.invoke(app, ["bench", "--world", str(tmp_path), *args])
     assert r.exit_code == 2 and message in r.output, r.output
+
+
+def test_attacks_the_world_cannot_carry_are_dropped_up_front_with_the_reason(tmp_path):
+    import json as _json
+
+    from poisonguard.bench.run import ALL_ATTACKS, BenchConfig, WorldFiles, drop_unpoisonable
+    from tests.attacks.helpers import make_dataset
+
+    samples, images = make_dataset(40)  # short answers only: no multi-word answer to substitute in
+    for ref, img in images.items():
+        (tmp_path / ref).parent.mkdir(parents=True, exist_ok=True)
+        img.save(tmp_path / ref)
+    (tmp_path / "train.json").write_text(_json.dumps([s.raw for s in samples]))
+    world = WorldFiles(tmp_path / "train.json", tmp_path / "train.json", tmp_path)
+    cfg = BenchConfig(world=tmp_path, out=tmp_path / "out", rates=(0.05, 0.1))
+    assert set(cfg.attacks) == set(ALL_ATTACKS) and {"dual_key", "multi_target", "all_to_all"} <= set(ALL_ATTACKS)
+    kept, skipped = drop_unpoisonable(cfg, world, log=lambda m: None)
+    assert skipped == {"substitute": "no sample to poison at rate 0.05 for substitute"}
+    assert kept.attacks == tuple(a for a in ALL_ATTACKS if a != "substitute") and kept.controls == ("badnet",)
+    tiny = BenchConfig(world=tmp_path, out=tmp_path / "out", attacks=("badnet",), rates=(0.01,))
+    assert drop_unpoisonable(tiny, world, log=lambda m: None)[1] == {
+        "badnet": "no sample to poison at rate 0.01 for badnet"}  # 0.4 of a sample rounds to none
