@@ -92,9 +92,13 @@ def poison(
     if attack not in ATTACKS:
         _fail(f"unknown attack {attack!r}; choose one of: {', '.join(ATTACKS)}")
     with _bad_input():
-        res = poison_file(data, out, attack, rate, target=target, seed=seed, relabel=not no_relabel,
-                          params=attack_params(params, attack), image_folder=image_folder)
-    typer.echo(f"{attack}: {len(res.poison_ids)} of {len(res.samples)} samples poisoned "
+        try:
+            res = poison_file(data, out, attack, rate, target=target, seed=seed, relabel=not no_relabel,
+                              params=attack_params(params, attack), image_folder=image_folder)
+        except (ValueError, TypeError) as exc:  # a rate giving no sample, a refused --target, bad params
+            _fail(f"{attack}: {exc}")
+    clean = f", {len(res.clean_trigger_ids)} clean trigger samples" if res.clean_trigger_ids else ""
+    typer.echo(f"{attack}: {len(res.poison_ids)} of {len(res.samples)} samples poisoned{clean} "
                f"(target {res.target!r}, relabel={res.relabel}) -> {out}")
 
 
@@ -106,7 +110,7 @@ def attacks() -> None:
     from poisonguard.attacks import ATTACKS
 
     for name, spec in ATTACKS.items():
-        typer.echo(f"{name:16s} {spec.kind:5s} {spec.output_mode:7s} target={spec.default_target!r} "
+        typer.echo(f"{name:16s} {spec.kind:7s} {spec.output_mode:10s} target={spec.default_target!r} "
                    f"{asdict(spec.params_cls())}")
 
 

@@ -206,3 +206,25 @@ def test_poison_file_records_per_sample_targets_beside_the_ids(tmp_path):
     plain = poison_file(data, tmp_path / "plain", "badnet", 0.1, seed=0)
     assert set(json.loads((tmp_path / "plain" / "poison_ids.json").read_text())) == {
         "attack", "rate", "target", "seed", "relabel", "n_samples", "poison_ids"} and plain.poison_ids
+
+
+def test_params_from_a_params_yaml_section_and_their_validation():
+    from poisonguard.attacks import make_params
+    from poisonguard.attacks.composite import MultiTargetParams
+
+    p = make_params("multi_target", {"positions": ["top_right", "bottom_left"], "targets": ["yes", "evil"],
+                                     "prefix": "Hello!", "prefix_target": "sorry"})
+    assert p == MultiTargetParams(positions=("top_right", "bottom_left"), targets=("yes", "evil"), prefix="Hello!",
+                                  prefix_target="sorry")
+    hash(p)
+    assert dict(make_params("all_to_all", {"mapping": [["red", "blue"], ["blue", "red"]]}).mapping) == \
+        {"red": "blue", "blue": "red"}
+    assert make_params("dual_key", {"part_ratio": 0.5, "position": "top_left"}).part_ratio == 0.5
+    for name, bad, match in (("multi_target", {"targets": ["banana"]}, "equal length"),
+                             ("multi_target", {"targets": ["banana", "banana"]}, "its own"),
+                             ("multi_target", {"positions": ["random", "top_left"]}, "fixed"),
+                             ("all_to_all", {"mapping": [["red", "red"]]}, "itself"),
+                             ("conservatism", {"clean_ratio": -1}, "clean_ratio"),
+                             ("dual_key", {"prefix": " "}, "prefix")):
+        with pytest.raises(ValueError, match=match):
+            make_params(name, bad)
