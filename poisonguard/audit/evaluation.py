@@ -48,7 +48,11 @@ def build_eval_set(
     test = load_checked(test_path)
     samples = test.ok[:max_samples] if max_samples else test.ok
     load = test.image_loader(cache_size=4096)
-    tgt = target or get_attack(attack).default_target
+    spec = get_attack(attack)
+    if spec.fixed_targets:  # several targets or a mapping: one `target` string cannot score them
+        raise ValueError(f"the audit's ASR counts one target; {attack!r} has one per trigger or a mapping "
+                         "(use poisonguard.train.evaluate for its ASR)")
+    tgt = target or spec.default_target
     triggered = trigger_examples(samples, attack, params, load, target=tgt)
     return EvalSet(
         clean=to_examples(samples, load, prompt_only=True),
