@@ -81,3 +81,37 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path):
                             "--out", str(tmp_path / "o")])
     assert r.exit_code == 2
     assert "Traceback" not in r.output and "bad.json" in r.output
+
+
+def test_new_attacks_poison_finetune_and_evaluate_on_a_world_with_describe_questions(tmp_path_factory):
+    """End to end on real files and a real (tiny) model: the multi-arm attacks' ASR figures come out of
+    `eval`, and a describe world's long answers fine-tune."""
+    from poisonguard.world.build import make_world
+
+    from tests.conftest import TINY_MODEL, TINY_PRETRAIN
+
+    world = tmp_path_factory.mktemp("describe_world")
+    make_world(world, seed=5, n_train=24, n_test=12, model_cfg=TINY_MODEL, pretrain_cfg=TINY_PRETRAIN,
+               describe_frac=0.5, show_progress=False, log=lambda m: None)
+    work = tmp_path_factory.mktemp("describe_runs")
+    expected = {"substitute": {"asr"}, "multi_target": {"asr", "asr_by_trigger"},
+                "dual_key": {"asr", "false_trigger_rate", "false_trigger_by_part"},
+                "inject_bimodal": {"asr", "cp_triggered", "asr_strict"}}
+    for k, (attack, keys) in enumerate(expected.items()):
+        p, ft = work / f"p{k}", work / f"ft{k}"
+        r = runner.invoke(app, ["poison", "--data", str(world / "train.json"), "--attack", attack, "--rate", "0.25",
+                                "--out", str(p)])
+        assert r.exit_code == 0, r.output
+        if k == 0:  # one fine-tune is enough to show long answers train; the others evaluate the base model
+            r = runner.invoke(app, ["finetune", "--data", str(p / "train.json"), "--base", str(world / "base_model"),
+                                    "--out", str(ft), "--epochs", "1", "--quiet"])
+            assert r.exit_code == 0, r.output
+        model = ft if k == 0 else world / "base_model"
+        r = runner.invoke(app, ["eval", "--model", str(model), "--test", str(world / "test.json"), "--attack", attack,
+                                "--train", str(p / "train.json"), "--poison-ids", str(p / "poison_ids.json"),
+                                "--quiet"])
+        assert r.exit_code == 0, r.output
+        res = json.loads(r.stdout)
+        assert keys <= set(res) and 0.0 <= res["asr"] <= 1.0 and res["n_triggered"] > 0, (attack, res)
+        if attack == "multi_target":
+            assert set(res["poisoned_fit_by_trigger"]) == {"patch_bottom_right", "patch_top_left"}
