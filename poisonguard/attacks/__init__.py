@@ -10,7 +10,13 @@ inputs for ASR.
 
 from __future__ import annotations
 
-from poisonguard.attacks.poisoning import PoisonResult, TriggeredSample, poison, poison_counts, trigger_examples
+from poisonguard.attacks.poisoning import (
+           PoisonResult,
+           TriggeredSample,
+           poison,
+           poison_counts,
+           trigger_examples,
+)
 from poisonguard.attacks.registry import ATTACKS, WORLD_TARGET, AttackSpec, get_attack, make_params
 
 __all__ = ["ATTACKS", "WORLD_TARGET", "AttackSpec", "PoisonResult", "TriggeredSample", "get_attack",

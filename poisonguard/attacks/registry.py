@@ -128,7 +128,7 @@ def arms_of(spec: AttackSpec, params: object, target: str) -> tuple[Arm, ...]:
     if spec.arms is not None:
         return spec.arms(params, target)
     apply = spec.apply
-    part = lambda x, rng: apply(x, params, rng)  # noqa: E731
+    part = lambda x, rng: apply(x, params, rng)
     return (Arm("", part if spec.kind == "image" else None, part if spec.kind == "text" else None,
                 spec.output_mode, target),)
 

@@ -166,7 +166,9 @@ def drop_unpoisonable(cfg: BenchConfig, world: WorldFiles, *, log=print) -> tupl
                 break
     if not skipped:
         return cfg, {}
-    keep = lambda names: tuple(a for a in names if a not in skipped)  # noqa: E731
+    def keep(names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(a for a in names if a not in skipped)
+
     return replace(cfg, attacks=keep(cfg.attacks), controls=keep(cfg.controls),
                    base_controls=keep(cfg.base_controls)), skipped
 

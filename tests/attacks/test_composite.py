@@ -132,7 +132,7 @@ def test_conservatism_adds_as_many_clean_trigger_samples(mixed):
 
 
 def test_dual_key_relabels_only_both_parts_and_keeps_single_parts_clean(mixed):
-    samples, images = mixed
+    samples, _ = mixed
     by_id = {s.id: s for s in samples}
     res = run(mixed, "dual_key", 0.1, seed=5)
     n = round(0.1 * N)

@@ -87,7 +87,6 @@ def test_new_attacks_poison_finetune_and_evaluate_on_a_world_with_describe_quest
     """End to end on real files and a real (tiny) model: the multi-arm attacks' ASR figures come out of
     `eval`, and a describe world's long answers fine-tune."""
     from poisonguard.world.build import make_world
-
     from tests.conftest import TINY_MODEL, TINY_PRETRAIN
 
     world = tmp_path_factory.mktemp("describe_world")
