@@ -217,7 +217,8 @@ def evaluate(
 def bench(
     world_dir: Annotated[Path, typer.Option("--world", help="World folder from `poisonguard world`.")] = Path("work/world"),
     out: Annotated[Path | None, typer.Option(help="Benchmark folder, resumable (default work/bench; work/bench-quick with --quick).")] = None,
-    attacks: Annotated[str, typer.Option(help="Comma-separated attacks.")] = "badnet,blend,sig,wanet,ftrojan,text_prefix,syntactic",
+    attacks: Annotated[str, typer.Option(help="Comma-separated attacks, or 'all' (bench.ALL_ATTACKS, with "
+                                               "issue 16's); parameters from params.yaml's poison.attacks.")] = "badnet,blend,sig,wanet,ftrojan,text_prefix,syntactic",
     rates: Annotated[str, typer.Option(help="Comma-separated poison rates (the paper-style run: 0.05,0.1).")] = "0.1",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds (the paper-style run: 0,1,2).")] = "0",
     controls: Annotated[str, typer.Option(help="Attacks whose no-relabel control runs (largest rate).")] = "badnet",
@@ -250,6 +251,11 @@ def bench(
         except ValueError:
             _fail(f"--{option} takes comma-separated {kind.__name__}s, got {text!r}")
 
+    from poisonguard.bench.run import ALL_ATTACKS
+    from poisonguard.params import section
+
+    if attacks.strip() == "all":
+        attacks = ",".join(ALL_ATTACKS)
     unknown = sorted(set(split(attacks) + split(controls) + split(base_controls)) - set(ATTACKS))
     if unknown:
         _fail(f"unknown attack(s) {', '.join(unknown)}; choose from: {', '.join(ATTACKS)}")
@@ -265,7 +271,9 @@ def bench(
                       retrain_seeds=numbers("retrain-seeds", retrain_seeds, int) or None,
                       retrain_rates=numbers("retrain-rates", retrain_rates, float) or None,
                       retrain_detectors=split(retrain_detectors) or None,
-                      max_train=max_train, max_test=max_test, pipeline=pipeline)
+                      max_train=max_train, max_test=max_test, pipeline=pipeline,
+                      attack_params={k: dict(v) for k, v in (section(params, "poison").get("attacks") or {}).items()
+                                     if v})
     if quick:
         cfg = quick_config(cfg)
     with _bad_input():

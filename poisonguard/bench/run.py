@@ -72,6 +72,9 @@ class BenchConfig:
     max_train: int | None = None  # use the first N training samples of the world (None: all)
     max_test: int | None = None  # and the first N test samples for CP / ASR
     html: bool = True
+    # Per-attack parameter overrides (params.yaml's `poison.attacks`, as the poison stage reads them); an
+    # attack not named here runs with its defaults.
+    attack_params: dict = field(default_factory=dict)
 
     @property
     def detectors(self) -> tuple[str, ...]:
@@ -159,7 +162,8 @@ def drop_unpoisonable(cfg: BenchConfig, world: WorldFiles, *, log=print) -> tupl
     skipped = {}
     for attack in dict.fromkeys((*cfg.attacks, *cfg.controls, *cfg.base_controls)):
         for rate in cfg.rates:
-            empty = [k or attack for k, n in poison_counts(samples, attack, rate).items() if n == 0]
+            counts = poison_counts(samples, attack, rate, params=cfg.attack_params.get(attack))
+            empty = [k or attack for k, n in counts.items() if n == 0]
             if empty:
                 skipped[attack] = f"no sample to poison at rate {rate:g} for {', '.join(empty)}"
                 log(f"skipping {attack}: {skipped[attack]}")
@@ -200,7 +204,10 @@ def cell_name(c: dict) -> str:
 
 def finetune_settings(cfg: BenchConfig) -> dict:
     """What a cell's fine-tune and CP/ASR depend on; a resumed cell must match it."""
-    return {"max_train": cfg.max_train, "max_test": cfg.max_test, "finetune": asdict(cfg.pipeline.finetune)}
+    out = {"max_train": cfg.max_train, "max_test": cfg.max_test, "finetune": asdict(cfg.pipeline.finetune)}
+    if cfg.attack_params:  # named only when set, so folders of runs with default attacks stay valid
+        out["attack_params"] = _jsonable(cfg.attack_params)
+    return out
 
 
 def screen_settings(cfg: BenchConfig) -> dict:
@@ -221,7 +228,8 @@ def _poisoned_data(world: WorldFiles, cfg: BenchConfig, c: dict) -> Path:
     owner = cell_name({**c, "kind": "attack" if c["relabel"] else "no_relabel"})
     data_dir = Path(cfg.out) / "cells" / owner / "data"
     if not (data_dir / "poison_ids.json").exists():
-        poison_file(world.train, data_dir, c["attack"], c["rate"], seed=c["seed"], relabel=c["relabel"])
+        poison_file(world.train, data_dir, c["attack"], c["rate"], seed=c["seed"], relabel=c["relabel"],
+                    params=cfg.attack_params.get(c["attack"]))
     return data_dir
 
 
@@ -290,7 +298,8 @@ def run_cell(cfg: BenchConfig, c: dict, world: WorldFiles | None = None, *, log=
             log(f"[{name}] fine-tuning on {data}")
             res["finetune_seconds"] = _finetune(world, cfg, data, model_dir, c["seed"])
             log(f"[{name}] evaluating CP / ASR")
-            res["after"] = evaluate_files(model_dir, world.test, attack="badnet" if kind == "clean" else c["attack"],
+            attack = "badnet" if kind == "clean" else c["attack"]
+            res["after"] = evaluate_files(model_dir, world.test, attack=attack, params=cfg.attack_params.get(attack),
                                           train=data if truth_ids else None,
                                           poison_ids=(data_dir / "poison_ids.json") if truth_ids else None,
                                           show_progress=False, runtime=cfg.runtime)
@@ -369,7 +378,7 @@ def retrain_cell(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -
                 write_dataset(read_dataset(data), kept_file, keep_ids=keep)
                 seconds = _finetune(world, cfg, kept_file, model_dir, res["seed"])
                 ev = evaluate_files(model_dir, world.test, attack=res["attack"], show_progress=False,
-                                    runtime=cfg.runtime)
+                                    runtime=cfg.runtime, params=cfg.attack_params.get(res["attack"]))
                 _write_json(ev_path, {"cp": ev["cp"], "asr": ev.get("asr"), "finetune_seconds": seconds,
                                       "n_train": len(keep)})
             ev = json.loads(ev_path.read_text())
@@ -401,7 +410,7 @@ def clean_asr(cfg: BenchConfig, res: dict, world: WorldFiles, *, log=print) -> d
     if missing:
         log(f"[{res['cell']}] clean fine-tune under the triggers of {', '.join(missing)}")
         got.update(evaluate_attacks(d / "finetuned", world.test, missing, show_progress=False,
-                                    runtime=cfg.runtime)["asr"])
+                                    runtime=cfg.runtime, params=cfg.attack_params)["asr"])
         _write_json(path, got)
     return got
 
@@ -414,7 +423,8 @@ def base_reference(cfg: BenchConfig, world: WorldFiles | None = None) -> dict:
     ref = json.loads(path.read_text()) if path.exists() else {}
     missing = [a for a in dict.fromkeys((*cfg.attacks, *cfg.controls, *cfg.base_controls)) if a not in ref]
     if missing:  # incremental: several bench processes may share one folder
-        r = evaluate_attacks(world.base_model, world.test, missing, show_progress=False, runtime=cfg.runtime)
+        r = evaluate_attacks(world.base_model, world.test, missing, show_progress=False, runtime=cfg.runtime,
+                             params=cfg.attack_params)
         ref.update({attack: {"cp": r["cp"], "asr": r["asr"][attack]} for attack in missing})
         path.parent.mkdir(parents=True, exist_ok=True)
         current = json.loads(path.read_text()) if path.exists() else {}

@@ -171,7 +171,8 @@ def evaluate_attacks(model_dir, test_path, attacks: Sequence[str], *, params=Non
 
     For reference rows that need many attacks on one model (the base model's "before" column, the clean
     fine-tune's ASR per trigger): calling `evaluate_files` per attack would reload the model and re-measure
-    the same CP every time. Returns {"cp": float, "asr": {attack: float}}.
+    the same CP every time. `params`: attack -> its parameters (an attack not in it, or None: its defaults).
+    Returns {"cp": float, "asr": {attack: float}}.
     """
     from poisonguard.data.loading import load_checked
     from poisonguard.train.finetune import load_model
@@ -180,5 +181,6 @@ def evaluate_attacks(model_dir, test_path, attacks: Sequence[str], *, params=Non
     test = load_checked(test_path)
     load = test.image_loader(cache_size=4096)
     cp = clean_accuracy(model, processor, test.ok, load, show_progress=show_progress)
-    return {"cp": cp, "asr": {a: _attack_result(model, processor, test.ok, load, a, None, params,
+    per_attack = params or {}
+    return {"cp": cp, "asr": {a: _attack_result(model, processor, test.ok, load, a, None, per_attack.get(a),
                                                 show_progress)["asr"] for a in attacks}}

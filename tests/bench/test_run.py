@@ -184,3 +184,29 @@ def test_attacks_the_world_cannot_carry_are_dropped_up_front_with_the_reason(tmp
     tiny = BenchConfig(world=tmp_path, out=tmp_path / "out", attacks=("badnet",), rates=(0.01,))
     assert drop_unpoisonable(tiny, world, log=lambda m: None)[1] == {
         "badnet": "no sample to poison at rate 0.01 for badnet"}  # 0.4 of a sample rounds to none
+    # params.yaml's poison.attacks reach the bench: a part ratio that leaves a Dual-Key part without samples
+    tuned = BenchConfig(world=tmp_path, out=tmp_path / "out", attacks=("dual_key",), rates=(0.1,),
+                        attack_params={"dual_key": {"part_ratio": 0.1}})
+    assert drop_unpoisonable(tuned, world, log=lambda m: None)[1] == {
+        "dual_key": "no sample to poison at rate 0.1 for image_only, text_only"}
+
+
+def test_attack_params_are_part_of_the_settings_only_when_set(tmp_path):
+    from poisonguard.bench.run import BenchConfig, finetune_settings
+
+    plain = finetune_settings(BenchConfig(world=tmp_path, out=tmp_path))
+    assert "attack_params" not in plain  # folders of earlier runs stay valid
+    tuned = finetune_settings(BenchConfig(world=tmp_path, out=tmp_path, attack_params={"badnet": {"side_frac": 0.25}}))
+    assert tuned == {**plain, "attack_params": {"badnet": {"side_frac": 0.25}}}
+
+
+def test_cli_bench_takes_all_attacks_by_name(tmp_path):
+    from typer.testing import CliRunner
+
+    from poisonguard.cli import app
+
+    r = CliRunner().invoke(app, ["bench", "--world", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
+                                 "--attacks", "all", "--no-screen"])
+    assert r.exit_code == 2 and "not found: build the world first" in r.output  # 'all' passed the name check
+    r = CliRunner().invoke(app, ["bench", "--world", str(tmp_path / "none"), "--attacks", "badnet,nope"])
+    assert r.exit_code == 2 and "unknown attack(s) nope" in r.output
