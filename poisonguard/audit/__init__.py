@@ -7,6 +7,8 @@ from poisonguard.audit.activations import (
     collect_drift,
     drift_features,
     drift_scores,
+    fit_stride,
+    merge_drift,
     shared_direction,
 )
 from poisonguard.audit.projector import (
@@ -28,6 +30,8 @@ __all__ = [
     "collect_drift",
     "drift_features",
     "drift_scores",
+    "fit_stride",
+    "merge_drift",
     "find_projector",
     "image_inputs",
     "layer_deltas",

@@ -209,6 +209,8 @@ def collect_drift(
     energy_ranks: int = 4,
     fit_samples: int = 1000,
     max_fit_tokens: int = 50000,
+    fit_every: int | None = None,
+    position: int = 0,
     show_progress: bool = True,
 ) -> DriftCollection:
     """One pass: both models see the same pixels (`processor` = the base's), each through its own tower.
@@ -217,6 +219,8 @@ def collect_drift(
     (`poisonguard.models.AdapterView`: one peft model serves as both, adapter off and on).
     The token rows of `fit_samples` evenly spaced samples (at most `max_fit_tokens` rows) are kept for the
     norm law; everything else is reduced per sample, so memory does not grow with tokens × samples.
+    A fan-out over shards (flows/extract.py) passes the whole drop's `fit_every` and each shard's `position`
+    (image samples before it), so `merge_drift` of the shards keeps the same token rows as one pass.
     The per-sample statistics are computed batch-wide on the models' device (segment reductions and one
     batched eigenproblem, `drift_spectra`) and come to the host once per batch.
     """
@@ -243,7 +247,8 @@ def collect_drift(
         fit_owner=np.zeros(0, dtype=np.int64),
     )
     with_images = [i for i, s in enumerate(samples) if s.images]
-    fit_every = max(1, -(-len(with_images) // max(1, fit_samples)))
+    if fit_every is None:
+        fit_every = fit_stride(len(with_images), fit_samples)
     fit_rows: list[np.ndarray] = []
     fit_norms: list[np.ndarray] = []
     fit_owner: list[np.ndarray] = []
@@ -299,7 +304,7 @@ def collect_drift(
         )
         bounds = np.concatenate(([0], np.cumsum(per_sample)))
         for j, i in enumerate(idx):
-            if (start + j) % fit_every == 0 and kept < max_fit_tokens:
+            if (position + start + j) % fit_every == 0 and kept < max_fit_tokens:
                 a, b = int(bounds[j]), int(bounds[j + 1])
                 fit_rows.append(delta[a:b].float().cpu().numpy())
                 fit_norms.append(base_norm[a:b].cpu().numpy())
@@ -310,6 +315,30 @@ def collect_drift(
         col.fit_base_norm = np.concatenate(fit_norms)[:max_fit_tokens]
         col.fit_owner = np.concatenate(fit_owner)[:max_fit_tokens]
     return col
+
+
+def fit_stride(n_with_images: int, fit_samples: int = 1000) -> int:
+    """Every how many image samples one keeps its token rows for the norm law (`collect_drift`)."""
+    return max(1, -(-n_with_images // max(1, fit_samples)))
+
+
+def merge_drift(parts: Sequence[DriftCollection], max_fit_tokens: int = 50000) -> DriftCollection:
+    """One collection from the collections of consecutive shards (in order): rows concatenated, Gram
+    matrices summed, the kept token rows concatenated and cut at `max_fit_tokens` as one pass would."""
+    if not parts:
+        raise ValueError("merge_drift needs at least one collection")
+    cat = {name: np.concatenate([getattr(p, name) for p in parts]) for name in (
+        "ids", "n_tokens", "per_token_max", "per_token_mean", "max_rel", "mean_rel", "max_rel_input",
+        "projector_only_mean", "mean_delta", "top_dir", "energy", "image_r")}
+    offsets = np.cumsum([0] + [len(p.ids) for p in parts[:-1]])
+    fit_owner = np.concatenate([p.fit_owner + o for p, o in zip(parts, offsets)])[:max_fit_tokens]
+    return DriftCollection(
+        **cat,
+        gram=np.sum([p.gram for p in parts], axis=0),
+        fit_delta=np.concatenate([p.fit_delta for p in parts])[:max_fit_tokens],
+        fit_base_norm=np.concatenate([p.fit_base_norm for p in parts])[:max_fit_tokens],
+        fit_owner=fit_owner,
+    )
 
 
 def shared_direction(col: DriftCollection) -> np.ndarray:
