@@ -295,6 +295,7 @@ class _WorkerModels:
     def __init__(self, base: str, finetuned: str, runtime):
         from poisonguard.models import has_processor, is_adapter_dir, load_full, load_model, load_processor
 
+        self.compile = runtime.compile
         self.adapter = is_adapter_dir(finetuned)
         if self.adapter:
             self.peft, self.processor = load_model(finetuned, runtime, base=base)
@@ -304,17 +305,21 @@ class _WorkerModels:
             self.base, self.base_processor = load_full(base, runtime)
 
     def passes(self):
-        """("finetuned", model, processor), then ("base", ...), as `models.model_passes` yields them."""
+        """("finetuned", model, processor), then ("base", ...), as `models.model_passes` yields them; under
+        torch.compile with the runtime's `compile`."""
+        from poisonguard.extract.compiled import compiled_language_model
         from poisonguard.models import adapter_state
 
         if self.adapter:
-            with adapter_state(self.peft, True) as model:
+            with adapter_state(self.peft, True) as model, compiled_language_model(model, self.compile):
                 yield "finetuned", model, self.processor
-            with adapter_state(self.peft, False) as model:
+            with adapter_state(self.peft, False) as model, compiled_language_model(model, self.compile):
                 yield "base", model, self.base_processor
         else:
-            yield "finetuned", self.finetuned, self.processor
-            yield "base", self.base, self.base_processor
+            with compiled_language_model(self.finetuned, self.compile):
+                yield "finetuned", self.finetuned, self.processor
+            with compiled_language_model(self.base, self.compile):
+                yield "base", self.base, self.base_processor
 
     def drift_pair(self):
         """(base, fine-tuned, processor) for `collect_drift`; the processor is the base's (same pixels)."""
@@ -368,15 +373,32 @@ def lazy_examples(data: str, image_root: str | None, ids: Sequence[str]):
 def main() -> None:
     parser = argparse.ArgumentParser(description="Extract attention features with a Dask fan-out.")
     parser.add_argument("--data", required=True)
-    parser.add_argument("--model-dir", required=True)
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--image-root")
     parser.add_argument("--shard-size", type=int, default=256)
     parser.add_argument("--n-workers", type=int, default=1)
     parser.add_argument("--address", help=f"existing Dask scheduler (default ${DASK_ADDRESS_ENV})")
+    parser.add_argument("--model-dir", dest="model_dir", help="one model's extraction (extract_features)")
+    parser.add_argument("--base", help="with --finetuned: a screen's two passes per shard (screen_extraction)")
+    parser.add_argument("--finetuned", help="fine-tuned model folder or LoRA adapter folder (with --base)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (each worker's own GPU)")
+    parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the language model")
+    parser.add_argument("--drift", action="store_true", help="also the projector-drift pass, per shard")
+    parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
+    if args.base and args.finetuned:
+        res = screen_extraction(args.data, args.base, args.finetuned, args.out_dir, shard_size=args.shard_size,
+                                batch_size=args.batch_size, image_root=args.image_root, n_workers=args.n_workers,
+                                address=args.address, device=args.device, dtype=args.dtype, compile=args.compile,
+                                drift=args.drift)
+        print(f"extracted {len(res['finetuned'])} samples with both models into {args.out_dir}")
+        return
+    if not args.model_dir:
+        parser.error("give --model-dir, or --base and --finetuned")
     ext = extract_features(args.data, args.model_dir, args.out_dir, shard_size=args.shard_size,
-                           image_root=args.image_root, n_workers=args.n_workers, address=args.address)
+                           batch_size=args.batch_size, image_root=args.image_root, n_workers=args.n_workers,
+                           address=args.address, device=args.device)
     print(f"extracted {len(ext)} samples into {args.out_dir}")
 
 

@@ -192,6 +192,23 @@ def drift_spectra(
     return top.cpu().numpy(), energy.cpu().numpy(), r.cpu().numpy()
 
 
+class _Segments:
+    """Per-sample reductions over a batch's token rows: `owner` (R,) is each row's sample, `count` (B,) the
+    rows per sample (none empty). Results come to the host as NumPy."""
+
+    def __init__(self, owner: torch.Tensor, count: torch.Tensor):
+        self.owner, self.count = owner, count
+
+    def max(self, v: torch.Tensor) -> np.ndarray:
+        out = torch.full((self.count.numel(),), -torch.inf, dtype=v.dtype, device=v.device)
+        return out.scatter_reduce(0, self.owner, v, "amax").cpu().numpy()  # (B,)
+
+    def mean(self, v: torch.Tensor) -> np.ndarray:
+        sums = torch.zeros((self.count.numel(), *v.shape[1:]), dtype=v.dtype, device=v.device)
+        sums = sums.index_add(0, self.owner, v)  # (B, ...)
+        return (sums / self.count.view(-1, *([1] * (v.dim() - 1)))).cpu().numpy()
+
+
 def _using(model):
     """A context yielding the model: a view's `active()`, or the model itself."""
     return model.active() if hasattr(model, "active") else nullcontext(model)
@@ -281,24 +298,15 @@ def collect_drift(
         # per-sample reductions over token rows, batched: owner (R,) says which sample a row belongs to
         lengths = torch.as_tensor(per_sample, device=delta.device)  # (B,)
         owner = torch.repeat_interleave(torch.arange(len(idx), device=delta.device), lengths)  # (R,)
-        count = lengths.double()
-
-        def seg_max(v: torch.Tensor) -> np.ndarray:
-            out = torch.full((len(idx),), -torch.inf, dtype=v.dtype, device=v.device)
-            return out.scatter_reduce(0, owner, v, "amax").cpu().numpy()  # (B,)
-
-        def seg_mean(v: torch.Tensor) -> np.ndarray:
-            out = torch.zeros((len(idx), *v.shape[1:]), dtype=v.dtype, device=v.device)
-            sums = out.index_add(0, owner, v)  # (B, ...)
-            return (sums / count.view(-1, *([1] * (v.dim() - 1)))).cpu().numpy()
+        seg = _Segments(owner, lengths.double())
 
         rows_of = np.asarray(idx)
         col.n_tokens[rows_of] = per_sample
-        col.per_token_max[rows_of], col.per_token_mean[rows_of] = seg_max(r), seg_mean(r)
-        col.max_rel[rows_of], col.mean_rel[rows_of] = seg_max(rel), seg_mean(rel)
-        col.max_rel_input[rows_of] = seg_max(rel_input)
-        col.projector_only_mean[rows_of] = seg_mean(proj_only)
-        col.mean_delta[rows_of] = seg_mean(delta)
+        col.per_token_max[rows_of], col.per_token_mean[rows_of] = seg.max(r), seg.mean(r)
+        col.max_rel[rows_of], col.mean_rel[rows_of] = seg.max(rel), seg.mean(rel)
+        col.max_rel_input[rows_of] = seg.max(rel_input)
+        col.projector_only_mean[rows_of] = seg.mean(proj_only)
+        col.mean_delta[rows_of] = seg.mean(delta)
         col.top_dir[rows_of], col.energy[rows_of], col.image_r[rows_of] = drift_spectra(
             delta, per_sample, base_norm, energy_ranks
         )

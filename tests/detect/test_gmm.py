@@ -8,7 +8,6 @@ import torch
 from sklearn.mixture import GaussianMixture
 
 from poisonguard.detect import gmm
-
 from poisonguard.detect.gmm import GMMParams, fit_gmm_1d, log_likelihood, posterior
 
 N = 1200

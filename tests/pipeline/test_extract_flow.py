@@ -127,7 +127,7 @@ def test_screen_fan_out_both_passes_per_shard_and_drift_equal_one_process(
     from poisonguard.pipeline.layout import Layout
     from poisonguard.pipeline.validate import validate_for_model
 
-    data, ids = make_dataset(tmp_path / "data")
+    data, _ = make_dataset(tmp_path / "data")
     layout = Layout.screen(tmp_path / "report")
     state = screen_extraction(str(data), str(tiny_model_dir), str(tiny_finetuned_dir), str(layout.extract),
                               shard_size=4, batch_size=3, n_workers=2, device="cpu", drift=True,
