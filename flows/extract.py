@@ -191,18 +191,25 @@ def drift_one_shard(shard: int, data: str, image_root: str | None, base: str, fi
 
 
 @flow(name="screen-extraction")
-def screen_extraction(data: str, base: str, finetuned: str, out_dir: str, shard_size: int = 256,
-                      batch_size: int = 16, backend: str = "capture", image_root: str | None = None,
+def screen_extraction(data: str, base: str, finetuned: str, out_dir: str, shard_size: int | None = None,
+                      batch_size: int | None = None, backend: str = "capture", image_root: str | None = None,
                       n_workers: int = 1, address: str | None = None, device: str = "auto", dtype: str = "auto",
                       compile: bool = False, torch_threads: int = 1, drift: bool = False,
                       drift_batch_size: int = 64) -> dict[str, Any]:
     """Both models' features of a screen, one Dask task per shard doing both passes; with `drift`, the
     projector-drift collection too (one task per shard, merged in order). Returns {"finetuned": Extraction,
     "base": Extraction, "drift": DriftCollection | None}. `out_dir` holds `finetuned/` and `base/`: a
-    screen's `REPORT/extract` folder, reused by `poisonguard screen` as its own."""
+    screen's `REPORT/extract` folder, reused by `poisonguard screen` as its own. `shard_size` and
+    `batch_size` default to params.yaml's `extract_attention` section, as a screen's: a screen reuses only
+    shards of its own plan, and the shard size is part of the plan."""
     from poisonguard.audit.activations import merge_drift
     from poisonguard.extract import ensure_manifest, load_extraction
     from poisonguard.extract.storage import shard_path
+    from poisonguard.pipeline.config import section_config
+
+    screen_cfg = section_config("extract_attention")
+    shard_size = shard_size or screen_cfg.shard_size
+    batch_size = batch_size or screen_cfg.batch_size
 
     planned = plan_screen(data, image_root, base, finetuned)
     ids, inputs, tags = planned["ids"], planned["inputs"], planned["tags"]
@@ -375,7 +382,8 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--image-root")
-    parser.add_argument("--shard-size", type=int, default=256)
+    parser.add_argument("--shard-size", type=int, default=None,
+                        help="samples per shard (default 256; with --base/--finetuned params.yaml's, as a screen)")
     parser.add_argument("--n-workers", type=int, default=1)
     parser.add_argument("--address", help=f"existing Dask scheduler (default ${DASK_ADDRESS_ENV})")
     parser.add_argument("--model-dir", dest="model_dir", help="one model's extraction (extract_features)")
@@ -385,7 +393,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16")
     parser.add_argument("--compile", action="store_true", help="torch.compile the language model")
     parser.add_argument("--drift", action="store_true", help="also the projector-drift pass, per shard")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="samples per forward (default 16; with --base/--finetuned params.yaml's)")
     args = parser.parse_args()
     if args.base and args.finetuned:
         res = screen_extraction(args.data, args.base, args.finetuned, args.out_dir, shard_size=args.shard_size,
@@ -396,8 +405,8 @@ def main() -> None:
         return
     if not args.model_dir:
         parser.error("give --model-dir, or --base and --finetuned")
-    ext = extract_features(args.data, args.model_dir, args.out_dir, shard_size=args.shard_size,
-                           batch_size=args.batch_size, image_root=args.image_root, n_workers=args.n_workers,
+    ext = extract_features(args.data, args.model_dir, args.out_dir, shard_size=args.shard_size or 256,
+                           batch_size=args.batch_size or 16, image_root=args.image_root, n_workers=args.n_workers,
                            address=args.address, device=args.device)
     print(f"extracted {len(ext)} samples into {args.out_dir}")
 
