@@ -177,3 +177,59 @@ def test_cluster_choice_follows_the_gpus_and_dask_cuda() -> None:
     assert "cluster_class" not in cpu and cpu["cluster_kwargs"]["n_workers"] == 2
     with pytest.warns(UserWarning, match="dask-cuda is not installed"):
         assert "cluster_class" not in cluster_spec(None, 2, n_gpus=2, has_dask_cuda=False)
+
+
+def test_worker_models_of_an_adapter_equal_the_screens_passes(tmp_path: Path) -> None:
+    """In one worker an adapter is one model serving both passes (adapter on, then off) and both sides of the
+    drift pass, with the same features as the screen's `model_passes` / `drift_pair`. In process: the
+    cluster plumbing is the test above."""
+    import torch
+
+    from flows.extract import _key, _worker_models, lazy_examples
+    from poisonguard.audit.activations import collect_drift
+    from poisonguard.data import read_dataset
+    from poisonguard.data.loading import image_loader
+    from poisonguard.extract import extract
+    from poisonguard.models import drift_pair, model_passes
+    from poisonguard.pipeline.extraction import model_tags
+    from poisonguard.runtime import live_models
+    from poisonguard.train.finetune import FinetuneConfig, _wrap_lora, save_model
+    from tests.fixtures.families import build_tiny
+
+    model, processor = build_tiny("llava", seed=0)
+    model.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    peft_model = _wrap_lora(model, FinetuneConfig(mode="lora", lora_r=4))
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    save_model(peft_model, processor, tmp_path / "adapter")
+    del model, peft_model
+
+    data, ids = make_dataset(tmp_path / "data", n=6)
+    usable = [i for i in ids if i != "s05"]
+    examples = lazy_examples(str(data), None, usable)[:]
+    base, adapter = str(tmp_path / "base"), str(tmp_path / "adapter")
+    _worker_models.cache_clear()
+    worker = _worker_models(base, adapter, _key(model_tags(base, adapter)), device="cpu", dtype="float32")
+    assert live_models() == 1, "an adapter: one model in the worker"
+    got = {name: extract(m, p, examples, batch_size=3, show_progress=False) for name, m, p in worker.passes()}
+    want = {name: extract(m, p, examples, batch_size=3, show_progress=False)
+            for name, m, p in model_passes(base, adapter)}
+    for name in ("finetuned", "base"):
+        np.testing.assert_allclose(got[name].alloc, want[name].alloc, atol=1e-6)
+        np.testing.assert_allclose(got[name].hidden, want[name].hidden, atol=1e-5)
+    assert not np.allclose(got["finetuned"].hidden, got["base"].hidden), "the adapter was on, then off"
+
+    ds = read_dataset(data)
+    samples = [s for s in ds.samples if s.id in usable]
+    m0, m1, proc = worker.drift_pair()
+    mine = collect_drift(m0, m1, proc, samples, image_loader(ds.image_root), batch_size=3, show_progress=False)
+    with drift_pair(base, adapter) as (r0, r1, rproc):
+        ref = collect_drift(r0, r1, rproc, samples, image_loader(ds.image_root), batch_size=3,
+                            show_progress=False)
+    np.testing.assert_allclose(mine.per_token_mean, ref.per_token_mean, rtol=1e-6, equal_nan=True)
+    assert np.nanmax(mine.per_token_mean) > 0, "the adapter moves the projector"
+    _worker_models.cache_clear()
