@@ -199,11 +199,14 @@ def screen_extraction(data: str, base: str, finetuned: str, out_dir: str, shard_
     """Both models' features of a screen, one Dask task per shard doing both passes; with `drift`, the
     projector-drift collection too (one task per shard, merged in order). Returns {"finetuned": Extraction,
     "base": Extraction, "drift": DriftCollection | None}. `out_dir` holds `finetuned/` and `base/`: a
-    screen's `REPORT/extract` folder, reused by `poisonguard screen` as its own. `shard_size` and
+    screen's `REPORT/extract` folder, reused by `poisonguard screen` as its own; the drift scores (params.yaml
+    `audit_projector.scores`) go to `out_dir/drift_scores.npz`, the file a screen writes there (a screen
+    still runs its own drift pass: it does not read them back). `shard_size` and
     `batch_size` default to params.yaml's `extract_attention` section, as a screen's: a screen reuses only
     shards of its own plan, and the shard size is part of the plan."""
     from poisonguard.audit.activations import merge_drift
     from poisonguard.extract import ensure_manifest, load_extraction
+    from poisonguard.extract.features import DRIFT_FILE, save_drift_scores
     from poisonguard.extract.storage import shard_path
     from poisonguard.pipeline.config import section_config
 
@@ -227,8 +230,10 @@ def screen_extraction(data: str, base: str, finetuned: str, out_dir: str, shard_
     else:
         get_run_logger().info("all %d shards of both models in %s are done; loading them", n_shards, out_dir)
         pieces = []
-    return {name: load_extraction(Path(out_dir) / name, ids=ids) for name in plans} | {
-        "drift": merge_drift(pieces) if drift else None}
+    col = merge_drift(pieces) if drift else None
+    if col is not None:  # where a screen with this folder as its extraction folder keeps them
+        save_drift_scores(ids, _screen_drift_scores(col), Path(out_dir) / DRIFT_FILE)
+    return {name: load_extraction(Path(out_dir) / name, ids=ids) for name in plans} | {"drift": col}
 
 
 @flow(name="screen-shards")
@@ -258,6 +263,17 @@ def _screen_shards(data: str, image_root: str | None, base: str, finetuned: str,
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
+
+
+def _screen_drift_scores(col) -> dict:
+    """The drift scores a screen keeps (`pipeline.audit.audit_projector`), float64, from a merged collection."""
+    import numpy as np
+
+    from poisonguard.audit.activations import drift_scores, shared_direction
+    from poisonguard.pipeline.config import section_config
+
+    every = drift_scores(col, shared_direction(col))
+    return {name: np.asarray(every[name], dtype=np.float64) for name in section_config("audit_projector").scores}
 
 
 def cluster_spec(address: str | None, n_workers: int, *, n_gpus: int | None = None,

@@ -165,6 +165,10 @@ def test_screen_fan_out_both_passes_per_shard_and_drift_equal_one_process(
     a, b = drift_scores(col, shared_direction(col)), drift_scores(ref, shared_direction(ref))
     for name in a:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-9, equal_nan=True, err_msg=name)
+    from poisonguard.extract.features import load_drift_scores
+
+    saved = load_drift_scores(layout.drift, [s.id for s in checked.ok])  # the screen's drift file
+    assert saved and all(np.allclose(v, b[k], equal_nan=True) for k, v in saved.items())
 
 
 def test_cluster_choice_follows_the_gpus_and_dask_cuda() -> None:
