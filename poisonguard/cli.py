@@ -28,6 +28,10 @@ Device = Annotated[str | None, typer.Option(
     help="auto | cpu | cuda | cuda:N (default: params.yaml runtime.device; auto = CUDA when a GPU is present).")]
 Dtype = Annotated[str | None, typer.Option(
     help="auto | float32 | bfloat16 (default: params.yaml runtime.dtype; auto = bf16 on a GPU, fp32 on the CPU).")]
+Compile = Annotated[bool | None, typer.Option(
+    "--compile/--no-compile",
+    help="torch.compile the language model for the extraction passes (default: params.yaml runtime.compile). "
+         "A GPU speed-up; on the CPU it works but compiling takes minutes.")]
 
 
 def _setup_threads(runtime=None) -> None:
@@ -129,6 +133,7 @@ def finetune(
     merge: Annotated[bool, typer.Option("--merge", help="LoRA: save the merged model instead of the adapter.")] = False,
     device: Device = None,
     dtype: Dtype = None,
+    compile: Compile = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Fine-tune a model on a dataset (the pipeline's `finetune` stage: samples that fail validation against
@@ -136,7 +141,7 @@ def finetune(
     from poisonguard.pipeline.finetuning import finetune as run
 
     config = _config(params, finetune={"mode": "lora" if lora else mode, "epochs": epochs, "lr": lr, "seed": seed,
-                                       "merge": merge or None}, runtime={"device": device, "dtype": dtype})
+                                       "merge": merge or None}, runtime={"device": device, "dtype": dtype, "compile": compile})
     runtime = _runtime(config)
     _setup_threads(runtime)
     cfg = config.finetune
@@ -159,13 +164,14 @@ def eval_model(
     base: Annotated[Path | None, typer.Option(help="Base model of a LoRA adapter folder given as --model.")] = None,
     device: Device = None,
     dtype: Dtype = None,
+    compile: Compile = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Clean accuracy (CP), attack success rate (ASR) and poisoned-train fit, as JSON (benchmark tool)."""
     from poisonguard.pipeline.config import attack_params
     from poisonguard.train.evaluate import evaluate_files
 
-    runtime = _runtime(_config(params, runtime={"device": device, "dtype": dtype}))
+    runtime = _runtime(_config(params, runtime={"device": device, "dtype": dtype, "compile": compile}))
     _setup_threads(runtime)
     with _bad_input():
         result = evaluate_files(model, test, attack=attack, target=target, train=train, poison_ids=poison_ids,
@@ -185,13 +191,14 @@ def screen(
     params: Annotated[Path | None, typer.Option(help="params.yaml (every pipeline section; default the repo's).")] = None,
     device: Device = None,
     dtype: Dtype = None,
+    compile: Compile = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Screen a dataset: verdict per sample (ok / quarantined / flagged) and a release candidate. Runs the
     pipeline's stages (those of `dvc repro`) in one process."""
     from poisonguard.pipeline.screen import run_screen
 
-    cfg = _config(params, em_vote={"decide": detector}, runtime={"device": device, "dtype": dtype})
+    cfg = _config(params, em_vote={"decide": detector}, runtime={"device": device, "dtype": dtype, "compile": compile})
     _setup_threads(_runtime(cfg))
     with _bad_input():
         res = run_screen(data, base, out, finetuned=finetuned, image_folder=image_folder, config=cfg,
@@ -235,13 +242,14 @@ def bench(
     params: Annotated[Path | None, typer.Option(help="params.yaml (the pipeline's sections; default the repo's).")] = None,
     device: Device = None,
     dtype: Dtype = None,
+    compile: Compile = None,
 ) -> None:
     """The benchmark: attacks x rates x seeds x detectors with controls (and --retrain, the defence loop);
     writes summary.json, tables.md (mean ± std over seeds) and report/index.html with plots."""
     from poisonguard.attacks import ATTACKS
     from poisonguard.bench import BenchConfig, quick_config, run_bench
 
-    pipeline = _config(params, runtime={"device": device, "dtype": dtype})
+    pipeline = _config(params, runtime={"device": device, "dtype": dtype, "compile": compile})
     _setup_threads(_runtime(pipeline))
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
 
@@ -326,6 +334,7 @@ def audit(
     params: Annotated[Path | None, typer.Option(help="params.yaml (section runtime; default the repo's).")] = None,
     device: Device = None,
     dtype: Dtype = None,
+    compile: Compile = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Projector audit (ProjLens): ΔW spectra, drift of each visual token, rank-k removal / reconstruction."""
@@ -347,7 +356,7 @@ def audit(
     if repair_k < 1:
         _fail(f"--repair-k must be a positive integer, got {repair_k}")
     ranks = _positive_ints(ks, "--ks")
-    runtime = _runtime(_config(params, runtime={"device": device, "dtype": dtype}))
+    runtime = _runtime(_config(params, runtime={"device": device, "dtype": dtype, "compile": compile}))
     _setup_threads(runtime)
     log = lambda m: typer.echo(m, err=True)
     with _bad_input():

@@ -15,6 +15,8 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import bench_drift
+import bench_gmm
 import bench_speed
 import gpu_llava7b
 
@@ -97,3 +99,16 @@ def test_bench_speed_times_dvc_repro_per_stage_on_a_tiny_world(tmp_path):
     assert list(res["stages"]) == ["world", "poison", "finetune", "extract_attention", "audit_projector",
                                    "profile_heads", "fit_gmm", "em_vote", "gate", "release"]
     assert 0 <= res["total"] - sum(res["stages"].values()) < 60  # only DVC's start-up precedes the first stage
+
+
+def test_bench_drift_times_both_formulations_in_one_run(capsys):
+    res = bench_drift.run(6, 10, 16, threads=1)
+    assert "old/new time ratio" in capsys.readouterr().out
+    assert res["reference_s"] > 0 and res["batched_s"] > 0
+    assert res["min_abs_cos"] > 1 - 1e-5 and res["max_abs_denergy"] < 1e-5
+
+
+def test_bench_gmm_device_cpu_without_sklearn(capsys):
+    res = bench_gmm.run(3000, 4, sk_heads=0, threads=1, device="cpu")
+    assert "on cpu" in capsys.readouterr().out
+    assert res["device"] == "cpu" and res["batched_s"] > 0 and "sklearn_s_extrapolated" not in res

@@ -48,3 +48,6 @@ def test_tiny_run_on_the_cpu(tmp_path):
                                    tmp_path, "cuda", "bfloat16", 16)
     assert cmds["cli screen"][-4:] == ["--device", "cuda", "--dtype", "bfloat16"]
     assert "--finetuned" in cmds["cli audit"] and (tmp_path / "params.yaml").is_file()
+    compiled = gpu_screen.cli_commands(tmp_path / "w" / "base", tmp_path / "w" / "adapter", tmp_path / "d.json",
+                                       tmp_path, "cuda", "bfloat16", 16, compile=True)
+    assert compiled["cli screen"][-1] == "--compile" and compiled["cli audit"][-1] == "--compile"

@@ -78,3 +78,34 @@ def test_thread_cap_applies_on_the_cpu_only(monkeypatch):
             set_threads(CPU_FP32)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("command", ["screen", "finetune", "eval", "audit", "bench"])
+def test_compile_flag_reaches_the_runtime(command, monkeypatch):
+    """`--compile` on every command that takes --device goes into the runtime, over params.yaml's
+    `runtime.compile`; absent, params.yaml's value (false) holds. (`_runtime` is replaced to stop the
+    command right after it has built its runtime.)"""
+    from typer.testing import CliRunner
+
+    from poisonguard import cli
+
+    seen = []
+
+    def stop(cfg):
+        seen.append(cfg.runtime.compile)
+        raise SystemExit(0)  # the runtime is all this test needs: stop before any work
+
+    monkeypatch.setattr(cli, "_runtime", stop)
+    help_text = CliRunner().invoke(cli.app, [command, "--help"], env={"COLUMNS": "200"}).output
+    assert "--compile" in help_text and "--no-compile" in help_text
+    args = {"screen": ["--data", "d.json", "--base", "b", "--out", "o"],
+            "finetune": ["--data", "d.json", "--base", "b", "--out", "o"],
+            "eval": ["--model", "m", "--test", "t.json"],
+            "audit": None,  # checks its model folders before the runtime: --help only
+            "bench": ["--out", "o"]}[command]
+    if args is None:
+        return
+    for flag, want in (([], False), (["--compile"], True)):
+        seen.clear()
+        CliRunner().invoke(cli.app, [command, *args, *flag])
+        assert seen == [want], (command, flag, seen)

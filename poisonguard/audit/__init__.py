@@ -7,6 +7,8 @@ from poisonguard.audit.activations import (
     collect_drift,
     drift_features,
     drift_scores,
+    fit_stride,
+    merge_drift,
     shared_direction,
 )
 from poisonguard.audit.projector import (
@@ -29,8 +31,10 @@ __all__ = [
     "drift_features",
     "drift_scores",
     "find_projector",
+    "fit_stride",
     "image_inputs",
     "layer_deltas",
+    "merge_drift",
     "projector_features",
     "projector_linears",
     "rank_k_edit",

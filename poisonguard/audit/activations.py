@@ -56,7 +56,8 @@ class DriftCollection:
     mean_t of ‖ΔE_t‖ / ‖E0_t‖ (the norm law divided out);
     max_rel_input: (N,) max_t ‖ΔE_t‖ / ‖v1_t‖ (the probe's normalisation by the projector input);
     projector_only_mean: (N,) mean_t ‖P1(v0_t) − P0(v0_t)‖ (the projector's share, the tower held at base);
-    mean_delta: (N, D) mean_t ΔE_t; top_dir: (N, D) top right singular vector of the sample's ΔE (sign free);
+    mean_delta: (N, D) mean_t ΔE_t; top_dir: (N, D) top right singular vector of the sample's ΔE (sign free,
+    NaN when ΔE is zero);
     energy: (N, K) cumulative energy share of the top-1..K singular components of the sample's ΔE;
     image_r: (N,) ProjLens's own norm-law statistic (research/projlens.md §4.3): per sample, Pearson r between
     each token's coordinate on the sample's top drift direction (sign fixed so the tokens drift positively
@@ -97,11 +98,13 @@ def _offsets(idx: Sequence[int], samples: Sequence[Sample]) -> list[int]:
 
 
 def _cumulative_energy(s: torch.Tensor, k: int) -> np.ndarray:
+    """Cumulative energy share of the top-k singular values s (descending); NaN for an all-zero spectrum,
+    1.0 past the rank. Used by the float64 reference."""
     e = s.double() ** 2
     out = np.full(k, np.nan)
     total = e.sum().item()
     if total > 0:
-        c = (torch.cumsum(e, 0) / total).numpy()
+        c = (torch.cumsum(e, 0) / total).cpu().numpy()
         out[: min(k, c.size)] = c[:k]
         out[c.size :] = 1.0
     return out
@@ -122,6 +125,90 @@ def _image_norm_r(delta: torch.Tensor, top: torch.Tensor, base_norm: torch.Tenso
     return float((c @ x).item() / denom)
 
 
+def drift_spectra_float64(
+    delta: torch.Tensor, lengths: Sequence[int], base_norm: torch.Tensor, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reference for `drift_spectra`: one float64 SVD per sample (what the drift pass did before it was
+    batched; kept for the tests and `benchmarks/bench_drift.py`). Same arguments and results."""
+    top, energy, image_r = [], [], []
+    for d_i, n_i in zip(delta.double().split(list(lengths)), base_norm.double().split(list(lengths))):
+        _, sv, vh = torch.linalg.svd(d_i, full_matrices=False)
+        top.append(vh[0].float().cpu().numpy() if sv[0] > 0 else np.full(d_i.shape[1], np.nan, np.float32))
+        energy.append(_cumulative_energy(sv, k))
+        image_r.append(_image_norm_r(d_i, vh[0], n_i))
+    return np.stack(top), np.stack(energy), np.asarray(image_r)
+
+
+def drift_spectra(
+    delta: torch.Tensor, lengths: Sequence[int], base_norm: torch.Tensor, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-sample spectrum of ΔE for a batch, in one batched float32 eigenproblem on delta's device.
+
+    delta (R, D): the token rows of B samples back to back, `lengths` (B,) rows each; base_norm (R,) ‖E0_t‖.
+    Returns top_dir (B, D) float32 (the top right singular vector, sign free; NaN for an all-zero ΔE),
+    energy (B, k) (cumulative energy share of the top-1..k components, as `DriftCollection.energy`) and
+    image_r (B,) (`_image_norm_r`).
+
+    Why not one SVD per sample: that is B small LAPACK calls in float64 per batch, with a host sync each,
+    slow on a GPU (float64, launch-bound) and the largest CPU cost of the pass. ΔE_i (T, D) has the singular
+    values √λ of its Gram matrix; with T ≤ D the (T, T) Gram ΔE ΔEᵀ is the small side (576 × 576 for a
+    LLaVA-1.5 image against D = 4096), else the (D, D) one. Samples are zero-padded to the longest T: zero
+    rows add only zero eigenvalues. float32 is enough for what is kept: energy shares to ~1e-6, and the
+    top vector to the precision its gap σ1² − σ2² allows (a float64 SVD cannot do better there either).
+    """
+    dev = delta.device
+    b = len(lengths)
+    rows = list(lengths)
+    x = torch.nn.utils.rnn.pad_sequence(list(delta.float().split(rows)), batch_first=True)  # (B, T, D)
+    t, d = x.shape[1], x.shape[2]
+    if t <= d:
+        lam, u = torch.linalg.eigh(x @ x.transpose(1, 2))  # (B, T) ascending, (B, T, T)
+        top = (x.transpose(1, 2) @ u[:, :, -1:])[..., 0]  # (B, D) = ΔEᵀ u1 = σ1 v1
+    else:
+        lam, vecs = torch.linalg.eigh(x.transpose(1, 2) @ x)  # (B, D), (B, D, D)
+        top = vecs[:, :, -1]  # (B, D)
+    lam = lam.flip(-1).clamp_min(0.0).double()  # (B, r) descending
+    total = lam.sum(-1, keepdim=True)  # (B, 1)
+    share = torch.cumsum(lam, -1) / total.clamp_min(torch.finfo(torch.float64).tiny)  # (B, r)
+    energy = torch.ones(b, k, dtype=torch.float64, device=dev)
+    energy[:, : min(k, share.shape[1])] = share[:, :k]
+    energy[total[:, 0] <= 0] = float("nan")
+    zero = lam[:, 0] <= 0  # (B,) no drift: no direction
+    top = top / top.norm(dim=1, keepdim=True).clamp_min(_EPS)
+    top[zero] = float("nan")
+
+    # image_r: Pearson r of c_t = ⟨ΔE_t, v⟩ (sign fixed so mean c ≥ 0) against ‖E0_t‖, per sample
+    xd = torch.nn.utils.rnn.pad_sequence(list(delta.double().split(rows)), batch_first=True)  # (B, T, D)
+    nrm = torch.nn.utils.rnn.pad_sequence(list(base_norm.double().split(rows)), batch_first=True)  # (B, T)
+    n_t = torch.as_tensor(rows, dtype=torch.float64, device=dev)  # (B,)
+    mask = torch.arange(t, device=dev)[None, :] < n_t[:, None]  # (B, T)
+    c = (xd @ torch.nan_to_num(top).double()[:, :, None])[..., 0]  # (B, T), 0 on padding
+    c = torch.where((c.sum(1) / n_t < 0)[:, None], -c, c)
+    c = torch.where(mask, c - (c.sum(1) / n_t)[:, None], 0.0)
+    nrm = torch.where(mask, nrm - (nrm.sum(1) / n_t)[:, None], 0.0)
+    denom = c.norm(dim=1) * nrm.norm(dim=1)  # (B,)
+    r = (c * nrm).sum(1) / denom.clamp_min(_EPS)
+    r = torch.where((n_t < 3) | (denom <= _EPS) | zero, float("nan"), r)
+    return top.cpu().numpy(), energy.cpu().numpy(), r.cpu().numpy()
+
+
+class _Segments:
+    """Per-sample reductions over a batch's token rows: `owner` (R,) is each row's sample, `count` (B,) the
+    rows per sample (none empty). Results come to the host as NumPy."""
+
+    def __init__(self, owner: torch.Tensor, count: torch.Tensor):
+        self.owner, self.count = owner, count
+
+    def max(self, v: torch.Tensor) -> np.ndarray:
+        out = torch.full((self.count.numel(),), -torch.inf, dtype=v.dtype, device=v.device)
+        return out.scatter_reduce(0, self.owner, v, "amax").cpu().numpy()  # (B,)
+
+    def mean(self, v: torch.Tensor) -> np.ndarray:
+        sums = torch.zeros((self.count.numel(), *v.shape[1:]), dtype=v.dtype, device=v.device)
+        sums = sums.index_add(0, self.owner, v)  # (B, ...)
+        return (sums / self.count.view(-1, *([1] * (v.dim() - 1)))).cpu().numpy()
+
+
 def _using(model):
     """A context yielding the model: a view's `active()`, or the model itself."""
     return model.active() if hasattr(model, "active") else nullcontext(model)
@@ -139,6 +226,8 @@ def collect_drift(
     energy_ranks: int = 4,
     fit_samples: int = 1000,
     max_fit_tokens: int = 50000,
+    fit_every: int | None = None,
+    position: int = 0,
     show_progress: bool = True,
 ) -> DriftCollection:
     """One pass: both models see the same pixels (`processor` = the base's), each through its own tower.
@@ -147,6 +236,10 @@ def collect_drift(
     (`poisonguard.models.AdapterView`: one peft model serves as both, adapter off and on).
     The token rows of `fit_samples` evenly spaced samples (at most `max_fit_tokens` rows) are kept for the
     norm law; everything else is reduced per sample, so memory does not grow with tokens × samples.
+    A fan-out over shards (flows/extract.py) passes the whole drop's `fit_every` and each shard's `position`
+    (image samples before it), so `merge_drift` of the shards keeps the same token rows as one pass.
+    The per-sample statistics are computed batch-wide on the models' device (segment reductions and one
+    batched eigenproblem, `drift_spectra`) and come to the host once per batch.
     """
     n = len(samples)
     with _using(base) as m0:
@@ -171,7 +264,8 @@ def collect_drift(
         fit_owner=np.zeros(0, dtype=np.int64),
     )
     with_images = [i for i, s in enumerate(samples) if s.images]
-    fit_every = max(1, -(-len(with_images) // max(1, fit_samples)))
+    if fit_every is None:
+        fit_every = fit_stride(len(with_images), fit_samples)
     fit_rows: list[np.ndarray] = []
     fit_norms: list[np.ndarray] = []
     fit_owner: list[np.ndarray] = []
@@ -182,48 +276,77 @@ def collect_drift(
         images = [load_image(ref) for i in idx for ref in samples[i].images]
         inputs = image_inputs(processor, images)
         with _using(base) as m0:
-            f0 = projector_features(m0, inputs)
-        v0 = torch.cat(f0.v)  # (R, D_in): every token of the batch
+            f0 = projector_features(m0, inputs, on_device=True)
+        v0 = torch.cat(f0.v)  # (R, D_in): every token of the batch, on the model's device
         with _using(finetuned) as m1:
-            f1 = projector_features(m1, inputs)
-            p1_v0 = apply_projector(m1, v0)  # (R, D): the fine-tuned projector on the base tower's output
+            f1 = projector_features(m1, inputs, on_device=True)
+            p1_v0 = apply_projector(m1, v0, on_device=True)  # (R, D): the fine-tuned projector on v0
         v1 = torch.cat(f1.v)  # (R, D_in)
         e0, e1 = torch.cat(f0.e), torch.cat(f1.e)  # (R, D)
+        e1, v1, p1_v0 = e1.to(e0.device), v1.to(e0.device), p1_v0.to(e0.device)
         delta = (e1 - e0).double()  # (R, D)
         r = delta.norm(dim=1)  # (R,)
         base_norm = e0.norm(dim=1).double()  # (R,)
         rel = r / base_norm.clamp_min(_EPS)  # (R,)
         rel_input = r / v1.norm(dim=1).double().clamp_min(_EPS)  # (R,)
-        proj_only = (p1_v0 - e0).norm(dim=1)  # (R,): tower held at base
-        col.gram += (delta.T @ delta).numpy()  # (D, D)
+        proj_only = (p1_v0 - e0).norm(dim=1).double()  # (R,): tower held at base
+        col.gram += (delta.T @ delta).cpu().numpy()  # (D, D)
         image_rows = [e.shape[0] for e in f0.e]
         per_sample = [
             sum(image_rows[a : a + len(samples[i].images)]) for a, i in zip(_offsets(idx, samples), idx)
         ]
-        for j, (i, rows) in enumerate(zip(idx, torch.arange(r.numel()).split(per_sample))):
-            d_i = delta[rows]  # (T, D)
-            col.n_tokens[i] = rows.numel()
-            col.per_token_max[i] = r[rows].max().item()
-            col.per_token_mean[i] = r[rows].mean().item()
-            col.max_rel[i] = rel[rows].max().item()
-            col.mean_rel[i] = rel[rows].mean().item()
-            col.max_rel_input[i] = rel_input[rows].max().item()
-            col.projector_only_mean[i] = proj_only[rows].mean().item()
-            col.mean_delta[i] = d_i.mean(0).numpy()
-            _, sv, vh = torch.linalg.svd(d_i, full_matrices=False)
-            col.top_dir[i] = vh[0].numpy()
-            col.energy[i] = _cumulative_energy(sv, energy_ranks)
-            col.image_r[i] = _image_norm_r(d_i, vh[0], base_norm[rows])
-            if (start + j) % fit_every == 0 and kept < max_fit_tokens:
-                fit_rows.append(d_i.float().numpy())
-                fit_norms.append(base_norm[rows].numpy())
-                fit_owner.append(np.full(rows.numel(), i))
-                kept += rows.numel()
+        # per-sample reductions over token rows, batched: owner (R,) says which sample a row belongs to
+        lengths = torch.as_tensor(per_sample, device=delta.device)  # (B,)
+        owner = torch.repeat_interleave(torch.arange(len(idx), device=delta.device), lengths)  # (R,)
+        seg = _Segments(owner, lengths.double())
+
+        rows_of = np.asarray(idx)
+        col.n_tokens[rows_of] = per_sample
+        col.per_token_max[rows_of], col.per_token_mean[rows_of] = seg.max(r), seg.mean(r)
+        col.max_rel[rows_of], col.mean_rel[rows_of] = seg.max(rel), seg.mean(rel)
+        col.max_rel_input[rows_of] = seg.max(rel_input)
+        col.projector_only_mean[rows_of] = seg.mean(proj_only)
+        col.mean_delta[rows_of] = seg.mean(delta)
+        col.top_dir[rows_of], col.energy[rows_of], col.image_r[rows_of] = drift_spectra(
+            delta, per_sample, base_norm, energy_ranks
+        )
+        bounds = np.concatenate(([0], np.cumsum(per_sample)))
+        for j, i in enumerate(idx):
+            if (position + start + j) % fit_every == 0 and kept < max_fit_tokens:
+                a, b = int(bounds[j]), int(bounds[j + 1])
+                fit_rows.append(delta[a:b].float().cpu().numpy())
+                fit_norms.append(base_norm[a:b].cpu().numpy())
+                fit_owner.append(np.full(b - a, i))
+                kept += b - a
     if fit_rows:
         col.fit_delta = np.concatenate(fit_rows)[:max_fit_tokens]
         col.fit_base_norm = np.concatenate(fit_norms)[:max_fit_tokens]
         col.fit_owner = np.concatenate(fit_owner)[:max_fit_tokens]
     return col
+
+
+def fit_stride(n_with_images: int, fit_samples: int = 1000) -> int:
+    """Every how many image samples one keeps its token rows for the norm law (`collect_drift`)."""
+    return max(1, -(-n_with_images // max(1, fit_samples)))
+
+
+def merge_drift(parts: Sequence[DriftCollection], max_fit_tokens: int = 50000) -> DriftCollection:
+    """One collection from the collections of consecutive shards (in order): rows concatenated, Gram
+    matrices summed, the kept token rows concatenated and cut at `max_fit_tokens` as one pass would."""
+    if not parts:
+        raise ValueError("merge_drift needs at least one collection")
+    cat = {name: np.concatenate([getattr(p, name) for p in parts]) for name in (
+        "ids", "n_tokens", "per_token_max", "per_token_mean", "max_rel", "mean_rel", "max_rel_input",
+        "projector_only_mean", "mean_delta", "top_dir", "energy", "image_r")}
+    offsets = np.cumsum([0] + [len(p.ids) for p in parts[:-1]])
+    fit_owner = np.concatenate([p.fit_owner + o for p, o in zip(parts, offsets)])[:max_fit_tokens]
+    return DriftCollection(
+        **cat,
+        gram=np.sum([p.gram for p in parts], axis=0),
+        fit_delta=np.concatenate([p.fit_delta for p in parts])[:max_fit_tokens],
+        fit_base_norm=np.concatenate([p.fit_base_norm for p in parts])[:max_fit_tokens],
+        fit_owner=fit_owner,
+    )
 
 
 def shared_direction(col: DriftCollection) -> np.ndarray:
@@ -320,6 +443,7 @@ def direction_alignment(
     """How much the samples' own top drift directions agree: |cos| with the shared direction, and the mean
     pairwise |cos| over up to `max_pairs` samples (ProjLens: one "universal drift vector")."""
     dirs = col.top_dir[col.has_image].astype(np.float64)  # (M, D), unit rows
+    dirs = dirs[np.isfinite(dirs).all(axis=1)]  # a sample whose ΔE is zero has no direction
     if dirs.shape[0] == 0:
         return {
             "mean_abs_cos_to_shared": None,

@@ -135,8 +135,11 @@ def _qwen_rows(
 
 
 @torch.no_grad()
-def projector_features(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> ProjectorFeatures:
-    """v and E for a batch of images (`image_inputs` output), through the model's own vision path."""
+def projector_features(
+    model: nn.Module, inputs: Mapping[str, torch.Tensor], *, on_device: bool = False
+) -> ProjectorFeatures:
+    """v and E for a batch of images (`image_inputs` output), through the model's own vision path; float32,
+    on the CPU, or on the projector's device with `on_device` (the drift pass reduces them there)."""
     if model.config.model_type not in ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "internvl"):
         raise NotImplementedError(f"projector activations for model_type {model.config.model_type!r}")
     _, proj = find_projector(model)
@@ -154,21 +157,26 @@ def projector_features(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> 
     v, e = captured["v"], captured["e"]
     if model.config.model_type in ("qwen2_vl", "qwen2_5_vl"):
         v, e = _qwen_rows(model, inputs, v, e)
-    v = v.reshape(-1, v.shape[-1]).float().cpu()  # (R, D_in), on the CPU for the audit's float64 statistics
-    e = e.reshape(-1, e.shape[-1]).float().cpu()  # (R, D_out)
+    v = v.reshape(-1, v.shape[-1]).float()  # (R, D_in)
+    e = e.reshape(-1, e.shape[-1]).float()  # (R, D_out)
+    if not on_device:  # on the CPU for the audit's float64 statistics
+        v, e = v.cpu(), e.cpu()
     counts = _split_counts(model, inputs, e.shape[0])
     return ProjectorFeatures(list(v.split(counts)), list(e.split(counts)))
 
 
 @torch.no_grad()
-def apply_projector(model: nn.Module, v: torch.Tensor) -> torch.Tensor:
+def apply_projector(model: nn.Module, v: torch.Tensor, *, on_device: bool = False) -> torch.Tensor:
     """E = P(v) for token rows v (T, D_in) as `projector_features` returns them: the projector alone.
 
     Used to separate the projector's own change from the vision tower's (P1(v0) − P0(v0) vs. the full ΔE).
+    float32, on the CPU, or on the projector's device with `on_device`.
     """
     _, proj = find_projector(model)
     v = to_device(v, proj)
     if model.config.model_type in ("qwen2_vl", "qwen2_5_vl"):
         context = proj.ln_q.weight.shape[0]
-        return proj(v.reshape(-1, context)).float().cpu()  # (T, D_out): the merger regroups the rows itself
-    return proj(v).float().cpu()  # (T, D_out)
+        e = proj(v.reshape(-1, context)).float()  # (T, D_out): the merger regroups the rows itself
+    else:
+        e = proj(v).float()  # (T, D_out)
+    return e if on_device else e.cpu()

@@ -22,6 +22,11 @@ runs in two stages:
 
 Columns are standardised internally (GMMs are affine-equivariant; parameters and log-likelihoods are mapped
 back), and `reg_covar` is added to every variance in the caller's units, as sklearn does.
+
+Device. `device="cuda"` runs the same float64 kernels on a GPU (every tensor is made under a
+`torch.device` context; the k-means++ uniforms are still drawn on the CPU, so a fit does not depend on
+where it ran). The GPU takes bigger column batches than the CPU, whose batch sizes are set for its cache;
+columns are independent, so batching changes only the rounding of a few reductions.
 """
 
 from __future__ import annotations
@@ -45,6 +50,28 @@ _EXACT_STEP_ELEMENTS = 2**19
 _BLOCK_GROUP_ELEMENTS = 2**21
 _LOG_2PI = math.log(2.0 * math.pi)
 _SHORT_EM = 10  # iterations every restart gets before only the best one per column continues
+# On a GPU the cache-sized batches above would be launch-bound: 64× bigger batches there (a (columns, K,
+# blocks) float64 tensor of 1 GiB at most).
+_GPU_SCALE = 64
+
+
+def _budgets(device: torch.device) -> tuple[int, int, int]:
+    """(raw-sample chunk, exact-step, block-group) element budgets for a device."""
+    if device.type == "cpu":
+        return _MAX_ELEMENTS, _EXACT_STEP_ELEMENTS, _BLOCK_GROUP_ELEMENTS
+    return _MAX_ELEMENTS * 8, _EXACT_STEP_ELEMENTS * _GPU_SCALE, _BLOCK_GROUP_ELEMENTS * _GPU_SCALE
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`None`/"cpu" → CPU, "auto" → CUDA when present, else the named device (a clear error without CUDA)."""
+    if device is None:
+        return torch.device("cpu")
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"GMM device {device!r}: CUDA is not available on this machine (use cpu or auto)")
+    return dev
 
 
 @dataclass(frozen=True)
@@ -149,6 +176,7 @@ def fit_gmm_1d(
     polish_iter: int = 0,
     seed: int = 0,
     chunk_size: int | None = None,
+    device: str | torch.device | None = None,
 ) -> GMMFit:
     """Fit 1-D Gaussian mixtures with each K in `ks` to every column of `x` (N, M).
 
@@ -162,7 +190,9 @@ def fit_gmm_1d(
     n_blocks:    blocks per column for the compressed stage; N ≤ n_blocks runs exact EM.
     polish_iter: exact EM iterations on the raw samples after the compressed stage (0: none; the reported
                  log-likelihood is exact either way).
-    chunk_size:  columns fitted together; by default as many as keep a (columns, N, K) tensor at 128 MiB.
+    chunk_size:  columns fitted together; by default as many as keep a (columns, N, K) tensor at 128 MiB
+                 (1 GiB on a GPU).
+    device:      where the kernels run (None or "cpu", "cuda", "cuda:N", "auto"); results come back as NumPy.
     """
     X = np.asarray(x)  # converted to float64 chunk by chunk
     if X.ndim == 1:
@@ -190,18 +220,27 @@ def fit_gmm_1d(
     n_iter = np.zeros((m, n_k), dtype=np.int64)
     converged = np.zeros((m, n_k), dtype=bool)
 
-    gen = torch.Generator().manual_seed(seed)
-    uniforms = {k: torch.rand(m, n_init - 1, k, generator=gen, dtype=_DTYPE) for k in ks_t if k > 1}
-    data = _prepare(X, n_blocks, reg_covar, chunk_size or max(1, _MAX_ELEMENTS // (n * k_max)))
-    for i, k in enumerate(ks_t):
-        w, mu, var, ll, it, conv = _fit_k(data, k, uniforms.get(k), n_init, max_iter, tol, polish_iter)
-        order = mu.argsort(1)  # components sorted by mean
-        w, mu, var = w.gather(1, order), mu.gather(1, order), var.gather(1, order)
-        weights[:, i, :k] = w.numpy()
-        means[:, i, :k] = (data.loc[:, None] + data.scale[:, None] * mu).numpy()  # back to the caller's units
-        variances[:, i, :k] = (var * data.scale[:, None] ** 2).numpy()
-        loglik[:, i] = (ll - n * torch.log(data.scale)).numpy()
-        n_iter[:, i], converged[:, i] = it.numpy(), conv.numpy()
+    dev = resolve_device(device)
+    raw_budget, exact_step, block_group = _budgets(dev)
+    gen = torch.Generator().manual_seed(seed)  # CPU draws: the same uniforms on every device
+    uniforms = {
+        k: torch.rand(m, n_init - 1, k, generator=gen, dtype=_DTYPE, device="cpu").to(dev)
+        for k in ks_t
+        if k > 1
+    }
+    with torch.device(dev):
+        data = _prepare(X, n_blocks, reg_covar, chunk_size or max(1, raw_budget // (n * k_max)), dev)
+        for i, k in enumerate(ks_t):
+            w, mu, var, ll, it, conv = _fit_k(
+                data, k, uniforms.get(k), n_init, max_iter, tol, polish_iter, exact_step, block_group
+            )
+            order = mu.argsort(1)  # components sorted by mean
+            w, mu, var = w.gather(1, order), mu.gather(1, order), var.gather(1, order)
+            weights[:, i, :k] = w.cpu().numpy()
+            means[:, i, :k] = (data.loc[:, None] + data.scale[:, None] * mu).cpu().numpy()  # caller's units
+            variances[:, i, :k] = (var * data.scale[:, None] ** 2).cpu().numpy()
+            loglik[:, i] = (ll - n * torch.log(data.scale)).cpu().numpy()
+            n_iter[:, i], converged[:, i] = it.cpu().numpy(), conv.cpu().numpy()
     return GMMFit(ks_t, weights, means, variances, loglik, n_iter, converged, n)
 
 
@@ -268,14 +307,16 @@ def _log_lik(feats: torch.Tensor, w: torch.Tensor, mu: torch.Tensor, var: torch.
     return top + torch.log(torch.exp(lp - top[:, None]).sum(1))
 
 
-def _exact_log_lik(z: torch.Tensor, w: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+def _exact_log_lik(
+    z: torch.Tensor, w: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, step_elements: int = _EXACT_STEP_ELEMENTS
+) -> torch.Tensor:
     """(C,) total log-likelihood of raw samples z (C, N), in float32 chunks of the direct form
     −(x − μ)²/(2σ²) (stable where the quadratic form [1, x, x²]·c would cancel), summed in float64."""
     c0 = (torch.log(w) - 0.5 * (_LOG_2PI + torch.log(var))).float()[:, :, None]  # (C, K, 1)
     h = (-0.5 / var).float()[:, :, None]
     m = mu.float()[:, :, None]
-    total = torch.zeros(z.shape[0], dtype=_DTYPE)
-    step = max(1, _EXACT_STEP_ELEMENTS // (z.shape[0] * w.shape[1]))
+    total = torch.zeros(z.shape[0], dtype=_DTYPE, device=z.device)
+    step = max(1, step_elements // (z.shape[0] * w.shape[1]))
     for s in range(0, z.shape[1], step):
         d = z[:, None, s : s + step].float() - m  # (C, K, n)
         total += torch.logsumexp(torch.addcmul(c0, d * d, h), dim=1).sum(-1, dtype=_DTYPE)
@@ -440,12 +481,17 @@ class _Columns:
     chunk: int  # columns per exact-stage chunk
 
 
-def _prepare(x: np.ndarray, n_blocks: int, reg_covar: float, chunk: int) -> _Columns:
-    """Sort (numpy sorts faster than torch), standardise and block every column, `chunk` columns at a time."""
+def _prepare(x: np.ndarray, n_blocks: int, reg_covar: float, chunk: int, device: torch.device) -> _Columns:
+    """Sort, standardise and block every column, `chunk` columns at a time. On the CPU numpy sorts (faster
+    than torch there); on a GPU the columns go over unsorted and torch sorts them (the same values)."""
     n, m = x.shape
     parts: list[tuple[torch.Tensor, ...]] = []
     for s in range(0, m, chunk):
-        xs = torch.from_numpy(np.sort(x[:, s : s + chunk].T, axis=1).astype(np.float64))  # (c, N)
+        if device.type == "cpu":
+            xs = torch.from_numpy(np.sort(x[:, s : s + chunk].T, axis=1).astype(np.float64))  # (c, N)
+        else:
+            cols = np.ascontiguousarray(x[:, s : s + chunk].T, dtype=np.float64)  # (c, N)
+            xs = torch.from_numpy(cols).to(device).sort(dim=1).values
         loc = xs.mean(1)
         scale = xs.std(1, correction=0)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -475,6 +521,8 @@ def _fit_k(
     max_iter: int,
     tol: float,
     polish_iter: int,
+    exact_step: int = _EXACT_STEP_ELEMENTS,
+    block_group: int = _BLOCK_GROUP_ELEMENTS,
 ) -> tuple[torch.Tensor, ...]:
     """K-component fits of every column, in standardised units: weights, means, variances (M, K), total
     log-likelihood (M,), iterations (M,), converged (M,)."""
@@ -494,7 +542,7 @@ def _fit_k(
 
     p = data.blocks.shape[2]
     group = max(
-        1, _BLOCK_GROUP_ELEMENTS // (p * k * n_init)
+        1, block_group // (p * k * n_init)
     )  # columns per compressed-EM batch, with restarts
     fits = [
         _fit_blocks(data, slice(s, min(m, s + group)), k, uniforms, n_init, max_iter, tol)
@@ -526,7 +574,7 @@ def _fit_k(
                 max_iter=polish_iter,
                 tol=0.0,
             )
-        ll[c] = _exact_log_lik(data.z32[c], w[c], mu[c], var[c])
+        ll[c] = _exact_log_lik(data.z32[c], w[c], mu[c], var[c], exact_step)
     return w, mu, var, ll, it, conv
 
 

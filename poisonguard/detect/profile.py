@@ -57,10 +57,13 @@ def profile_columns(
     tol: float,
     max_iter: int,
     reg_covar: float,
+    device: str | None = None,
 ) -> ColumnProfile:
-    """Profile every column of min-max normalised features xn (N, M)."""
+    """Profile every column of min-max normalised features xn (N, M); the GMM fits run on `device` (None:
+    the CPU; see `fit_gmm_1d`)."""
     fit = fit_gmm_1d(
-        xn, range(1, k_max + 1), n_init=n_init, max_iter=max_iter, tol=tol, reg_covar=reg_covar, seed=seed
+        xn, range(1, k_max + 1), n_init=n_init, max_iter=max_iter, tol=tol, reg_covar=reg_covar, seed=seed,
+        device=device,
     )
     params = fit.select(criterion)
     crit = fit.criterion(criterion)  # (M, nK)

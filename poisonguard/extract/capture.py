@@ -12,6 +12,11 @@ tower keeps its own implementation. Rows go to the `RowRecorder` bound in a `Con
 `capture_rows` (or in another thread) records nothing and behaves exactly like SDPA.
 
 The eager reference path (`eager_rows`) reads `[:, :, -1, :]` of `output_attentions`; tests check both agree.
+
+Under `torch.compile` (`--compile`, `poisonguard.extract.compiled`) the capture function runs outside the
+compiled graphs (`torch.compiler.disable`): TorchDynamo cannot trace the `ContextVar` lookup that finds the
+recorder, and a traced recorder would be baked into the graph. Each layer's attention is one deliberate graph
+break; norms, projections, RoPE and MLPs around it are compiled.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ def decision_row(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.T
     return torch.softmax(scores, dim=-1)  # (B, H, N)
 
 
+@torch.compiler.disable
 def _capture_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
     """SDPA attention that also hands the decision-position row to the active recorder, if any."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward

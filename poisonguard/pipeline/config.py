@@ -32,7 +32,8 @@ def _positive(obj, *names: str) -> None:
 @dataclass(frozen=True)
 class RuntimeConfig:
     """`runtime`: where every stage that loads a model runs it. auto = CUDA + bfloat16 when a GPU is present,
-    CPU + float32 otherwise; `compile` wraps the language model in torch.compile where supported."""
+    CPU + float32 otherwise; `compile` runs the language model under torch.compile for the extraction passes
+    (`poisonguard.extract.compiled`)."""
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16

@@ -16,6 +16,7 @@ from poisonguard.data.dataset import Dataset
 from poisonguard.data.errors import DataError
 from poisonguard.data.fingerprint import model_digest
 from poisonguard.data.loading import CheckedDataset
+from poisonguard.extract.compiled import compiled_language_model
 from poisonguard.extract.storage import extract_to_dir, remove_temp_files
 from poisonguard.models import is_adapter_dir, model_passes
 from poisonguard.pipeline.config import ExtractConfig
@@ -65,16 +66,18 @@ def extract_models(checked: CheckedDataset, base: str | Path, finetuned: str | P
                    cfg: ExtractConfig, *, runtime: Runtime | None = None, show_progress: bool = True,
                    log=print) -> None:
     """Both models' features of the usable samples into `layout.extract/{finetuned,base}`, one full model
-    resident at a time (an adapter folder: one model, the adapter on, then off)."""
+    resident at a time (an adapter folder: one model, the adapter on, then off). With `runtime.compile` the
+    language model runs under torch.compile (`extract.compiled`); the features are the same."""
     plan = plan_extraction(checked, base, finetuned)
     examples = LazyExamples(checked.ok, checked.image_loader())
     for name, model, processor in model_passes(base, finetuned, runtime):
         folder = layout.extract / name
         folder.mkdir(parents=True, exist_ok=True)
         remove_temp_files(folder)
-        extract_to_dir(model, processor, examples, plan.ids, folder, shard_size=cfg.shard_size,
-                       batch_size=cfg.batch_size, tag=plan.tags[name], inputs=plan.inputs, on_stale="restart",
-                       show_progress=show_progress, log=log)
+        with compiled_language_model(model, runtime is not None and runtime.compile):
+            extract_to_dir(model, processor, examples, plan.ids, folder, shard_size=cfg.shard_size,
+                           batch_size=cfg.batch_size, tag=plan.tags[name], inputs=plan.inputs, on_stale="restart",
+                           show_progress=show_progress, log=log)
         del model, processor  # released before the next pass loads its model
 
 

@@ -19,16 +19,19 @@ from poisonguard.detect.profile import profile_columns
 from poisonguard.extract.features import build_features, save_features
 from poisonguard.pipeline.config import ProfileConfig
 from poisonguard.pipeline.layout import Layout
+from poisonguard.runtime import Runtime
 
 _SYS = 0  # index of the system share in the allocation's last axis
 
 
-def profile_heads(layout: Layout, cfg: ProfileConfig, *, log=print) -> FeatureSet:
-    """Write `layout.features` and `layout.heads`; return the features."""
+def profile_heads(layout: Layout, cfg: ProfileConfig, *, runtime: Runtime | None = None, log=print) -> FeatureSet:
+    """Write `layout.features` and `layout.heads`; return the features. With a CUDA `runtime` the head GMMs
+    are fitted on that GPU (`fit_gmm_1d(device=...)`: the same fits to rounding), else on the CPU."""
     features = build_features(layout.extract, strata_k=cfg.strata_k, seed=cfg.seed, drift_file=layout.drift)
     layout.profile.mkdir(parents=True, exist_ok=True)
     save_features(features, layout.features)
-    heads = head_profiles(features, cfg)
+    heads = head_profiles(features, cfg, device=str(runtime.device) if runtime is not None and runtime.is_cuda
+                          else None)
     with atomic_path(layout.heads, ".csv") as tmp:
         heads.to_csv(tmp, index=False, float_format="%.6g")
     split = int((heads["k_star"] > 1).sum())
@@ -37,7 +40,7 @@ def profile_heads(layout: Layout, cfg: ProfileConfig, *, log=print) -> FeatureSe
     return features
 
 
-def head_profiles(features: FeatureSet, cfg: ProfileConfig) -> pd.DataFrame:
+def head_profiles(features: FeatureSet, cfg: ProfileConfig, *, device: str | None = None) -> pd.DataFrame:
     """One row per (layer, head): K*, minority weight, TCAP separation score, standardised separation."""
     features.require("alloc", "alloc_base")
     n, n_layers, n_heads, _ = features.alloc.shape
@@ -46,7 +49,7 @@ def head_profiles(features: FeatureSet, cfg: ProfileConfig) -> pd.DataFrame:
     xn = (x - lo) / np.where(hi > lo, hi - lo, 1.0)  # (N, L*H), per-head min-max as in TCAP
     prof = profile_columns(xn, k_max=cfg.k_max, criterion="bic", target_rule="cumulative", eps=1e-6,
                            grid_lo=-0.5, grid_hi=1.5, n_grid=2001, n_init=2, seed=cfg.seed, tol=1e-5,
-                           max_iter=300, reg_covar=1e-6)
+                           max_iter=300, reg_covar=1e-6, device=device)
     layer, head = np.divmod(np.arange(n_layers * n_heads), n_heads)
     return pd.DataFrame({"layer": layer, "head": head, "k_star": prof.params.k.astype(int),
                          "minority_weight": prof.target_weight, "separation_score": prof.ss,

@@ -46,7 +46,7 @@ def run_screen(data: str | Path, base: str | Path, out: str | Path, *, finetuned
                           show_progress=show_progress, log=log)
         audit_projector(checked, base, finetuned, layout, cfg.audit_projector, runtime=runtime,
                         show_progress=show_progress, log=log)
-        features = profile_heads(layout, cfg.profile_heads, log=log)
+        features = profile_heads(layout, cfg.profile_heads, runtime=runtime, log=log)
         fit_gmm(layout, cfg.fit_gmm, features, log=log)
         return em_vote(checked, layout, cfg.em_vote, features=features, log=log,
                        params={"base": str(base), "finetuned": str(finetuned), "decide": cfg.em_vote.decide,

@@ -15,6 +15,8 @@ from poisonguard.audit.activations import (
     direction_alignment,
     drift_features,
     drift_scores,
+    drift_spectra,
+    drift_spectra_float64,
     energy_summary,
     image_r_summary,
     linear_fit,
@@ -176,3 +178,40 @@ def test_image_r_is_collected_per_sample_and_summarised_by_group(tiny):
     assert summary["poisoned"]["n"] == 3 and summary["clean"]["n"] == 4, "the text-only sample has no r"
     assert summary["all"]["share_above_paper"] == pytest.approx(np.mean(col.image_r[has] > 0.95))
     assert summary["poisoned"]["median"] == pytest.approx(np.median(col.image_r[:3]))
+
+
+def _ragged_drift(lengths: list[int], d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows of len(lengths) samples, each a rank-1 drift (a random share of the energy, like ProjLens's
+    55–80 %) plus noise, and a norm law; plus ‖E0_t‖ per row."""
+    g = torch.Generator().manual_seed(seed)
+    rows, norms = [], []
+    for t in lengths:
+        base_norm = 1.0 + torch.rand(t, generator=g, dtype=torch.float64)  # (T,)
+        v = torch.nn.functional.normalize(torch.randn(d, generator=g, dtype=torch.float64), dim=0)
+        strength = 0.5 + 2.0 * torch.rand(1, generator=g, dtype=torch.float64)
+        noise = 0.1 * torch.randn(t, d, generator=g, dtype=torch.float64)
+        rows.append(strength * base_norm[:, None] * v[None, :] + noise)  # (T, D)
+        norms.append(base_norm)
+    return torch.cat(rows).float().double(), torch.cat(norms)  # float32 values, as the models give
+
+
+@pytest.mark.parametrize(("lengths", "d"), [([16, 32, 7, 2, 1, 16], 48), ([80, 40, 3], 24)])
+def test_batched_fp32_spectra_match_the_float64_svd(lengths, d):
+    """T ≤ D (the (T, T) Gram) and T > D (the (D, D) Gram); ragged lengths, down to one token."""
+    delta, base_norm = _ragged_drift(lengths, d, seed=len(lengths))
+    top, energy, r = drift_spectra(delta, lengths, base_norm, 4)
+    top_ref, energy_ref, r_ref = drift_spectra_float64(delta, lengths, base_norm, 4)
+    np.testing.assert_allclose(energy, energy_ref, atol=2e-6)  # stated tolerance: 2e-6 absolute
+    cos = np.abs((top.astype(np.float64) * top_ref).sum(1))
+    np.testing.assert_allclose(cos, 1.0, atol=1e-5)  # same direction up to sign
+    np.testing.assert_allclose(r, r_ref, atol=1e-5, equal_nan=True)
+    assert np.isnan(r[[i for i, t in enumerate(lengths) if t < 3]]).all(), "r needs ≥ 3 tokens"
+
+
+def test_zero_drift_has_no_direction_nor_spectrum():
+    lengths = [5, 4]
+    delta = torch.zeros(9, 12, dtype=torch.float64)
+    delta[5:] = torch.randn(4, 12, dtype=torch.float64)
+    top, energy, r = drift_spectra(delta, lengths, torch.ones(9, dtype=torch.float64), 5)  # k > rank 4
+    assert np.isnan(top[0]).all() and np.isnan(energy[0]).all() and np.isnan(r[0])
+    assert np.isfinite(top[1]).all() and energy[1, -1] == pytest.approx(1.0)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.mixture import GaussianMixture
 
+from poisonguard.detect import gmm
 from poisonguard.detect.gmm import GMMParams, fit_gmm_1d, log_likelihood, posterior
 
 N = 1200
@@ -150,3 +152,33 @@ def test_params_take_and_valid():
     p = GMMParams(np.array([[1.0, 0.0], [0.3, 0.7]]), np.zeros((2, 2)), np.ones((2, 2)), np.array([1, 2]))
     assert p.valid.tolist() == [[True, False], [True, True]]
     assert p.take(np.array([1])).k.tolist() == [2]
+
+
+_GPU_BUDGETS = gmm._budgets(torch.device("cuda"))  # what fit_gmm_1d uses on a GPU (no GPU needed to read)
+
+
+@pytest.mark.parametrize("n_blocks", [2048, 256])  # exact EM; compressed EM with the exact finish
+def test_gpu_batch_sizes_give_the_cpu_results(data, monkeypatch, n_blocks):
+    """The GPU path differs from the CPU one only in how many columns a kernel takes at once (and in who
+    sorts); run those batch sizes on the CPU: same K*, same fits to rounding."""
+    ref = fit_gmm_1d(data, seed=1, n_blocks=n_blocks)
+    monkeypatch.setattr(gmm, "_budgets", lambda device: _GPU_BUDGETS)
+    big = fit_gmm_1d(data, seed=1, n_blocks=n_blocks, device="cpu")
+    np.testing.assert_array_equal(big.k_star("bic"), ref.k_star("bic"))
+    np.testing.assert_allclose(big.loglik, ref.loglik, rtol=1e-10)
+    np.testing.assert_allclose(big.means, ref.means, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fit_matches_cpu(data):
+    ref = fit_gmm_1d(data, seed=1, n_blocks=256)
+    dev = fit_gmm_1d(data, seed=1, n_blocks=256, device="cuda")
+    np.testing.assert_array_equal(dev.k_star("bic"), ref.k_star("bic"))
+    np.testing.assert_allclose(dev.loglik, ref.loglik, rtol=1e-7)
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(data):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        fit_gmm_1d(data, device="cuda")

@@ -94,3 +94,146 @@ def test_fan_out_on_an_existing_scheduler(prefect_server, tiny_model_dir: Path, 
         ran = {str(entry[0]) for entry in cluster.scheduler.transition_log}  # (key, start, finish, ...)
     assert ext.ids == [i for i in ids if i != "s05"]
     assert any("extract_one_shard" in key for key in ran), ran
+
+
+@pytest.fixture(scope="module")
+def tiny_finetuned_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
+    """A 'fine-tuned' full folder: the tiny model with its projector and last LM layer moved."""
+    import torch
+
+    from poisonguard.train.finetune import load_model
+
+    model, processor = load_model(tiny_model_dir)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "multi_modal_projector" in name or "layers.1." in name:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    folder = tmp_path_factory.mktemp("tiny_finetuned")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_screen_fan_out_both_passes_per_shard_and_drift_equal_one_process(
+        prefect_server, tiny_model_dir: Path, tiny_finetuned_dir: Path, tmp_path: Path) -> None:
+    """A real LocalCluster of 2 workers: one task per shard runs both passes; the drift pass fans out over the
+    shards and merges; everything equals the single-process screen path, which then reuses the shards."""
+    from flows.extract import screen_extraction
+    from poisonguard.audit.activations import collect_drift, drift_scores, shared_direction
+    from poisonguard.models import drift_pair
+    from poisonguard.pipeline.config import ExtractConfig
+    from poisonguard.pipeline.extraction import extract_models
+    from poisonguard.pipeline.layout import Layout
+    from poisonguard.pipeline.validate import validate_for_model
+
+    data, _ = make_dataset(tmp_path / "data")
+    layout = Layout.screen(tmp_path / "report")
+    state = screen_extraction(str(data), str(tiny_model_dir), str(tiny_finetuned_dir), str(layout.extract),
+                              shard_size=4, batch_size=3, n_workers=2, device="cpu", drift=True,
+                              drift_batch_size=3, return_state=True)
+    assert state.is_completed(), state.message
+    res = state.result()
+
+    checked = validate_for_model(data, tiny_model_dir, hold_back=False)
+    # single process: the pipeline's own extraction (reusing every shard the flow wrote) ...
+    logs: list[str] = []
+    extract_models(checked, tiny_model_dir, tiny_finetuned_dir, layout, ExtractConfig(shard_size=4, batch_size=3),
+                   show_progress=False, log=logs.append)
+    assert sum("resuming; 3 of 3 shards already finished" in line for line in logs) == 2, logs
+    # ... and a fresh extraction of its own into another folder
+    fresh = Layout.screen(tmp_path / "fresh")
+    extract_models(checked, tiny_model_dir, tiny_finetuned_dir, fresh, ExtractConfig(shard_size=4, batch_size=3),
+                   show_progress=False, log=lambda *_: None)
+    from poisonguard.extract import load_extraction
+
+    for name in ("finetuned", "base"):
+        one = load_extraction(fresh.extract / name)
+        assert res[name].ids == one.ids == [s.id for s in checked.ok]
+        np.testing.assert_allclose(res[name].alloc, one.alloc, atol=1e-5)
+        np.testing.assert_allclose(res[name].hidden, one.hidden, atol=1e-4)
+    assert not np.allclose(res["finetuned"].hidden, res["base"].hidden), "the two passes saw different models"
+
+    with drift_pair(tiny_model_dir, tiny_finetuned_dir) as (m0, m1, processor):
+        ref = collect_drift(m0, m1, processor, checked.ok, checked.image_loader(), batch_size=3,
+                            show_progress=False)
+    col = res["drift"]
+    assert col.ids.tolist() == ref.ids.tolist()
+    np.testing.assert_array_equal(col.n_tokens, ref.n_tokens)
+    np.testing.assert_array_equal(col.fit_owner, ref.fit_owner)
+    np.testing.assert_allclose(col.gram, ref.gram, rtol=1e-9, atol=1e-12)
+    a, b = drift_scores(col, shared_direction(col)), drift_scores(ref, shared_direction(ref))
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-9, equal_nan=True, err_msg=name)
+    from poisonguard.extract.features import load_drift_scores
+
+    saved = load_drift_scores(layout.drift, [s.id for s in checked.ok])  # the screen's drift file
+    assert saved and all(np.allclose(v, b[k], equal_nan=True) for k, v in saved.items())
+
+
+def test_cluster_choice_follows_the_gpus_and_dask_cuda() -> None:
+    from flows.extract import cluster_spec
+
+    assert cluster_spec("tcp://10.0.0.1:8786", 2) == {"address": "tcp://10.0.0.1:8786"}
+    gpu = cluster_spec(None, 2, n_gpus=4, has_dask_cuda=True)
+    assert gpu["cluster_class"] == "dask_cuda.LocalCUDACluster" and "n_workers" not in gpu["cluster_kwargs"]
+    cpu = cluster_spec(None, 2, n_gpus=0, has_dask_cuda=True)
+    assert "cluster_class" not in cpu and cpu["cluster_kwargs"]["n_workers"] == 2
+    with pytest.warns(UserWarning, match="dask-cuda is not installed"):
+        assert "cluster_class" not in cluster_spec(None, 2, n_gpus=2, has_dask_cuda=False)
+
+
+def test_worker_models_of_an_adapter_equal_the_screens_passes(tmp_path: Path) -> None:
+    """In one worker an adapter is one model serving both passes (adapter on, then off) and both sides of the
+    drift pass, with the same features as the screen's `model_passes` / `drift_pair`. In process: the
+    cluster plumbing is the test above."""
+    import torch
+
+    from flows.extract import _key, _worker_models, lazy_examples
+    from poisonguard.audit.activations import collect_drift
+    from poisonguard.data import read_dataset
+    from poisonguard.data.loading import image_loader
+    from poisonguard.extract import extract
+    from poisonguard.models import drift_pair, model_passes
+    from poisonguard.pipeline.extraction import model_tags
+    from poisonguard.runtime import live_models
+    from poisonguard.train.finetune import FinetuneConfig, _wrap_lora, save_model
+    from tests.fixtures.families import build_tiny
+
+    model, processor = build_tiny("llava", seed=0)
+    model.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    peft_model = _wrap_lora(model, FinetuneConfig(mode="lora", lora_r=4))
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    save_model(peft_model, processor, tmp_path / "adapter")
+    del model, peft_model
+
+    data, ids = make_dataset(tmp_path / "data", n=6)
+    usable = [i for i in ids if i != "s05"]
+    examples = lazy_examples(str(data), None, usable)[:]
+    base, adapter = str(tmp_path / "base"), str(tmp_path / "adapter")
+    _worker_models.cache_clear()
+    worker = _worker_models(base, adapter, _key(model_tags(base, adapter)), device="cpu", dtype="float32")
+    assert live_models() == 1, "an adapter: one model in the worker"
+    got = {name: extract(m, p, examples, batch_size=3, show_progress=False) for name, m, p in worker.passes()}
+    want = {name: extract(m, p, examples, batch_size=3, show_progress=False)
+            for name, m, p in model_passes(base, adapter)}
+    for name in ("finetuned", "base"):
+        np.testing.assert_allclose(got[name].alloc, want[name].alloc, atol=1e-6)
+        np.testing.assert_allclose(got[name].hidden, want[name].hidden, atol=1e-5)
+    assert not np.allclose(got["finetuned"].hidden, got["base"].hidden), "the adapter was on, then off"
+
+    ds = read_dataset(data)
+    samples = [s for s in ds.samples if s.id in usable]
+    m0, m1, proc = worker.drift_pair()
+    mine = collect_drift(m0, m1, proc, samples, image_loader(ds.image_root), batch_size=3, show_progress=False)
+    with drift_pair(base, adapter) as (r0, r1, rproc):
+        ref = collect_drift(r0, r1, rproc, samples, image_loader(ds.image_root), batch_size=3,
+                            show_progress=False)
+    np.testing.assert_allclose(mine.per_token_mean, ref.per_token_mean, rtol=1e-6, equal_nan=True)
+    assert np.nanmax(mine.per_token_mean) > 0, "the adapter moves the projector"
+    _worker_models.cache_clear()
