@@ -234,3 +234,25 @@ def test_pixel_bounds_are_checked_when_the_runtime_is_resolved():
         resolve_runtime("cpu", "float32", max_pixels=0)
     with pytest.raises(ValueError, match="--min-pixels 4096 is above --max-pixels 1024"):
         resolve_runtime("cpu", "float32", max_pixels=1024, min_pixels=4096)
+
+
+def test_cli_pixel_bounds_reach_the_processor_or_fail_in_one_line(llava_dirs, tmp_path):
+    """`--max-pixels` flows through the runtime section to the processor; LLaVA's fixed-size processor
+    cannot take it, which is bad input (exit 2, one line), not a silently ignored option."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from poisonguard.cli import _config, _runtime_options, app
+
+    cfg = _config(None, runtime=_runtime_options("cpu", None, 4096, None, True))
+    runtime = cfg.runtime.resolve()
+    assert (runtime.max_pixels, runtime.min_pixels, runtime.pad_to_square) == (4096, None, True)
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    rows = [{"id": "a", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nwhat ?"},
+                                                              {"from": "gpt", "value": "red"}]}]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    r = CliRunner().invoke(app, ["screen", "--data", str(tmp_path / "d.json"), "--base", str(llava_dirs / "base"),
+                                 "--finetuned", str(llava_dirs / "adapter"), "--out", str(tmp_path / "o"),
+                                 "--max-pixels", "4096", "--device", "cpu"])
+    assert r.exit_code == 2, r.output
+    assert "--max-pixels" in r.output and "CLIPImageProcessorPil" in r.output and "Traceback" not in r.output
