@@ -283,7 +283,8 @@ def model_passes(base_dir: str | Path, finetuned_dir: str | Path, runtime: Runti
     if is_adapter_dir(finetuned_dir):
         peft_model, processor = load_model(finetuned_dir, runtime, base=base_dir,
                                            attn_implementation=attn_implementation)
-        base_processor = processor if not has_processor(finetuned_dir) else load_processor(base_dir, runtime=runtime)
+        base_processor = (processor if not has_processor(finetuned_dir)
+                          else load_processor(base_dir, runtime=runtime))
         try:
             with adapter_state(peft_model, True) as model:
                 yield "finetuned", model, processor

@@ -148,8 +148,8 @@ def plan_batches(lengths: Sequence[int], *, batch_size: int, max_batch_tokens: i
     batches: list[list[int]] = []
     for i in order:
         current = batches[-1] if batches else None
-        # longest first: the batch's longest row is its first
-        if current and len(current) < batch_size and (len(current) + 1) * lengths[current[0]] <= max_batch_tokens:
+        longest = lengths[current[0]] if current else 0  # longest first: a batch's first row is its longest
+        if current and len(current) < batch_size and (len(current) + 1) * longest <= max_batch_tokens:
             current.append(i)
         else:
             batches.append([i])
@@ -161,7 +161,8 @@ class _Prepared:
     `examples` is lazy) and the (B, N) role of every token. Runs in worker threads when asked."""
 
     def __init__(self, processor, examples: Sequence[Example], batches: list[list[int]], image_token: int):
-        self.processor, self.examples, self.batches, self.image_token = processor, examples, batches, image_token
+        self.processor, self.examples = processor, examples
+        self.batches, self.image_token = batches, image_token
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -240,8 +241,8 @@ def extract(model, processor, examples: Sequence[Example], *, batch_size: int = 
     backend "capture" (SDPA + the last row computed on the side; O(B*H*N) per layer) or "eager"
     (`output_attentions`, O(B*H*N*N) per layer; the reference). Batches of `batch_size`, or formed by the
     token budget `max_batch_tokens` (see `plan_batches`); `num_workers` worker threads prepare them ahead
-    of the forward passes (`examples` may be lazy: `examples[i]` then decodes in the worker). The model runs in eval mode and is
-    returned to its previous mode; its attention implementation is restored on exit.
+    of the forward passes (`examples` may be lazy: `examples[i]` then decodes in the worker). The model
+    runs in eval mode and is returned to its previous mode; its attention implementation is restored on exit.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
