@@ -71,11 +71,14 @@ class AuditConfig:
 
     enabled: bool = True
     batch_size: int = 64
+    max_batch_tokens: int | None = None  # image tokens per drift batch (summed); None: batch_size samples only
     scores: tuple[str, ...] = ("drift_max", "drift_mean", "drift_max_rel")
     ks: tuple[int, ...] = (1, 2, 4, 8)  # ranks of the ΔW spectrum summary
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size")
+        if self.max_batch_tokens is not None:
+            _positive(self, "max_batch_tokens")
         object.__setattr__(self, "scores", tuple(self.scores))
         object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
 
