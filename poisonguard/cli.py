@@ -32,6 +32,20 @@ Compile = Annotated[bool | None, typer.Option(
     "--compile/--no-compile",
     help="torch.compile the language model for the extraction passes (default: params.yaml runtime.compile). "
          "A GPU speed-up; on the CPU it works but compiling takes minutes.")]
+MaxPixels = Annotated[int | None, typer.Option(
+    help="Dynamic-resolution processors (Qwen2-VL family): at most this many pixels per image, so fewer image "
+         "tokens (default: params.yaml runtime.max_pixels; unset: the processor's own).")]
+MinPixels = Annotated[int | None, typer.Option(
+    help="Dynamic-resolution processors: at least this many pixels per image (default: runtime.min_pixels).")]
+PadToSquare = Annotated[bool, typer.Option(
+    "--pad-to-square", help="Pad each image to a square of the processor's mean colour before the processor, "
+                            "as LLaVA-1.5 was trained (default: params.yaml runtime.pad_to_square).")]
+
+
+def _runtime_options(device, dtype, max_pixels, min_pixels, pad_to_square, compile=None) -> dict:
+    """The `runtime` section's keys a command was given (None: keep params.yaml's)."""
+    return {"device": device, "dtype": dtype, "max_pixels": max_pixels, "min_pixels": min_pixels,
+            "pad_to_square": True if pad_to_square else None, "compile": compile}
 
 
 def _setup_threads(runtime=None) -> None:
@@ -134,6 +148,9 @@ def finetune(
     device: Device = None,
     dtype: Dtype = None,
     compile: Compile = None,
+    max_pixels: MaxPixels = None,
+    min_pixels: MinPixels = None,
+    pad_to_square: PadToSquare = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Fine-tune a model on a dataset (the pipeline's `finetune` stage: samples that fail validation against
@@ -141,7 +158,8 @@ def finetune(
     from poisonguard.pipeline.finetuning import finetune as run
 
     config = _config(params, finetune={"mode": "lora" if lora else mode, "epochs": epochs, "lr": lr, "seed": seed,
-                                       "merge": merge or None}, runtime={"device": device, "dtype": dtype, "compile": compile})
+                                       "merge": merge or None},
+                     runtime=_runtime_options(device, dtype, max_pixels, min_pixels, pad_to_square, compile))
     runtime = _runtime(config)
     _setup_threads(runtime)
     cfg = config.finetune
@@ -165,13 +183,17 @@ def eval_model(
     device: Device = None,
     dtype: Dtype = None,
     compile: Compile = None,
+    max_pixels: MaxPixels = None,
+    min_pixels: MinPixels = None,
+    pad_to_square: PadToSquare = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Clean accuracy (CP), attack success rate (ASR) and poisoned-train fit, as JSON (benchmark tool)."""
     from poisonguard.pipeline.config import attack_params
     from poisonguard.train.evaluate import evaluate_files
 
-    runtime = _runtime(_config(params, runtime={"device": device, "dtype": dtype, "compile": compile}))
+    runtime = _runtime(_config(params,
+                               runtime=_runtime_options(device, dtype, max_pixels, min_pixels, pad_to_square, compile)))
     _setup_threads(runtime)
     with _bad_input():
         result = evaluate_files(model, test, attack=attack, target=target, train=train, poison_ids=poison_ids,
@@ -188,17 +210,24 @@ def screen(
     finetuned: Annotated[Path | None, typer.Option(help="Already fine-tuned model folder or LoRA adapter folder; fine-tunes when absent.")] = None,
     image_folder: Annotated[Path | None, typer.Option(help="Where image paths start.")] = None,
     detector: Annotated[str | None, typer.Option(help="Whose verdict decides: a detector of fit_gmm, or 'vote' (params: em_vote.decide).")] = None,
+    max_batch_tokens: Annotated[int | None, typer.Option(help="Extraction batches by this token budget (rows x longest row); a sample alone over it is quarantined (params: extract_attention.max_batch_tokens).")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="Worker threads for extraction's CPU-side preprocessing (params: extract_attention.num_workers).")] = None,
     params: Annotated[Path | None, typer.Option(help="params.yaml (every pipeline section; default the repo's).")] = None,
     device: Device = None,
     dtype: Dtype = None,
     compile: Compile = None,
+    max_pixels: MaxPixels = None,
+    min_pixels: MinPixels = None,
+    pad_to_square: PadToSquare = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Screen a dataset: verdict per sample (ok / quarantined / flagged) and a release candidate. Runs the
     pipeline's stages (those of `dvc repro`) in one process."""
     from poisonguard.pipeline.screen import run_screen
 
-    cfg = _config(params, em_vote={"decide": detector}, runtime={"device": device, "dtype": dtype, "compile": compile})
+    cfg = _config(params, em_vote={"decide": detector},
+                  extract_attention={"max_batch_tokens": max_batch_tokens, "num_workers": num_workers},
+                  runtime=_runtime_options(device, dtype, max_pixels, min_pixels, pad_to_square, compile))
     _setup_threads(_runtime(cfg))
     with _bad_input():
         res = run_screen(data, base, out, finetuned=finetuned, image_folder=image_folder, config=cfg,
@@ -243,13 +272,16 @@ def bench(
     device: Device = None,
     dtype: Dtype = None,
     compile: Compile = None,
+    max_pixels: MaxPixels = None,
+    min_pixels: MinPixels = None,
+    pad_to_square: PadToSquare = False,
 ) -> None:
     """The benchmark: attacks x rates x seeds x detectors with controls (and --retrain, the defence loop);
     writes summary.json, tables.md (mean ± std over seeds) and report/index.html with plots."""
     from poisonguard.attacks import ATTACKS
     from poisonguard.bench import BenchConfig, quick_config, run_bench
 
-    pipeline = _config(params, runtime={"device": device, "dtype": dtype, "compile": compile})
+    pipeline = _config(params, runtime=_runtime_options(device, dtype, max_pixels, min_pixels, pad_to_square, compile))
     _setup_threads(_runtime(pipeline))
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
 
@@ -335,6 +367,9 @@ def audit(
     device: Device = None,
     dtype: Dtype = None,
     compile: Compile = None,
+    max_pixels: MaxPixels = None,
+    min_pixels: MinPixels = None,
+    pad_to_square: PadToSquare = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Projector audit (ProjLens): ΔW spectra, drift of each visual token, rank-k removal / reconstruction."""
@@ -356,7 +391,8 @@ def audit(
     if repair_k < 1:
         _fail(f"--repair-k must be a positive integer, got {repair_k}")
     ranks = _positive_ints(ks, "--ks")
-    runtime = _runtime(_config(params, runtime={"device": device, "dtype": dtype, "compile": compile}))
+    runtime = _runtime(_config(params,
+                               runtime=_runtime_options(device, dtype, max_pixels, min_pixels, pad_to_square, compile)))
     _setup_threads(runtime)
     log = lambda m: typer.echo(m, err=True)
     with _bad_input():

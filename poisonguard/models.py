@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from poisonguard.data.errors import DataError
-from poisonguard.runtime import CPU_FP32, Runtime, free_memory, track_model
+from poisonguard.runtime import CPU_FP32, PAD_TO_SQUARE_ATTR, Runtime, free_memory, track_model
 
 
 class CheckpointError(DataError):
@@ -93,8 +93,19 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
-def load_processor(path: str | Path, fallback: str | Path | None = None):
-    """The folder's processor, or `fallback`'s when the folder has none (adapters, weights-only copies)."""
+# transformers picks its torchvision image processors whenever torchvision is installed; they resize and
+# normalise with other kernels than the PIL ones, so the same image gives other pixel values (and the
+# embedded world other features) on a machine that has torchvision. The PIL backend is pinned everywhere.
+IMAGE_BACKEND = "pil"
+
+
+class ProcessorOptionError(DataError):
+    """A processor option the model's processor cannot honour (e.g. --max-pixels for a fixed-size one)."""
+
+
+def load_processor(path: str | Path, fallback: str | Path | None = None, runtime: Runtime | None = None):
+    """The folder's processor, or `fallback`'s when the folder has none (adapters, weights-only copies), with
+    the PIL image backend and the runtime's image options (`configure_processor`)."""
     from transformers import AutoProcessor
 
     source = Path(path)
@@ -103,9 +114,46 @@ def load_processor(path: str | Path, fallback: str | Path | None = None):
             raise CheckpointError(f"{path} has no processor or tokenizer files and no base folder was given to "
                              "take them from")
         source = Path(fallback)
-    processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
+    processor = AutoProcessor.from_pretrained(source, trust_remote_code=False, backend=IMAGE_BACKEND)
     if not hasattr(processor, "image_processor"):  # transformers fell back to the bare tokenizer
         processor = _image_only_processor(source, processor)
+    return configure_processor(processor, runtime)
+
+
+def takes_pixel_bounds(image_processor) -> bool:
+    """Whether an image processor resizes by a pixel budget (Qwen2-VL's `min_pixels` / `max_pixels`, kept
+    as `size["shortest_edge"]` / `size["longest_edge"]`) rather than to a fixed size."""
+    kwargs = getattr(image_processor, "valid_kwargs", None)
+    return "max_pixels" in getattr(kwargs, "__annotations__", {}) and "min_pixels" in kwargs.__annotations__
+
+
+def configure_processor(processor, runtime: Runtime | None):
+    """Apply the runtime's image options to a loaded processor, in place; returns it.
+
+    `max_pixels` / `min_pixels` replace the pixel bounds of a dynamic-resolution image processor (fewer
+    pixels, fewer image tokens: the lever against Qwen's thousands of tokens per large image); a processor
+    that resizes to a fixed size cannot take them and is refused in one line rather than silently ignored.
+    `pad_to_square` marks the processor so that `train.batching.prepare_images` pads every image before it.
+    """
+    if runtime is None:
+        return processor
+    if runtime.max_pixels is not None or runtime.min_pixels is not None:
+        image_processor = getattr(processor, "image_processor", None)
+        if image_processor is None or not takes_pixel_bounds(image_processor):
+            raise ProcessorOptionError(
+                f"--max-pixels / --min-pixels apply to processors with dynamic resolution (Qwen2-VL, "
+                f"Qwen2.5-VL); {type(image_processor).__name__} resizes to a fixed size and takes neither")
+        size = {k: v for k, v in dict(image_processor.size).items() if v is not None}
+        if runtime.min_pixels is not None:
+            size["shortest_edge"] = runtime.min_pixels
+        if runtime.max_pixels is not None:
+            size["longest_edge"] = runtime.max_pixels
+        if size["shortest_edge"] > size["longest_edge"]:
+            raise ProcessorOptionError(f"min_pixels {size['shortest_edge']} is above max_pixels "
+                                       f"{size['longest_edge']} (one of them is the processor's own)")
+        image_processor.size = type(image_processor.size)(**size)
+    if runtime.pad_to_square:
+        setattr(processor, PAD_TO_SQUARE_ATTR, True)
     return processor
 
 
@@ -140,7 +188,8 @@ def _image_only_processor(source: Path, tokenizer):
             kwargs[key] = model_cfg[key]
     template = source / "chat_template.jinja"
     chat_template = template.read_text() if template.is_file() else getattr(tokenizer, "chat_template", None)
-    return image_only(cls)(image_processor=AutoImageProcessor.from_pretrained(source), tokenizer=tokenizer,
+    image_processor = AutoImageProcessor.from_pretrained(source, backend=IMAGE_BACKEND)
+    return image_only(cls)(image_processor=image_processor, tokenizer=tokenizer,
                            chat_template=chat_template, **kwargs)
 
 
@@ -157,7 +206,7 @@ def load_full(path: str | Path, runtime: Runtime | None = None, *, processor_fro
     path = check_model_dir(path)
     if is_adapter_dir(path):
         raise CheckpointError(f"{path} is a LoRA adapter folder: load it with load_model(path, base=BASE_DIR)")
-    processor = load_processor(path, processor_from)
+    processor = load_processor(path, processor_from, runtime)
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False,
                               "attn_implementation": attn_implementation, "dtype": runtime.dtype}
     if runtime.is_cuda:
@@ -187,7 +236,7 @@ def load_model(path: str | Path, runtime: Runtime | None = None, *, base: str | 
         raise CheckpointError(f"{path} is a LoRA adapter whose base model folder is unknown: pass the base "
                          "(--base) it was trained on")
     model, base_processor = load_full(base_dir, runtime, attn_implementation=attn_implementation)
-    processor = load_processor(path) if has_processor(path) else base_processor
+    processor = load_processor(path, runtime=runtime) if has_processor(path) else base_processor
     peft_model = PeftModel.from_pretrained(model, path, is_trainable=False)
     # LoRA weights are kept in float32 by peft (autocast_adapter_dtype) on a bf16 base; the passes then run
     # the adapter in float32 and the base in the runtime dtype, as peft does in training.
@@ -234,7 +283,8 @@ def model_passes(base_dir: str | Path, finetuned_dir: str | Path, runtime: Runti
     if is_adapter_dir(finetuned_dir):
         peft_model, processor = load_model(finetuned_dir, runtime, base=base_dir,
                                            attn_implementation=attn_implementation)
-        base_processor = processor if not has_processor(finetuned_dir) else load_processor(base_dir)
+        base_processor = (processor if not has_processor(finetuned_dir)
+                          else load_processor(base_dir, runtime=runtime))
         try:
             with adapter_state(peft_model, True) as model:
                 yield "finetuned", model, processor
@@ -286,7 +336,7 @@ def drift_pair(base_dir: str | Path, finetuned_dir: str | Path, runtime: Runtime
     runtime = runtime or CPU_FP32
     if is_adapter_dir(finetuned_dir):
         peft_model, _ = load_model(finetuned_dir, runtime, base=base_dir)
-        processor = load_processor(base_dir)
+        processor = load_processor(base_dir, runtime=runtime)
         try:
             yield AdapterView(peft_model, False), AdapterView(peft_model, True), processor
         finally:

@@ -12,6 +12,10 @@ only feed the device.
 
 `live_models()` counts the full models alive in this process (those loaded through `poisonguard.models`), so
 a test can check the memory contract of a screen: one model with an adapter, two at most while switching.
+
+The runtime also carries how images reach the processor (`max_pixels`, `min_pixels`, `pad_to_square`): like
+the device and dtype, these must be the same in every pass that feeds the model (training, generation,
+extraction, the projector audit), and the runtime is the one object all of them receive.
 """
 
 from __future__ import annotations
@@ -29,14 +33,27 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
+# The processor attribute that asks `train.batching.prepare_images` to pad images to a square (set by
+# `models.configure_processor`; an attribute outside the processor's __init__, so save_pretrained ignores it).
+PAD_TO_SQUARE_ATTR = "poisonguard_pad_to_square"
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Where a model runs (`device`) and the dtype of its weights (`dtype`); `compile` asks callers that
-    support it to wrap the language model in `torch.compile` (a GPU-only speed-up, off by default)."""
+    support it to wrap the language model in `torch.compile` (a GPU-only speed-up, off by default).
+
+    `max_pixels` / `min_pixels` bound the resolution of processors with dynamic resolution (Qwen2-VL family;
+    None keeps the processor's own), and `pad_to_square` pads each image to a square of its mean colour
+    before the processor, as LLaVA-1.5 was trained (see `models.configure_processor`).
+    """
 
     device: torch.device
     dtype: torch.dtype
     compile: bool = False
+    max_pixels: int | None = None
+    min_pixels: int | None = None
+    pad_to_square: bool = False
 
     @property
     def is_cuda(self) -> bool:
@@ -93,11 +110,19 @@ def _cuda_bf16(device: torch.device) -> bool:
 
 
 def resolve_runtime(device: str | torch.device = "auto", dtype: str | torch.dtype = "auto", *,
-                    compile: bool = False) -> Runtime:
+                    compile: bool = False, max_pixels: int | None = None, min_pixels: int | None = None,
+                    pad_to_square: bool = False) -> Runtime:
     """A `Runtime` from the CLI's strings; raises ValueError with a one-line reason for a bad string, CUDA
-    asked for without a GPU, or bfloat16 on a GPU that has none. `meta` is accepted for tests."""
+    asked for without a GPU, bfloat16 on a GPU that has none, or a pixel bound that is not a positive integer
+    (or a min above the max). `meta` is accepted for tests."""
+    for name, value in (("--max-pixels", max_pixels), ("--min-pixels", min_pixels)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if max_pixels is not None and min_pixels is not None and min_pixels > max_pixels:
+        raise ValueError(f"--min-pixels {min_pixels} is above --max-pixels {max_pixels}")
     dev = _parse_device(device)
-    return Runtime(dev, _parse_dtype(dtype, dev), compile=bool(compile))
+    return Runtime(dev, _parse_dtype(dtype, dev), compile=bool(compile), max_pixels=max_pixels,
+                   min_pixels=min_pixels, pad_to_square=bool(pad_to_square))
 
 
 def model_device_dtype(model_or_runtime: Any) -> tuple[torch.device, torch.dtype]:

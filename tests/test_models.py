@@ -167,3 +167,92 @@ def test_cli_reports_an_unloadable_checkpoint_in_one_line(llava_dirs, tmp_path):
                                  "--finetuned", str(llava_dirs / "adapter"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2, r.output
     assert "convert_llava_weights_to_hf" in r.output and "Traceback" not in r.output
+
+
+# --- processor options: the PIL backend, pixel bounds --------------------------------------------------------
+
+
+def _saved(family: str, folder):
+    model, processor = build_tiny(family)
+    processor.save_pretrained(folder)
+    model.config.save_pretrained(folder)
+    return processor
+
+
+def test_world_processor_loads_with_the_pil_backend_and_identical_pixels(tmp_path):
+    """transformers prefers its torchvision image processors whenever torchvision is installed, whose
+    kernels give other pixel values; the loader pins the PIL backend so the embedded world's features do
+    not depend on what else is installed. The pixels equal those of the world's own (PIL) processor."""
+    import numpy as np
+    from PIL import Image
+
+    from poisonguard.models import load_processor
+
+    original = _saved("world", tmp_path)
+    loaded = load_processor(tmp_path)
+    assert type(loaded.image_processor).__name__.endswith("Pil")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in ((48, 48), (61, 37))]
+    a = original.image_processor(images, return_tensors="pt")["pixel_values"]
+    b = loaded.image_processor(images, return_tensors="pt")["pixel_values"]
+    assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_max_pixels_bounds_the_image_tokens_of_dynamic_resolution(family, tmp_path):
+    from PIL import Image
+
+    from poisonguard.models import load_processor
+    from poisonguard.runtime import Runtime
+    from poisonguard.train.batching import image_token_count
+
+    _saved(family, tmp_path)
+    big = Image.new("RGB", (96, 64), (10, 20, 30))
+
+    def grid(runtime):
+        proc = load_processor(tmp_path, runtime=runtime)
+        thw = proc.image_processor([big], return_tensors="pt")["image_grid_thw"][0]
+        return proc, int(thw.prod())
+
+    _, full = grid(None)  # the processor's own bound: 32 x 32 pixels
+    bounded, fewer = grid(Runtime(torch.device("cpu"), torch.float32, max_pixels=16 * 16, min_pixels=8 * 8))
+    assert fewer < full
+    assert image_token_count(bounded, big.size) == fewer // 4  # merge 2 x 2 patches per LM token
+
+
+def test_pixel_bounds_are_refused_for_a_fixed_size_processor(tmp_path):
+    from poisonguard.models import ProcessorOptionError, load_processor
+    from poisonguard.runtime import Runtime
+
+    _saved("llava", tmp_path)
+    with pytest.raises(ProcessorOptionError, match="--max-pixels .*CLIPImageProcessorPil"):
+        load_processor(tmp_path, runtime=Runtime(torch.device("cpu"), torch.float32, max_pixels=1024))
+
+
+def test_pixel_bounds_are_checked_when_the_runtime_is_resolved():
+    with pytest.raises(ValueError, match="--max-pixels must be a positive integer"):
+        resolve_runtime("cpu", "float32", max_pixels=0)
+    with pytest.raises(ValueError, match="--min-pixels 4096 is above --max-pixels 1024"):
+        resolve_runtime("cpu", "float32", max_pixels=1024, min_pixels=4096)
+
+
+def test_cli_pixel_bounds_reach_the_processor_or_fail_in_one_line(llava_dirs, tmp_path):
+    """`--max-pixels` flows through the runtime section to the processor; LLaVA's fixed-size processor
+    cannot take it, which is bad input (exit 2, one line), not a silently ignored option."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from poisonguard.cli import _config, _runtime_options, app
+
+    cfg = _config(None, runtime=_runtime_options("cpu", None, 4096, None, True))
+    runtime = cfg.runtime.resolve()
+    assert (runtime.max_pixels, runtime.min_pixels, runtime.pad_to_square) == (4096, None, True)
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    rows = [{"id": "a", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nwhat ?"},
+                                                              {"from": "gpt", "value": "red"}]}]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    r = CliRunner().invoke(app, ["screen", "--data", str(tmp_path / "d.json"), "--base", str(llava_dirs / "base"),
+                                 "--finetuned", str(llava_dirs / "adapter"), "--out", str(tmp_path / "o"),
+                                 "--max-pixels", "4096", "--device", "cpu"])
+    assert r.exit_code == 2, r.output
+    assert "--max-pixels" in r.output and "CLIPImageProcessorPil" in r.output and "Traceback" not in r.output

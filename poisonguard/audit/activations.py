@@ -34,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from poisonguard.audit.projector import apply_projector, image_inputs, projector_features
+from poisonguard.train.batching import image_token_count
 from poisonguard.data.records import Sample
 from poisonguard.detect.features import FeatureSet
 
@@ -223,6 +224,7 @@ def collect_drift(
     load_image: Callable[[str], Any],
     *,
     batch_size: int = 64,
+    max_batch_tokens: int | None = None,
     energy_ranks: int = 4,
     fit_samples: int = 1000,
     max_fit_tokens: int = 50000,
@@ -240,6 +242,8 @@ def collect_drift(
     (image samples before it), so `merge_drift` of the shards keeps the same token rows as one pass.
     The per-sample statistics are computed batch-wide on the models' device (segment reductions and one
     batched eigenproblem, `drift_spectra`) and come to the host once per batch.
+    Batches hold `batch_size` samples, and with `max_batch_tokens` also at most that many image tokens
+    (`_drift_batches`), so a few huge Qwen2-VL images do not share one vision-tower call.
     """
     n = len(samples)
     with _using(base) as m0:
@@ -270,10 +274,11 @@ def collect_drift(
     fit_norms: list[np.ndarray] = []
     fit_owner: list[np.ndarray] = []
     kept = 0
-    starts = range(0, len(with_images), batch_size)
-    for start in tqdm(starts, desc="projector drift", disable=not show_progress, leave=False):
-        idx = with_images[start : start + batch_size]
-        images = [load_image(ref) for i in idx for ref in samples[i].images]
+    progress = tqdm(total=len(with_images), desc="projector drift", disable=not show_progress, leave=False)
+    batches = _drift_batches(samples, with_images, load_image, processor, batch_size, max_batch_tokens)
+    for positions, images in batches:
+        progress.update(len(positions))
+        idx = [with_images[q] for q in positions]
         inputs = image_inputs(processor, images)
         with _using(base) as m0:
             f0 = projector_features(m0, inputs, on_device=True)
@@ -312,12 +317,13 @@ def collect_drift(
         )
         bounds = np.concatenate(([0], np.cumsum(per_sample)))
         for j, i in enumerate(idx):
-            if (position + start + j) % fit_every == 0 and kept < max_fit_tokens:
+            if (position + positions[j]) % fit_every == 0 and kept < max_fit_tokens:
                 a, b = int(bounds[j]), int(bounds[j + 1])
                 fit_rows.append(delta[a:b].float().cpu().numpy())
                 fit_norms.append(base_norm[a:b].cpu().numpy())
                 fit_owner.append(np.full(b - a, i))
                 kept += b - a
+    progress.close()
     if fit_rows:
         col.fit_delta = np.concatenate(fit_rows)[:max_fit_tokens]
         col.fit_base_norm = np.concatenate(fit_norms)[:max_fit_tokens]
@@ -347,6 +353,31 @@ def merge_drift(parts: Sequence[DriftCollection], max_fit_tokens: int = 50000) -
         fit_base_norm=np.concatenate([p.fit_base_norm for p in parts])[:max_fit_tokens],
         fit_owner=fit_owner,
     )
+
+
+def _drift_batches(samples: Sequence[Sample], with_images: list[int], load_image: Callable[[str], Any],
+                   processor: Any, batch_size: int, max_batch_tokens: int | None):
+    """(positions in `with_images`, the batch's images) per batch, in input order: consecutive runs of
+    `batch_size` samples, cut earlier when `max_batch_tokens` is given and the batch's image tokens (summed:
+    the vision tower sees every image's patches, not a padded rectangle) would exceed it. A sample over the
+    budget alone gets a batch of its own."""
+    if max_batch_tokens is None:
+        for start in range(0, len(with_images), batch_size):
+            positions = list(range(start, min(start + batch_size, len(with_images))))
+            yield positions, [load_image(ref) for q in positions for ref in samples[with_images[q]].images]
+        return
+    positions, images, tokens = [], [], 0
+    for q, i in enumerate(with_images):
+        own = [load_image(ref) for ref in samples[i].images]
+        n = sum(image_token_count(processor, im.size) for im in own)
+        if positions and (len(positions) == batch_size or tokens + n > max_batch_tokens):
+            yield positions, images
+            positions, images, tokens = [], [], 0
+        positions.append(q)
+        images += own
+        tokens += n
+    if positions:
+        yield positions, images
 
 
 def shared_direction(col: DriftCollection) -> np.ndarray:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from poisonguard.runtime import to_device
+from poisonguard.train.batching import prepare_images
 
 PROJECTOR_PATHS = (
     "model.multi_modal_projector",
@@ -85,7 +86,7 @@ def image_inputs(processor: Any, images: Sequence[Any]) -> dict[str, torch.Tenso
     without them the image processor alone would feed the model different crops than it sees in use.
     """
     defaults = dict(getattr(processor, "images_kwargs", None) or {})
-    return dict(processor.image_processor(list(images), return_tensors="pt", **defaults))
+    return dict(processor.image_processor(prepare_images(processor, images), return_tensors="pt", **defaults))
 
 
 def _split_counts(model: nn.Module, inputs: Mapping[str, torch.Tensor], n_rows: int) -> list[int]:

@@ -35,6 +35,7 @@ class ReasonCode(StrEnum):
     EMPTY_TURN = "empty_turn"
     NO_ASSISTANT_TURN = "no_assistant_turn"
     CONVERSATION_TOO_LONG = "conversation_too_long"
+    OVER_TOKEN_BUDGET = "over_token_budget"  # alone longer than the extraction's token budget per batch
     SPECIAL_TOKEN_IN_TEXT = "special_token_in_text"  # the tokenizer would read part of the text as control tokens
     # image placeholders against image references
     PLACEHOLDER_WITHOUT_IMAGE = "placeholder_without_image"

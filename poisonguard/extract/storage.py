@@ -139,15 +139,35 @@ def shard_done(out_dir: str | Path, plan: dict, shard: int) -> bool:
     return _stored_fingerprint(shard_path(out_dir, shard)) == shard_fingerprint(plan, shard)
 
 
+class _Window(Sequence):
+    """examples[lo:hi] without building it: a lazy sequence stays lazy, so each example (and its image) is
+    made where it is used -- in a worker thread when extraction has workers."""
+
+    def __init__(self, examples: Sequence[Example], lo: int, hi: int):
+        self.examples, self.lo, self.hi = examples, lo, hi
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.examples[self.lo + i]
+
+
 def extract_shard(model, processor, examples: Sequence[Example], ids: Sequence[str], out_dir: str | Path,
-                  shard: int, *, shard_size: int, batch_size: int = 16, backend: str = "capture",
-                  tag: str = "", inputs: Sequence[str] | None = None, show_progress: bool = False,
-                  log: Log | None = None) -> Path:
+                  shard: int, *, shard_size: int, batch_size: int = 16, max_batch_tokens: int | None = None,
+                  num_workers: int = 0, backend: str = "capture", tag: str = "",
+                  inputs: Sequence[str] | None = None, show_progress: bool = False, log: Log | None = None) -> Path:
     """Extract shard `shard` (samples [shard*shard_size, (shard+1)*shard_size)) unless already done.
 
     Standalone so that one Dask/Prefect task can run one shard; `examples` and `ids` are the whole dataset
-    (`examples` may be a lazy sequence: only `examples[lo:hi]` is taken). A shard file left by another plan
-    is recomputed and replaced, never reused.
+    (`examples` may be a lazy sequence: only the shard's examples are built, one at a time). Batching
+    (`batch_size`, `max_batch_tokens`) and `num_workers` are those of `extraction.extract`; they are not part
+    of the plan, since they change how the work is cut, not the samples or the model. A shard file left by
+    another plan is recomputed and replaced, never reused.
     """
     if len(examples) != len(ids):
         raise ValueError(f"{len(examples)} examples but {len(ids)} ids")
@@ -161,8 +181,8 @@ def extract_shard(model, processor, examples: Sequence[Example], ids: Sequence[s
         log(f"{path}: stale or unreadable (not computed for this plan); recomputing")
     lo, hi = shard * shard_size, min((shard + 1) * shard_size, len(ids))
     want = [str(i) for i in ids[lo:hi]]
-    ext = extract(model, processor, examples[lo:hi], batch_size=batch_size, backend=backend,
-                  show_progress=show_progress)
+    ext = extract(model, processor, _Window(examples, lo, hi), batch_size=batch_size, backend=backend,
+                  max_batch_tokens=max_batch_tokens, num_workers=num_workers, show_progress=show_progress)
     arrays = {name: getattr(ext, name) for name in ARRAYS}
     fingerprint = shard_fingerprint(plan, shard)
     _atomic_write(path, lambda f: np.savez(f, ids=np.array(want, dtype=str), fingerprint=np.array(fingerprint),
@@ -171,7 +191,8 @@ def extract_shard(model, processor, examples: Sequence[Example], ids: Sequence[s
 
 
 def extract_to_dir(model, processor, examples: Sequence[Example], ids: Sequence[str], out_dir: str | Path, *,
-                   shard_size: int = 256, batch_size: int = 16, backend: str = "capture", tag: str = "",
+                   shard_size: int = 256, batch_size: int = 16, max_batch_tokens: int | None = None,
+                   num_workers: int = 0, backend: str = "capture", tag: str = "",
                    inputs: Sequence[str] | None = None, on_stale: Literal["raise", "restart"] = "raise",
                    show_progress: bool = True, log: Log | None = None) -> Extraction:
     """Extract every missing shard of `out_dir` (finished ones are skipped and logged), then load it all."""
@@ -185,8 +206,8 @@ def extract_to_dir(model, processor, examples: Sequence[Example], ids: Sequence[
             f"finished, skipped")
     for shard in tqdm(todo, desc="shards", disable=not show_progress):
         extract_shard(model, processor, examples, ids, out_dir, shard, shard_size=shard_size,
-                      batch_size=batch_size, backend=backend, tag=tag, inputs=inputs,
-                      show_progress=show_progress, log=log)
+                      batch_size=batch_size, max_batch_tokens=max_batch_tokens, num_workers=num_workers,
+                      backend=backend, tag=tag, inputs=inputs, show_progress=show_progress, log=log)
     return load_extraction(out_dir, ids=ids)
 
 

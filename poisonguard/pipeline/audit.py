@@ -38,7 +38,7 @@ def audit_projector(checked: CheckedDataset, base: str | Path, finetuned: str | 
         return {}
     with drift_pair(base, finetuned, runtime) as (m0, m1, processor):
         col = collect_drift(m0, m1, processor, checked.ok, checked.image_loader(), batch_size=cfg.batch_size,
-                            show_progress=show_progress)
+                            max_batch_tokens=cfg.max_batch_tokens, show_progress=show_progress)
         if is_adapter_dir(finetuned):  # one model with the adapter off and on: no second set of weights here
             atomic_write_json(layout.audit / "audit.json", {"skipped": (
                 "weight audit of an adapter: run `poisonguard audit --base BASE --finetuned ADAPTER`, which "

@@ -38,10 +38,14 @@ class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16
     compile: bool = False
+    max_pixels: int | None = None  # dynamic-resolution processors (Qwen2-VL family): resize bound; None: its own
+    min_pixels: int | None = None
+    pad_to_square: bool = False  # LLaVA-1.5: pad images to a square of their mean colour before the processor
 
     def resolve(self) -> Runtime:
         """The concrete device and dtype on this machine (ValueError, one line, for an impossible choice)."""
-        return resolve_runtime(self.device, self.dtype, compile=self.compile)
+        return resolve_runtime(self.device, self.dtype, compile=self.compile, max_pixels=self.max_pixels,
+                               min_pixels=self.min_pixels, pad_to_square=self.pad_to_square)
 
 
 @dataclass(frozen=True)
@@ -50,9 +54,15 @@ class ExtractConfig:
 
     batch_size: int = 64
     shard_size: int = 1024  # a killed extraction resumes at the first unfinished shard
+    max_batch_tokens: int | None = None  # token budget per batch (rows x longest row); None: fixed batch_size
+    num_workers: int = 0  # worker threads for the CPU-side preprocessing; 0: in the main process
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size", "shard_size")
+        if self.max_batch_tokens is not None:
+            _positive(self, "max_batch_tokens")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"ExtractConfig.num_workers must be a non-negative integer, got {self.num_workers!r}")
 
 
 @dataclass(frozen=True)
@@ -62,11 +72,14 @@ class AuditConfig:
 
     enabled: bool = True
     batch_size: int = 64
+    max_batch_tokens: int | None = None  # image tokens per drift batch (summed); None: batch_size samples only
     scores: tuple[str, ...] = ("drift_max", "drift_mean", "drift_max_rel")
     ks: tuple[int, ...] = (1, 2, 4, 8)  # ranks of the ΔW spectrum summary
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size")
+        if self.max_batch_tokens is not None:
+            _positive(self, "max_batch_tokens")
         object.__setattr__(self, "scores", tuple(self.scores))
         object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
 

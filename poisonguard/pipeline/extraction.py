@@ -50,10 +50,11 @@ def plan_extraction(checked: CheckedDataset, base: str | Path, finetuned: str | 
 
 
 def validate(data: str | Path | Dataset, base: str | Path, layout: Layout, *, image_folder=None,
-             log=print) -> CheckedDataset:
-    """Validate against the base model and write `layout.validation`. Raises `DataError` when no sample is
+             runtime: Runtime | None = None, max_batch_tokens: int | None = None, log=print) -> CheckedDataset:
+    """Validate against the base model (its processor with the runtime's image options; samples alone over
+    `max_batch_tokens` quarantined) and write `layout.validation`. Raises `DataError` when no sample is
     usable, after `no_usable` wrote the verdict table with every sample's reason."""
-    checked = validate_for_model(data, base, image_folder)
+    checked = validate_for_model(data, base, image_folder, runtime=runtime, max_batch_tokens=max_batch_tokens)
     save_validation(checked, layout.validation)
     log(f"validated {len(checked.dataset.samples)} samples: {len(checked.ok)} ok, "
         f"{len(checked.quarantined)} quarantined")
@@ -76,7 +77,8 @@ def extract_models(checked: CheckedDataset, base: str | Path, finetuned: str | P
         remove_temp_files(folder)
         with compiled_language_model(model, runtime is not None and runtime.compile):
             extract_to_dir(model, processor, examples, plan.ids, folder, shard_size=cfg.shard_size,
-                           batch_size=cfg.batch_size, tag=plan.tags[name], inputs=plan.inputs, on_stale="restart",
+                           batch_size=cfg.batch_size, max_batch_tokens=cfg.max_batch_tokens,
+                           num_workers=cfg.num_workers, tag=plan.tags[name], inputs=plan.inputs, on_stale="restart",
                            show_progress=show_progress, log=log)
         del model, processor  # released before the next pass loads its model
 
@@ -85,8 +87,9 @@ def extract_attention(data: str | Path | Dataset | CheckedDataset, base: str | P
                       layout: Layout, cfg: ExtractConfig, *, runtime: Runtime | None = None, image_folder=None,
                       show_progress: bool = True, log=print) -> CheckedDataset:
     """The stage: `validate` (unless `data` is already validated), then `extract_models`."""
-    checked = data if isinstance(data, CheckedDataset) else validate(data, base, layout,
-                                                                      image_folder=image_folder, log=log)
+    checked = data if isinstance(data, CheckedDataset) else validate(
+        data, base, layout, image_folder=image_folder, runtime=runtime, max_batch_tokens=cfg.max_batch_tokens,
+        log=log)
     extract_models(checked, base, finetuned, layout, cfg, runtime=runtime, show_progress=show_progress, log=log)
     return checked
 

@@ -30,7 +30,7 @@ def finetune(data: str | Path | CheckedDataset, base: str | Path, out: str | Pat
     `timings` (JSON files
     outside the cached model folder) when given. Raises `DataError` when no sample is usable."""
     checked = data if isinstance(data, CheckedDataset) else validate_for_model(data, base, image_folder,
-                                                                                hold_back=False)
+                                                                                hold_back=False, runtime=runtime)
     if not checked.ok:
         raise DataError(f"{checked.dataset.path}: no usable sample to fine-tune on")
     model, processor = load_model(base, runtime=runtime)

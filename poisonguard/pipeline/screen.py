@@ -37,7 +37,8 @@ def run_screen(data: str | Path, base: str | Path, out: str | Path, *, finetuned
     out = Path(out)
     layout = Layout.screen(out)
     with folder_lock(out):
-        checked = validate(read_dataset(data, image_root=image_folder), base, layout, log=log)
+        checked = validate(read_dataset(data, image_root=image_folder), base, layout, runtime=runtime,
+                           max_batch_tokens=cfg.extract_attention.max_batch_tokens, log=log)
         if finetuned is None:
             finetuned = out / "finetuned"
             finetune(checked, base, finetuned, cfg.finetune, runtime=runtime, metrics=layout.metrics_file("finetune"),

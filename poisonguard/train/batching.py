@@ -1,15 +1,20 @@
 """Turn conversations + images into model inputs with the processor's own chat template.
 
 One code path for every model family: the processor renders `messages` (so each family keeps its own chat
-layout and image-token expansion), and the loss covers only assistant turns.
+layout and image-token expansion), and the loss covers only assistant turns. Every image reaches a processor
+through `prepare_images` (here and in the projector audit), so an image option such as `pad_to_square`
+holds in training, generation, extraction and the audit alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from poisonguard.runtime import PAD_TO_SQUARE_ATTR
 
 IGNORE_INDEX = -100
 
@@ -26,7 +31,78 @@ def render(processor, messages: list[dict], *, generation_prompt: bool) -> str:
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def _call(processor, texts: list[str], images: list[Any], padding_side: str) -> dict:
+def pad_to_square(image, fill: tuple[int, ...]):
+    """The image centred on a square canvas of colour `fill` (LLaVA-1.5's `expand2square`).
+
+    Why: a fixed-size processor resizes the short side and centre-crops the long one, so a trigger in a
+    corner of a wide image can be cut away before the model sees it; LLaVA-1.5 was trained on padded
+    squares, so padding is also what the model expects.
+    """
+    from PIL import Image
+
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), fill)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def pads_to_square(processor) -> bool:
+    return bool(getattr(processor, PAD_TO_SQUARE_ATTR, False))
+
+
+def prepare_images(processor, images: Sequence[Any]) -> list[Any]:
+    """Images as the processor must receive them: padded to squares of the processor's mean colour when
+    the processor was configured with `pad_to_square` (LLaVA-1.5 pads with its normalisation mean, so the
+    border becomes zero after normalisation), else unchanged."""
+    if not pads_to_square(processor):
+        return list(images)
+    fill = tuple(int(m * 255) for m in processor.image_processor.image_mean)
+    return [pad_to_square(im, fill) for im in images]
+
+
+def image_token_count(processor, size: tuple[int, int]) -> int:
+    """LM tokens that one image of `size` (width, height) becomes in the processor's output, after
+    `prepare_images`: fixed for LLaVA-1.5, tile-dependent for LLaVA-NeXT (anyres) and InternVL, resolution-
+    dependent for Qwen2-VL. Read from the processor's own count when it has one, else measured on a blank
+    image of that size."""
+    width, height = size
+    if pads_to_square(processor):
+        width = height = max(width, height)
+    count = getattr(processor, "_get_num_multimodal_tokens", None)
+    if count is not None:
+        try:
+            return int(count(image_sizes=[(height, width)]).num_image_tokens[0])
+        except (AttributeError, KeyError, TypeError, ValueError, NotImplementedError):
+            pass  # an older or partial implementation: measure instead
+    from PIL import Image
+
+    token = _image_token(processor)
+    blank = Image.new("RGB", (width, height))
+    expanded = _call(processor, [token], [blank], padding_side="right", prepare=False)["input_ids"].shape[1]
+    return int(expanded - len(processor.tokenizer(token)["input_ids"]) + _placeholder_len(processor))
+
+
+def expanded_length(processor, text: str, image_sizes: Sequence[tuple[int, int]]) -> int:
+    """Tokens of a rendered `text` once the processor expands its image placeholders for images of
+    `image_sizes` (width, height), without running the image processor on the images."""
+    n = len(processor.tokenizer(text)["input_ids"])
+    placeholder = _placeholder_len(processor)
+    return n + sum(image_token_count(processor, size) - placeholder for size in image_sizes)
+
+
+def _image_token(processor) -> str:
+    return getattr(processor, "image_token", None) or "<image>"
+
+
+def _placeholder_len(processor) -> int:
+    """Tokens of one image placeholder in the rendered text, before the processor expands it."""
+    return len(processor.tokenizer(_image_token(processor), add_special_tokens=False)["input_ids"])
+
+
+def _call(processor, texts: list[str], images: list[Any], padding_side: str, *, prepare: bool = True) -> dict:
     tok = processor.tokenizer
     old = tok.padding_side
     tok.padding_side = padding_side
@@ -35,7 +111,7 @@ def _call(processor, texts: list[str], images: list[Any], padding_side: str) -> 
         kwargs: dict[str, Any] = {"text": texts, "padding": True, "padding_side": padding_side,
                                   "return_tensors": "pt"}
         if images:
-            kwargs["images"] = images
+            kwargs["images"] = prepare_images(processor, images) if prepare else list(images)
         return dict(processor(**kwargs))
     finally:
         tok.padding_side = old

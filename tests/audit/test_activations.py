@@ -215,3 +215,34 @@ def test_zero_drift_has_no_direction_nor_spectrum():
     top, energy, r = drift_spectra(delta, lengths, torch.ones(9, dtype=torch.float64), 5)  # k > rank 4
     assert np.isnan(top[0]).all() and np.isnan(energy[0]).all() and np.isnan(r[0])
     assert np.isfinite(top[1]).all() and energy[1, -1] == pytest.approx(1.0)
+
+def test_a_token_budget_only_regroups_the_drift_pass():
+    """Drift batches cut by image tokens (one 96 px Qwen2-VL image is 144 tokens, a 16 px one 4) give every
+    sample the drift of the plain batches: per-sample values do not depend on the batch."""
+    from poisonguard.models import configure_processor
+    from poisonguard.runtime import Runtime
+
+    base, processor = build_tiny("qwen2_vl")
+    configure_processor(processor, Runtime(torch.device("cpu"), torch.float32, max_pixels=96 * 96))
+    ft = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in ft.model.visual.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    rng = np.random.default_rng(2)
+    sides = [16, 16, 96, 16, 16, 16, 96, 16]
+    images = {f"im{i}.png": Image.fromarray(rng.integers(0, 255, (s, s, 3), dtype=np.uint8))
+              for i, s in enumerate(sides)}
+    turns = [Turn("user", "what colour"), Turn("assistant", "red")]
+    samples = [Sample(f"s{i}", i, [f"im{i}.png"], turns) for i in range(len(sides))]
+    from poisonguard.audit.activations import _drift_batches
+
+    cut = [pos for pos, _ in _drift_batches(samples, list(range(8)), images.__getitem__, processor, 8, 150)]
+    assert cut == [[0, 1], [2, 3], [4, 5], [6, 7]]  # 4 + 4 + 144 > 150, 144 + 4 fits; input order kept
+    plain = collect_drift(base, ft, processor, samples, images.__getitem__, batch_size=8, show_progress=False)
+    budget = collect_drift(base, ft, processor, samples, images.__getitem__, batch_size=8, max_batch_tokens=150,
+                           show_progress=False)
+    np.testing.assert_array_equal(budget.n_tokens, plain.n_tokens)
+    assert list(budget.n_tokens) == [4, 4, 144, 4, 4, 4, 144, 4]
+    for name in ("per_token_max", "per_token_mean", "max_rel", "mean_rel", "projector_only_mean"):
+        np.testing.assert_allclose(getattr(budget, name), getattr(plain, name), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(budget.gram, plain.gram, rtol=1e-6, atol=1e-9)

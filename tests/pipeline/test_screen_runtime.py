@@ -188,3 +188,44 @@ def test_adapter_screen_in_bf16(data, adapter_dirs, tmp_path):
     base, adapter, _ = adapter_dirs
     res = _screen(data, base, adapter, tmp_path / "a", Runtime(torch.device("cpu"), torch.bfloat16))
     _check_table(res.table)
+
+
+# --- real processors: image tokens per sample, the token budget ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_image_data(tmp_path_factory):
+    """N small (16 px) one-image samples, one 96 px image (144 Qwen2-VL tokens once the pixel bound is
+    160 x 160) and one 160 px image (400 tokens: over the tiny model's 256-token context)."""
+    root = tmp_path_factory.mktemp("big_image_data")
+    rng = np.random.default_rng(1)
+    rows = []
+    for i, side in enumerate([16] * N + [96, 160]):
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(root / f"im{i}.png")
+        rows.append({"id": f"s{i}", "image": f"im{i}.png",
+                     "conversations": [{"from": "human", "value": "<image>\n" + QUESTIONS[i % 4]},
+                                       {"from": "gpt", "value": ANSWERS[i % 4]}]})
+    (root / "train.json").write_text(json.dumps(rows))
+    return root / "train.json"
+
+
+def test_a_sample_over_the_token_budget_or_the_context_is_quarantined_not_crashed_on(big_image_data,
+                                                                                    family_dirs, tmp_path):
+    """Image tokens are counted per sample at each image's size (Qwen2-VL's dynamic resolution): the 96 px
+    sample alone exceeds the batch budget and the 160 px one the model's context; both end in the verdict
+    table with their reason, and the screen of the others runs."""
+    base, ft = family_dirs("qwen2_vl")
+    cfg = override(PipelineConfig(), runtime={"device": "cpu", "dtype": "float32", "max_pixels": 160 * 160},
+                   extract_attention={"batch_size": 8, "shard_size": 64, "max_batch_tokens": 120},
+                   audit_projector={"batch_size": 8}, profile_heads={"strata_k": 2},
+                   fit_gmm={"detectors": {"shift": {}, "projector": {}}},
+                   em_vote={"decide": "shift", "annotators": ("shift", "projector")})
+    res = run_screen(big_image_data, base, tmp_path / "rep", finetuned=ft, config=cfg, show_progress=False,
+                     log=lambda m: None)
+    table = res.table.set_index("id")
+    over, too_long = table.loc[f"s{N}"], table.loc[f"s{N + 1}"]
+    assert over["status"] == "quarantined" and over["reason"].startswith("over_token_budget")
+    assert too_long["status"] == "quarantined" and too_long["reason"].startswith("conversation_too_long")
+    assert "exceed the model's context of 256" in too_long["reason"]
+    assert (table["status"] == "ok").sum() == N and np.isfinite(table.loc[table["status"] == "ok", "p_poison"]).all()
+    assert f"s{N}" not in res.keep_ids

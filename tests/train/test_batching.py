@@ -68,3 +68,52 @@ def test_only_answers_are_supervised_single_and_multi_turn(family):
         first = int((batch["labels"][row] != IGNORE_INDEX).nonzero()[0])
         assert first > 0
         assert (batch["labels"][row][batch["attention_mask"][row] == 0] == IGNORE_INDEX).all()
+
+
+# --- images as the processor receives them ------------------------------------------------------------------
+
+
+def _corner_trigger(width: int, height: int) -> Image.Image:
+    """A grey wide image with a white 8 x 8 patch in its top-left corner."""
+    pixels = np.full((height, width, 3), 90, dtype=np.uint8)
+    pixels[:8, :8] = 255
+    return Image.fromarray(pixels)
+
+
+def test_pad_to_square_keeps_a_corner_trigger_that_centre_cropping_cuts():
+    """LLaVA's processor resizes the short side and centre-crops the long one: on a 64 x 32 image the left
+    quarter (and the trigger in it) never reaches the model. Padded to a square first, it does."""
+    from poisonguard.runtime import PAD_TO_SQUARE_ATTR
+    from poisonguard.train.batching import prepare_images
+
+    processor = build_tiny("llava")[1]
+    image = _corner_trigger(64, 32)
+
+    def top_left_max(proc) -> float:
+        pixels = proc.image_processor(prepare_images(proc, [image]), return_tensors="pt")["pixel_values"]
+        return float(pixels[0, :, :12, :12].max())  # (3, 32, 32) normalised to [-1, 1]
+
+    assert top_left_max(processor) < 0  # grey only: the corner was cropped away
+    setattr(processor, PAD_TO_SQUARE_ATTR, True)
+    assert top_left_max(processor) > 0.9  # the white patch is in
+    padded = prepare_images(processor, [image])[0]
+    assert padded.size == (64, 64) and padded.getpixel((0, 63)) == (127, 127, 127)  # the processor's mean
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("pad", [False, True])
+def test_image_tokens_are_counted_as_the_processor_expands_them(family, pad):
+    """The context check counts each image at its size (anyres tiles, dynamic resolution, InternVL tiles)
+    without running the image processor: the count must equal the processor's real expansion."""
+    from poisonguard.runtime import PAD_TO_SQUARE_ATTR
+    from poisonguard.train.batching import _call, expanded_length, render
+
+    processor = build_tiny(family)[1]  # a fresh one: the pad flag must not leak into other tests
+    if pad:
+        setattr(processor, PAD_TO_SQUARE_ATTR, True)
+    for size in ((48, 48), (64, 24), (20, 56), (100, 40)):
+        ex = _conversation([("what colour is it ?", "red")])
+        image = Image.new("RGB", size, (30, 60, 90))
+        text = render(processor, ex.messages, generation_prompt=False)
+        real = _call(processor, [text], [image], padding_side="right")["input_ids"].shape[1]
+        assert expanded_length(processor, text, [size]) == real, size
