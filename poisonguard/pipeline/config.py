@@ -45,13 +45,15 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """`extract_attention`: decision-position features of both models, sharded and resumable."""
+    """`extract_attention`: decision-position features of both models, sharded and resumable, and their
+    teacher-forced log-probabilities of each sample's first answer (`extract.span`)."""
 
     batch_size: int = 64
     shard_size: int = 1024  # a killed extraction resumes at the first unfinished shard
+    span_max_tokens: int = 64  # answer tokens scored per sample (the first ones; see extract/span.py)
 
     def __post_init__(self) -> None:
-        _positive(self, "batch_size", "shard_size")
+        _positive(self, "batch_size", "shard_size", "span_max_tokens")
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ class VoteConfig:
     verdict blocks samples: a detector from fit_gmm, or "vote" for the EM's posterior > 0.5."""
 
     decide: str = DEFAULT_DETECTOR
-    annotators: tuple[str, ...] = ("shift", "fused", "projector")
+    annotators: tuple[str, ...] = ("shift", "span", "fused", "projector")
     max_iter: int = 100
     smoothing: float = 1.0
 

@@ -1,5 +1,6 @@
 """Stage `extract_attention`: validate the drop against the model, then capture both models' decision-position
-features (attention shares per layer and head, BYE's entropies, the final hidden state) on the usable samples.
+features (attention shares per layer and head, BYE's entropies, the final hidden state) on the usable samples,
+and each model's teacher-forced log-probabilities of the samples' own first answers (`extract.span`).
 
 The extraction plan -- which samples (ids and content digests), which model (`model_digest`), which shard
 size -- is the same whoever runs it (this stage, `poisonguard screen`, the Prefect/Dask flow), so finished
@@ -16,6 +17,7 @@ from poisonguard.data.dataset import Dataset
 from poisonguard.data.errors import DataError
 from poisonguard.data.fingerprint import model_digest
 from poisonguard.data.loading import CheckedDataset
+from poisonguard.extract.span import extract_span_to_dir
 from poisonguard.extract.storage import extract_to_dir, remove_temp_files
 from poisonguard.models import is_adapter_dir, model_passes
 from poisonguard.pipeline.config import ExtractConfig
@@ -65,9 +67,11 @@ def extract_models(checked: CheckedDataset, base: str | Path, finetuned: str | P
                    cfg: ExtractConfig, *, runtime: Runtime | None = None, show_progress: bool = True,
                    log=print) -> None:
     """Both models' features of the usable samples into `layout.extract/{finetuned,base}`, one full model
-    resident at a time (an adapter folder: one model, the adapter on, then off)."""
+    resident at a time (an adapter folder: one model, the adapter on, then off): the decision shards, then
+    `span.npz` (answer-span log-probabilities)."""
     plan = plan_extraction(checked, base, finetuned)
     examples = LazyExamples(checked.ok, checked.image_loader())
+    answers = LazyExamples(checked.ok, checked.image_loader(), prompt_only=False)
     for name, model, processor in model_passes(base, finetuned, runtime):
         folder = layout.extract / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -75,6 +79,9 @@ def extract_models(checked: CheckedDataset, base: str | Path, finetuned: str | P
         extract_to_dir(model, processor, examples, plan.ids, folder, shard_size=cfg.shard_size,
                        batch_size=cfg.batch_size, tag=plan.tags[name], inputs=plan.inputs, on_stale="restart",
                        show_progress=show_progress, log=log)
+        extract_span_to_dir(model, processor, answers, plan.ids, folder, tag=plan.tags[name], inputs=plan.inputs,
+                            max_tokens=cfg.span_max_tokens, batch_size=cfg.batch_size,
+                            show_progress=show_progress, log=log)
         del model, processor  # released before the next pass loads its model
 
 
