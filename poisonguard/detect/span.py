@@ -130,7 +130,7 @@ class AnswerSpanDetector(Detector):
                             {"score_span": x, "score_span_mean": gain["mean"], "p_span": p_poison},
                             accepted=bool(st["accepted"]), reason=st["reason"], k=int(st["k"]),
                             ashman_d=float(st["ashman_d"]), weight=float(st["weight"]),
-                            n_moved=int(st["n_moved"]))
+                            n_moved=int(st["n_moved"]), ashman_d_by_step=dict(st.get("peels", {})))
 
 
 def _peel(params, k: int, min_d: float) -> tuple[int, float, dict[str, float]]:
