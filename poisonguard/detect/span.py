@@ -51,7 +51,8 @@ class SpanParams:
     min_ashman_d: float = 2.0  # Ashman, Bird & Zepf (1994)
     max_weight: float = 0.5  # the upper mode is a minority of the moved samples (definition)
     max_lfdr: float = 0.2  # Efron (2007, 2010)
-    n_init: int = 2
+    n_init: int = 8  # EM restarts: an optimiser setting (the likelihood picks the restart); 2 missed a 45-sample
+    #                  mode on 2 of 3 demo-world subsamples at 1 % (a worse local optimum), 8 found it
     seed: int = 0
 
     def __post_init__(self) -> None:
