@@ -100,7 +100,7 @@ def subsampled(fs: FeatureSet, truth: set[str], rates=(0.005, 0.01, 0.02, 0.05, 
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=WORK / "poisoned" / "train.json")
     ap.add_argument("--truth", type=Path, default=WORK / "poisoned" / "poison_ids.json")
@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     set_threads(None, args.threads)
     truth = set(json.loads(args.truth.read_text())["poison_ids"])
     t0 = time.perf_counter()
@@ -131,6 +131,7 @@ def main() -> None:
     result["seconds"] = round(time.perf_counter() - t0, 1)
     (args.out / "span_bench.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":
