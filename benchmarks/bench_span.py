@@ -89,7 +89,7 @@ def subsampled(fs: FeatureSet, truth: set[str], rates=(0.005, 0.01, 0.02, 0.05, 
     clean, poisoned = np.flatnonzero(~y), np.flatnonzero(y)
     rows = []
     for rate in rates:
-        k = min(int(round(rate * clean.size / (1 - rate))), poisoned.size)
+        k = min(round(rate * clean.size / (1 - rate)), poisoned.size)
         for draw in range(draws):
             idx = np.r_[clean, np.random.default_rng(draw).choice(poisoned, k, replace=False)]
             res = AnswerSpanDetector().detect(fs.subset(idx))

@@ -10,7 +10,7 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-import bench_span  # noqa: E402
+import bench_span
 
 
 def test_bench_span_runs_and_the_base_model_flags_nothing(tiny_world, tmp_path):

@@ -106,10 +106,10 @@ class AnswerSpanDetector(Detector):
             fitted["mixture"] = mixture_state(params, upper)
         failed = [why for ok, why in (
             (k > 1, "one mode (BIC chose K = 1)"),
-            (d >= p.min_ashman_d, f"no separated upper mode (Ashman's D {d:.2f} < {p.min_ashman_d:g}): a "
-                                  "continuous tail, as clean samples the fine-tune learned give"),
-            (fitted["weight"] <= p.max_weight, f"upper-mode weight {fitted['weight']:.3f} > {p.max_weight:g} of the "
-                                               "moved samples (not a minority)"),
+            (d >= p.min_ashman_d, (f"no separated upper mode (Ashman's D {d:.2f} < {p.min_ashman_d:g}): a "
+                                   "continuous tail, as clean samples the fine-tune learned give")),
+            (fitted["weight"] <= p.max_weight, (f"upper-mode weight {fitted['weight']:.3f} > {p.max_weight:g} of "
+                                                "the moved samples (not a minority)")),
         ) if not ok]
         fitted["accepted"] = not failed
         fitted["reason"] = ("nothing flagged: " + "; ".join(failed)) if failed else (

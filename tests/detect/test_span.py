@@ -31,7 +31,7 @@ def _world(rate: float = 0.1, seed: int = 0, targets: tuple[float, ...] = (12.0,
     base[wrong] = -rng.exponential(wrong_scale, (wrong.sum(), T)).clip(max=4.0)
     ft = base * rng.uniform(0.0, 1.0, (N, T))  # the clean fine-tune: closer to certainty, never past it
     poison = np.zeros(N, dtype=bool)
-    idx = rng.choice(N, int(round(rate * N)), replace=False)
+    idx = rng.choice(N, round(rate * N), replace=False)
     poison[idx] = True
     lens[idx] = T  # a poisoned answer holds its payload
     valid = np.arange(T)[None, :] < lens[:, None]  # (N, T)
