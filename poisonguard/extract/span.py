@@ -19,8 +19,10 @@ Choices:
 - the answer span is the training loss's span (`encode_for_training`: the answer's tokens and the turn's
   end-of-turn tokens), so an appended payload shows also as an end-of-sequence token the fine-tune no longer
   predicts where the base does;
-- full logits of the forward are computed (as training does) and only the answer rows are turned into
-  float32 log-probabilities, so bf16 models lose no precision in the softmax.
+- logits are computed only at the positions that predict an answer token of some row of the batch
+  (`logits_to_keep` as a 1-D tensor, every supported family takes it): a batch of 64 × 1,000 tokens with
+  Qwen's 152k vocabulary would otherwise hold ~19 GB of bf16 logits. Those rows become float32
+  log-probabilities, so bf16 models lose no precision in the softmax.
 
 Storage: one `span.npz` per model folder (`extract/finetuned/`, `extract/base/`, next to the decision shards),
 with a fingerprint of the plan (ids, input digests, model tag, max_tokens); a rerun of the same plan reuses
@@ -40,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from poisonguard.atomic import atomic_path
-from poisonguard.runtime import to_device, to_numpy
+from poisonguard.runtime import model_device_dtype, to_device, to_numpy
 from poisonguard.train.batching import IGNORE_INDEX, Example, encode_for_training
 
 SPAN_FILE = "span.npz"
@@ -63,6 +65,10 @@ class SpanExtraction:
             raise ValueError(f"logp {self.logp.shape} and tokens {self.tokens.shape} must be the same (N, T)")
         if not np.array_equal(np.isnan(self.logp), self.tokens == NO_TOKEN):
             raise ValueError("logp must be NaN exactly where tokens are NO_TOKEN (beyond the answer)")
+
+
+def model_device(model) -> torch.device:
+    return model_device_dtype(model)[0]
 
 
 def first_answer(messages: list[dict]) -> list[dict] | None:
@@ -94,12 +100,16 @@ def span_batch(model, processor, examples: Sequence[Example], max_tokens: int) -
         return logp, tokens
     batch = encode_for_training(processor, chunk)
     labels = batch.pop("labels")  # (B', S): token ids on the answer, IGNORE_INDEX elsewhere
-    logits = model(**to_device(batch, model), use_cache=False).logits  # (B', S, V)
     target = labels[:, 1:]  # (B', S-1): the token that position s predicts is the one at s + 1
+    wanted = [torch.nonzero(row != IGNORE_INDEX).flatten()[:max_tokens] for row in target]  # B' × (t,)
+    keep = torch.unique(torch.cat(wanted))  # (P,) sorted: the predicting positions of any row
+    logits = model(**to_device(batch, model), use_cache=False,
+                   logits_to_keep=keep.to(model_device(model))).logits  # (B', P, V)
     for j, i in enumerate(rows):
-        pos = torch.nonzero(target[j] != IGNORE_INDEX).flatten()[:max_tokens]  # (t,) predicting positions
+        pos = wanted[j]  # (t,) predicting positions of row j
         ids = target[j, pos]  # (t,)
-        lp = torch.log_softmax(logits[j, pos.to(logits.device)].float(), dim=-1)  # (t, V)
+        cols = torch.searchsorted(keep, pos)  # (t,) their columns in `logits`
+        lp = torch.log_softmax(logits[j, cols.to(logits.device)].float(), dim=-1)  # (t, V)
         picked = lp.gather(1, ids.to(lp.device)[:, None])[:, 0]  # (t,)
         logp[i, : len(pos)] = to_numpy(picked)
         tokens[i, : len(pos)] = ids.numpy()
