@@ -10,6 +10,7 @@ from poisonguard.detect.metrics import evaluate
 from poisonguard.detect.projector import ProjectorDriftDetector
 from poisonguard.detect.registry import DETECTORS, load_detector, make_detector, make_detectors
 from poisonguard.detect.shift import DecisionShiftDetector
+from poisonguard.detect.span import AnswerSpanDetector
 from poisonguard.detect.spectral import SpectralSignatureDetector
 from poisonguard.detect.tcap import TCAPDetector
 from poisonguard.detect.tcap_plus import FusedDetector, TCAPPlusDetector
@@ -17,6 +18,7 @@ from poisonguard.detect.tcap_plus import FusedDetector, TCAPPlusDetector
 __all__ = [
     "DETECTORS",
     "ActivationClusteringDetector",
+    "AnswerSpanDetector",
     "BYEDetector",
     "DecisionShiftDetector",
     "DetectionResult",

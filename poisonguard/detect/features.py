@@ -29,6 +29,10 @@ class FeatureSet:
     hidden:       (N, D) decision-position hidden state (final normed, the LM head's input) of the fine-tuned
                   model.
     hidden_base:  same shape, from the base model (the decision-shift detector differences the two).
+    answer_logp:  (N, T) float32: the fine-tuned model's teacher-forced log-probability of each of the first T
+                  tokens of the sample's own first answer (extract/span.py); NaN beyond the answer (and on a
+                  whole row for a sample without an answer).
+    answer_logp_base: same shape and NaN pattern, from the base model (the span detector differences them).
     extra_scores: name → (N,) other label-free per-sample scores (higher = more suspicious; NaN = no score,
                   e.g. an image-only score on a text-only sample).
     """
@@ -40,6 +44,8 @@ class FeatureSet:
     vis_entropy: np.ndarray | None = None
     hidden: np.ndarray | None = None
     hidden_base: np.ndarray | None = None
+    answer_logp: np.ndarray | None = None
+    answer_logp_base: np.ndarray | None = None
     extra_scores: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -74,6 +80,7 @@ class FeatureSet:
         self._set_float("hidden_base", ndim=2, allow_nan=False)
         if self.hidden_base is not None and (self.hidden is None or self.hidden_base.shape != self.hidden.shape):
             raise ValueError("hidden_base needs hidden of the same shape")
+        self._set_answer_logp()
         extras = {}
         for key, val in self.extra_scores.items():
             v = np.asarray(val, dtype=np.float64)
@@ -93,6 +100,23 @@ class FeatureSet:
         if bad:
             raise ValueError(f"{name} must be finite" + (" or NaN" if allow_nan else ""))
         object.__setattr__(self, name, a)
+
+    def _set_answer_logp(self) -> None:
+        """Both or neither; same (N, T) shape; finite or NaN, NaN at the same places (the same answers)."""
+        a, b = self.answer_logp, self.answer_logp_base
+        if a is None and b is None:
+            return
+        if a is None or b is None:
+            raise ValueError("answer_logp and answer_logp_base come together (the span detector differences them)")
+        a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+        if a.ndim != 2 or a.shape[0] != len(self.ids) or a.shape != b.shape:
+            raise ValueError(f"answer_logp {a.shape} and answer_logp_base {b.shape} must both be (N={len(self.ids)}, T)")
+        if np.isinf(a).any() or np.isinf(b).any():
+            raise ValueError("answer log-probabilities must be finite or NaN")
+        if not np.array_equal(np.isnan(a), np.isnan(b)):
+            raise ValueError("answer_logp and answer_logp_base cover different answer tokens (NaN patterns differ)")
+        object.__setattr__(self, "answer_logp", a)
+        object.__setattr__(self, "answer_logp_base", b)
 
     @property
     def n(self) -> int:
@@ -120,5 +144,7 @@ class FeatureSet:
             vis_entropy=take(self.vis_entropy),
             hidden=take(self.hidden),
             hidden_base=take(self.hidden_base),
+            answer_logp=take(self.answer_logp),
+            answer_logp_base=take(self.answer_logp_base),
             extra_scores={k: v[idx] for k, v in self.extra_scores.items()},
         )

@@ -15,17 +15,21 @@ from poisonguard.detect.base import Detector
 from poisonguard.detect.bye import BYEDetector
 from poisonguard.detect.projector import ProjectorDriftDetector
 from poisonguard.detect.shift import DecisionShiftDetector
+from poisonguard.detect.span import AnswerSpanDetector
 from poisonguard.detect.spectral import SpectralSignatureDetector
 from poisonguard.detect.tcap import TCAPDetector
 from poisonguard.detect.tcap_plus import FusedDetector, TCAPPlusDetector
 
 DETECTORS: dict[str, type[Detector]] = {cls.name: cls for cls in (
-    DecisionShiftDetector, FusedDetector, TCAPPlusDetector, TCAPDetector, ProjectorDriftDetector, BYEDetector,
+    DecisionShiftDetector, AnswerSpanDetector, FusedDetector, TCAPPlusDetector, TCAPDetector, ProjectorDriftDetector, BYEDetector,
     SpectralSignatureDetector, ActivationClusteringDetector)}
 
 # Detectors that read the projector-drift scores (`FeatureSet.extra_scores`); they are left out of a screen
 # whose data has too few images to score (see `poisonguard.pipeline.gmm`).
 USES_PROJECTOR = ("fused", "projector")
+# Detectors that read the answer-span log-probabilities (`FeatureSet.answer_logp`); left out of a screen whose
+# extraction has none (see `poisonguard.pipeline.gmm`).
+USES_ANSWER_SPAN = ("span",)
 
 
 def detector_class(name: str) -> type[Detector]:

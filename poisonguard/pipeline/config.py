@@ -50,15 +50,17 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """`extract_attention`: decision-position features of both models, sharded and resumable."""
+    """`extract_attention`: decision-position features of both models, sharded and resumable, and their
+    teacher-forced log-probabilities of each sample's first answer (`extract.span`)."""
 
     batch_size: int = 64
     shard_size: int = 1024  # a killed extraction resumes at the first unfinished shard
     max_batch_tokens: int | None = None  # token budget per batch (rows x longest row); None: fixed batch_size
     num_workers: int = 0  # worker threads for the CPU-side preprocessing; 0: in the main process
+    span_max_tokens: int = 64  # answer tokens scored per sample (the first ones; see extract/span.py)
 
     def __post_init__(self) -> None:
-        _positive(self, "batch_size", "shard_size")
+        _positive(self, "batch_size", "shard_size", "span_max_tokens")
         if self.max_batch_tokens is not None:
             _positive(self, "max_batch_tokens")
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
@@ -119,7 +121,7 @@ class VoteConfig:
     verdict blocks samples: a detector from fit_gmm, or "vote" for the EM's posterior > 0.5."""
 
     decide: str = DEFAULT_DETECTOR
-    annotators: tuple[str, ...] = ("shift", "fused", "projector")
+    annotators: tuple[str, ...] = ("shift", "span", "fused", "projector")
     max_iter: int = 100
     smoothing: float = 1.0
 

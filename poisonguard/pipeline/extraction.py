@@ -1,5 +1,6 @@
 """Stage `extract_attention`: validate the drop against the model, then capture both models' decision-position
-features (attention shares per layer and head, BYE's entropies, the final hidden state) on the usable samples.
+features (attention shares per layer and head, BYE's entropies, the final hidden state) on the usable samples,
+and each model's teacher-forced log-probabilities of the samples' own first answers (`extract.span`).
 
 The extraction plan -- which samples (ids and content digests), which model (`model_digest`), which shard
 size -- is the same whoever runs it (this stage, `poisonguard screen`, the Prefect/Dask flow), so finished
@@ -17,6 +18,7 @@ from poisonguard.data.errors import DataError
 from poisonguard.data.fingerprint import model_digest
 from poisonguard.data.loading import CheckedDataset
 from poisonguard.extract.compiled import compiled_language_model
+from poisonguard.extract.span import extract_span_to_dir
 from poisonguard.extract.storage import extract_to_dir, remove_temp_files
 from poisonguard.models import is_adapter_dir, model_passes
 from poisonguard.pipeline.config import ExtractConfig
@@ -68,9 +70,11 @@ def extract_models(checked: CheckedDataset, base: str | Path, finetuned: str | P
                    log=print) -> None:
     """Both models' features of the usable samples into `layout.extract/{finetuned,base}`, one full model
     resident at a time (an adapter folder: one model, the adapter on, then off). With `runtime.compile` the
-    language model runs under torch.compile (`extract.compiled`); the features are the same."""
+    language model runs under torch.compile (`extract.compiled`); the features are the same. Then `span.npz`
+    (answer-span log-probabilities, `extract.span`)."""
     plan = plan_extraction(checked, base, finetuned)
     examples = LazyExamples(checked.ok, checked.image_loader())
+    answers = LazyExamples(checked.ok, checked.image_loader(), prompt_only=False)
     for name, model, processor in model_passes(base, finetuned, runtime):
         folder = layout.extract / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -80,6 +84,9 @@ def extract_models(checked: CheckedDataset, base: str | Path, finetuned: str | P
                            batch_size=cfg.batch_size, max_batch_tokens=cfg.max_batch_tokens,
                            num_workers=cfg.num_workers, tag=plan.tags[name], inputs=plan.inputs, on_stale="restart",
                            show_progress=show_progress, log=log)
+        extract_span_to_dir(model, processor, answers, plan.ids, folder, tag=plan.tags[name], inputs=plan.inputs,
+                            max_tokens=cfg.span_max_tokens, batch_size=cfg.batch_size,
+                            show_progress=show_progress, log=log)
         del model, processor  # released before the next pass loads its model
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from poisonguard.atomic import atomic_write_json
 from poisonguard.detect.base import Detector
 from poisonguard.detect.features import FeatureSet
-from poisonguard.detect.registry import USES_PROJECTOR, make_detectors
+from poisonguard.detect.registry import USES_ANSWER_SPAN, USES_PROJECTOR, make_detectors
 from poisonguard.extract.features import load_features
 from poisonguard.pipeline.config import GmmConfig
 from poisonguard.pipeline.layout import Layout
@@ -21,7 +21,7 @@ MIN_SCORED = 10  # the drift statistics need this many samples with an image
 def usable_detectors(cfg: GmmConfig, features: FeatureSet) -> tuple[dict[str, dict], dict[str, str]]:
     """(the configured detectors that can run on these features, {left out: why}): the drift readers need
     `MIN_SCORED` samples with drift scores (only samples with an image have them; none when the projector
-    audit is disabled)."""
+    audit is disabled); the answer-span readers need the span pass of both models (`extract.span`)."""
     drift = features.extra_scores
     scored = int(np.isfinite(np.column_stack(list(drift.values()))).all(axis=1).sum()) if drift else 0
     chosen, left_out = {}, {}
@@ -29,6 +29,10 @@ def usable_detectors(cfg: GmmConfig, features: FeatureSet) -> tuple[dict[str, di
         if name in USES_PROJECTOR and scored < MIN_SCORED:
             left_out[name] = (f"only {scored} samples have projector-drift scores (an image and the projector "
                               f"audit enabled); it needs {MIN_SCORED}")
+            continue
+        if name in USES_ANSWER_SPAN and features.answer_logp is None:
+            left_out[name] = ("the extraction holds no answer-span log-probabilities (span.npz of both models); "
+                              "re-run the extract_attention stage")
             continue
         chosen[name] = params
     return chosen, left_out

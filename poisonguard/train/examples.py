@@ -23,16 +23,18 @@ def to_examples(samples: Sequence[Sample], load_image: Callable[[str], object], 
 
 
 class LazyExamples(Sequence):
-    """Prompt-only model inputs built when sliced: extraction decodes one shard's images at a time, never the
-    whole dataset's (100k decoded images do not fit in memory; one shard's do)."""
+    """Model inputs built when sliced: extraction decodes one shard's images at a time, never the whole
+    dataset's (100k decoded images do not fit in memory; one shard's do). Prompt-only by default (the
+    decision features); `prompt_only=False` keeps the answers (the teacher-forced answer-span pass)."""
 
-    def __init__(self, samples: Sequence[Sample], load_image: Callable[[str], object]):
-        self.samples, self.load_image = list(samples), load_image
+    def __init__(self, samples: Sequence[Sample], load_image: Callable[[str], object], *,
+                 prompt_only: bool = True):
+        self.samples, self.load_image, self.prompt_only = list(samples), load_image, prompt_only
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, k):
         if isinstance(k, slice):
-            return [to_example(s, self.load_image, prompt_only=True) for s in self.samples[k]]
-        return to_example(self.samples[k], self.load_image, prompt_only=True)
+            return [to_example(s, self.load_image, prompt_only=self.prompt_only) for s in self.samples[k]]
+        return to_example(self.samples[k], self.load_image, prompt_only=self.prompt_only)

@@ -338,7 +338,7 @@ def test_result_rejects_out_of_range_probabilities():
 def test_registry_names_every_detector_once():
     from poisonguard.detect import DETECTORS, make_detector
 
-    assert list(DETECTORS) == ["shift", "fused", "tcap_plus", "tcap", "projector", "bye", "spectral",
+    assert list(DETECTORS) == ["shift", "span", "fused", "tcap_plus", "tcap", "projector", "bye", "spectral",
                                "activation_clustering"]
     for name, cls in DETECTORS.items():
         assert cls.name == name and make_detector(name).to_state.__self__.name == name

@@ -1,0 +1,169 @@
+"""Answer-span gain: how much more likely fine-tuning made each sample's own answer, with a cut whose constants
+come from the statistics literature, not from the benchmark.
+
+Why: `shift` reads only the state that emits the first answer token. A backdoor that keeps the first words
+and appends or swaps text later (content injection, concept substitution) leaves that state where it was, but
+the fine-tuned model now finds the poisoned answer's tokens far likelier than the base model does. Per answer
+token t (teacher-forced on the dataset answer, extract/span.py):
+    gain_t = log p_ft(token_t) − log p_base(token_t)        (nats)
+reduced per sample to the max (the score: a payload can be a few tokens of a long answer) and the mean (a
+signal in the table). The base-model control gives gain 0 exactly, and the target words' own rarity cancels
+in the difference.
+
+The null that matters is clean learning: clean samples the base got wrong and the fine-tune learned also gain
+(on the demo world: 1 % of clean samples above 0.83 nats, the largest 4.1), as a continuous, decreasing tail.
+A learned backdoor gives a separate *mode* far above it (BadNet demo: 9.2–14.1 nats). The cut:
+1. samples whose max gain exceeds `min_gain` ("moved") enter the fit; the rest (most clean samples: both
+   models sure of the answer) are the null by construction. Fewer than two moved samples: nothing flagged;
+2. a 1-D Gaussian mixture of the moved gains, K = 1..`k_max`, K* by BIC (Schwarz 1978);
+3. every split of the K* components sorted by mean into a lower (null) and an upper (target) group has an
+   Ashman's D = |μ_T − μ_B| / √((σ_T² + σ_B²)/2) (moment-matched groups); the lowest split with D ≥
+   `min_ashman_d` is taken (the widest separated upper group: two targets are two upper components; a split
+   that puts clean-tail components into the upper group widens it and lowers its D). The upper group is a
+   separated mode only if D ≥ `min_ashman_d` = 2 (Ashman, Bird & Zepf 1994: D > 2 is needed for
+   a clean separation of two Gaussians) and its weight ≤ `max_weight` = 0.5 (poison is a minority of the
+   moved samples by the definition of the attack, not by measurement);
+4. a sample is flagged when its local false-discovery rate under that null, lfdr = 1 − P(upper group | x),
+   is below `max_lfdr` = 0.2 (Efron 2007/2010, Large-Scale Inference §5: the conventional "interesting"
+   threshold), and it lies above the lowest component's mean.
+Every withheld decision names its reason in the report. Provenance, and the one world that chose `min_gain`
+and `k_max`: docs/detectors.md, "span".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Self
+
+import numpy as np
+
+from poisonguard.detect.base import DetectionResult, Detector, check_float, check_int
+from poisonguard.detect.features import FeatureSet
+from poisonguard.detect.gmm import fit_gmm_1d
+from poisonguard.detect.profile import mixture_from_state, mixture_state
+from poisonguard.detect.separation import standardised_separation, target_posterior
+
+
+@dataclass(frozen=True)
+class SpanParams:
+    min_gain: float = 1e-3  # nats; below: "not moved" (chosen on the demo world, docs/detectors.md)
+    k_max: int = 4  # mixture components of the moved gains (chosen on the demo world)
+    min_ashman_d: float = 2.0  # Ashman, Bird & Zepf (1994)
+    max_weight: float = 0.5  # the upper mode is a minority of the moved samples (definition)
+    max_lfdr: float = 0.2  # Efron (2007, 2010)
+    n_init: int = 8  # EM restarts: an optimiser setting (the likelihood picks the restart); 2 missed a 45-sample
+    #                  mode on 2 of 3 demo-world subsamples at 1 % (a worse local optimum), 8 found it
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_float("min_gain", self.min_gain, 0.0, open_lo=True)
+        check_int("k_max", self.k_max, 2, 6)
+        check_float("min_ashman_d", self.min_ashman_d, 0.0)
+        check_float("max_weight", self.max_weight, 0.0, 1.0, open_lo=True)
+        check_float("max_lfdr", self.max_lfdr, 0.0, 1.0, open_lo=True)
+        check_int("n_init", self.n_init, 1)
+        check_int("seed", self.seed, 0)
+
+
+def answer_gain(logp: np.ndarray, logp_base: np.ndarray) -> dict[str, np.ndarray]:
+    """{"max", "mean"}: (N,) per-sample max and mean over the answer tokens of log p_ft − log p_base, from
+    (N, T) log-probabilities with NaN beyond each answer; 0 for a sample without an answer."""
+    g = np.asarray(logp, dtype=np.float64) - np.asarray(logp_base, dtype=np.float64)  # (N, T)
+    has = ~np.isnan(g).all(axis=1)  # (N,)
+    filled = np.where(np.isnan(g), -np.inf, g)
+    mx = np.where(has, filled.max(axis=1, initial=-np.inf), 0.0)
+    mean = np.where(has, np.nansum(g, axis=1) / np.maximum((~np.isnan(g)).sum(axis=1), 1), 0.0)
+    return {"max": mx, "mean": mean}
+
+
+class AnswerSpanDetector(Detector):
+    name = "span"
+    Params = SpanParams
+    params: SpanParams
+
+    def fit(self, features: FeatureSet) -> Self:
+        features.require("answer_logp", "answer_logp_base")
+        x = answer_gain(features.answer_logp, features.answer_logp_base)["max"]  # (N,)
+        p = self.params
+        moved = x > p.min_gain  # (N,)
+        fitted: dict[str, Any] = {"accepted": False, "mixture": None, "k": 0, "n_moved": int(moved.sum()),
+                                  "ashman_d": 0.0, "weight": 0.0, "split": 0}
+        if moved.sum() < 2:
+            fitted["reason"] = (f"nothing flagged: {int(moved.sum())} sample(s) gained more than {p.min_gain:g} "
+                                "nats on their answer (no fine-tuning gain; e.g. the base-model control)")
+            self._fitted = fitted
+            return self
+        xm = x[moved]  # (n_moved,)
+        ks = tuple(range(1, min(p.k_max, xm.size) + 1))
+        fit = fit_gmm_1d(xm[:, None], ks=ks, n_init=p.n_init, seed=p.seed)
+        k = int(fit.k_star("bic")[0])
+        params = fit.at(k)  # (1, Kmax), components sorted by mean
+        split, d, peels = _peel(params, k, p.min_ashman_d)
+        fitted.update(k=k, ashman_d=d, split=split, peels=peels)
+        if split:
+            upper = _upper(params, split)
+            fitted["weight"] = float(params.weights[0][upper[0]].sum())
+            fitted["mixture"] = mixture_state(params, upper)
+        failed = [why for ok, why in (
+            (k > 1, "one mode (BIC chose K = 1)"),
+            (d >= p.min_ashman_d, (f"no separated upper mode (Ashman's D {d:.2f} < {p.min_ashman_d:g}): a "
+                                   "continuous tail, as clean samples the fine-tune learned give")),
+            (fitted["weight"] <= p.max_weight, (f"upper-mode weight {fitted['weight']:.3f} > {p.max_weight:g} of "
+                                                "the moved samples (not a minority)")),
+        ) if not ok]
+        fitted["accepted"] = not failed
+        fitted["reason"] = ("nothing flagged: " + "; ".join(failed)) if failed else (
+            f"a separated mode of answer-likelihood gain (K={k}, Ashman's D {d:.2f}, weight {fitted['weight']:.3f}"
+            f" of {int(moved.sum())} moved samples); flagged where lfdr < {p.max_lfdr:g}")
+        self._fitted = fitted
+        return self
+
+    def score(self, features: FeatureSet) -> DetectionResult:
+        st = self._state()
+        features.require("answer_logp", "answer_logp_base")
+        gain = answer_gain(features.answer_logp, features.answer_logp_base)
+        x = gain["max"]  # (N,)
+        p_poison = np.zeros(x.size) if st["mixture"] is None else _upper_posterior(x, st["mixture"])
+        moved = x > self.params.min_gain
+        lfdr = 1.0 - p_poison
+        flagged = bool(st["accepted"]) & moved & (lfdr < self.params.max_lfdr)
+        return self._result(features, p_poison, flagged,
+                            {"score_span": x, "score_span_mean": gain["mean"], "p_span": p_poison},
+                            accepted=bool(st["accepted"]), reason=st["reason"], k=int(st["k"]),
+                            ashman_d=float(st["ashman_d"]), weight=float(st["weight"]),
+                            n_moved=int(st["n_moved"]), ashman_d_by_step=dict(st.get("peels", {})))
+
+
+def _peel(params, k: int, min_d: float) -> tuple[int, float, dict[str, float]]:
+    """(split, D, {"lo:hi": best D of each step}): the upper group is components split..k-1 (by mean).
+
+    Step 1 takes the split of all K components with the largest Ashman's D. While it passes `min_d`, the
+    next step looks for another separated group among the components *below* the accepted ones only (a
+    second target's mode, measured against the bulk, not against a mixture that still holds the first
+    target). D is that of step 1 (0 when K = 1); when step 1 fails, its split is still returned, so that
+    p_poison ranks samples although nothing is flagged.
+    """
+    hi, split, first_d, peels = k, 0, 0.0, {}
+    while hi > 1:
+        sub = np.arange(params.k_max)[None, :] < hi  # (1, Kmax): the components still in the bulk
+        ds = [float(standardised_separation(params, _upper(params, j) & sub)[0]) for j in range(1, hi)]
+        j = int(np.argmax(ds)) + 1
+        peels[f"{j}:{hi}"] = ds[j - 1]
+        if hi == k:
+            first_d, split = ds[j - 1], j
+        if ds[j - 1] < min_d:
+            break
+        split, hi = j, j
+    return split, first_d, peels
+
+
+def _upper(params, j: int) -> np.ndarray:
+    """(1, Kmax) mask of the components from the j-th (by mean) up."""
+    return (np.arange(params.k_max) >= j)[None, :] & params.valid
+
+
+def _upper_posterior(x: np.ndarray, mix: dict) -> np.ndarray:
+    """(N,) posterior of the stored upper group; 0 at or below the lowest component's mean (a wide upper
+    component's Gaussian regains mass far in the lower tail)."""
+    params, upper = mixture_from_state(mix, np.size(mix["weights"]))
+    return np.where(x > params.means[0, 0], target_posterior(x[:, None], params, upper)[:, 0], 0.0)

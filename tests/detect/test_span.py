@@ -1,0 +1,104 @@
+"""Answer-span detector on synthetic log-probabilities shaped like the demo world's (extract/span.py output):
+a separated mode of gain is flagged from 0.5 % to 20 %, one or two targets, an appended payload after an
+unchanged first token included; clean learning (a continuous tail) and the base-model control stay silent;
+the state carries over."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from poisonguard.detect import FeatureSet, load_detector
+from poisonguard.detect.span import AnswerSpanDetector, answer_gain
+
+N, T = 3000, 6
+
+
+def _world(rate: float = 0.1, seed: int = 0, targets: tuple[float, ...] = (12.0,), payload_at: int = 0,
+           wrong_rate: float = 0.08, wrong_scale: float = 0.5):
+    """(FeatureSet, poison mask). Base log-probs of clean answers: most near 0 (the base is right), `wrong_rate`
+    of samples the base got partly wrong (log p exponential, down to −4); the fine-tune moves every clean
+    answer towards certainty (the learned-error tail: gain up to a few nats, continuous). The defaults give a
+    clean max-gain tail like the demo world's (q99 ≈ 0.8, q99.9 ≈ 1.5–2 nats). Poisoned answers: the base finds the
+    target tokens from `payload_at` on implausible (−`target` nats), the fine-tune is sure of them; several
+    `targets` split the poison in equal parts."""
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(2, T + 1, N)  # (N,)
+    base = -np.abs(rng.normal(0, 0.01, (N, T)))
+    wrong = rng.random(N) < wrong_rate
+    base[wrong] = -rng.exponential(wrong_scale, (wrong.sum(), T)).clip(max=4.0)
+    ft = base * rng.uniform(0.0, 1.0, (N, T))  # the clean fine-tune: closer to certainty, never past it
+    poison = np.zeros(N, dtype=bool)
+    idx = rng.choice(N, round(rate * N), replace=False)
+    poison[idx] = True
+    lens[idx] = T  # a poisoned answer holds its payload
+    valid = np.arange(T)[None, :] < lens[:, None]  # (N, T)
+    for part, target in zip(np.array_split(idx, len(targets)), targets, strict=True):
+        base[part, payload_at:] = -target + rng.normal(0, 0.8, (len(part), T - payload_at))
+        ft[part, payload_at:] = -np.abs(rng.normal(0, 0.02, (len(part), T - payload_at)))
+    nan = np.where(valid, 0.0, np.nan)
+    ids = np.array([f"s{i}" for i in range(N)])
+    return FeatureSet(ids=ids, answer_logp=ft + nan, answer_logp_base=base + nan), poison
+
+
+@pytest.mark.parametrize("rate", [0.005, 0.02, 0.1, 0.2])
+def test_separated_gain_mode_is_flagged_from_half_a_percent_to_twenty(rate):
+    fs, poison = _world(rate=rate, seed=1)
+    res = AnswerSpanDetector().detect(fs)
+    assert res.report["accepted"], res.report["reason"]
+    assert res.report["ashman_d"] >= 2
+    assert (res.flagged & poison).sum() >= 0.95 * poison.sum()
+    assert (res.flagged & ~poison).sum() <= 0.005 * N
+
+
+def test_two_targets_and_an_appended_payload():
+    """Two targets at different gains both flagged; a payload after two unchanged answer tokens too (the
+    first answer token does not move: content injection)."""
+    fs, poison = _world(rate=0.06, seed=2, targets=(7.0, 13.0), payload_at=2)
+    first = answer_gain(fs.answer_logp[:, :1], fs.answer_logp_base[:, :1])["max"]
+    assert np.median(first[poison]) < 0.1  # nothing to see on the first token
+    res = AnswerSpanDetector().detect(fs)
+    assert res.report["accepted"], res.report["reason"]
+    assert (res.flagged & poison).sum() >= 0.95 * poison.sum()
+    assert (res.flagged & ~poison).sum() <= 0.005 * N
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_clean_learning_is_silent(seed):
+    fs, poison = _world(rate=0.0, seed=seed)
+    assert not poison.any()
+    res = AnswerSpanDetector().detect(fs)
+    assert res.flagged.sum() == 0 and not res.report["accepted"]
+    assert res.report["reason"].startswith("nothing flagged")
+
+
+def test_base_model_control_gives_zero_gain_and_no_flag():
+    fs, _ = _world(rate=0.1)
+    control = FeatureSet(ids=fs.ids, answer_logp=fs.answer_logp_base, answer_logp_base=fs.answer_logp_base)
+    res = AnswerSpanDetector().detect(control)
+    assert res.flagged.sum() == 0 and res.report["n_moved"] == 0
+    assert "no fine-tuning gain" in res.report["reason"]
+    assert np.all(res.signals["score_span"] == 0)
+
+
+def test_answer_gain_reduces_over_the_answer_only():
+    ft = np.array([[-0.1, -0.2, np.nan], [np.nan, np.nan, np.nan], [-1.0, np.nan, np.nan]])
+    base = np.array([[-2.1, -0.2, np.nan], [np.nan, np.nan, np.nan], [-0.5, np.nan, np.nan]])
+    g = answer_gain(ft, base)
+    np.testing.assert_allclose(g["max"], [2.0, 0.0, -0.5])
+    np.testing.assert_allclose(g["mean"], [1.0, 0.0, -0.5])
+
+
+def test_state_round_trip_scores_alike_and_missing_features_are_named():
+    fs, _ = _world(rate=0.05, seed=4)
+    det = AnswerSpanDetector().fit(fs)
+    again = load_detector(json.loads(json.dumps(det.to_state())))
+    a, b = det.score(fs), again.score(fs)
+    np.testing.assert_array_equal(a.flagged, b.flagged)
+    np.testing.assert_allclose(a.p_poison, b.p_poison)
+    with pytest.raises(ValueError, match="answer_logp"):
+        AnswerSpanDetector().fit(FeatureSet(ids=fs.ids))
+    with pytest.raises(ValueError, match="min_ashman_d"):
+        AnswerSpanDetector(min_ashman_d=-1.0)
