@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from poisonguard.attacks.files import poison_file, read_poison_ids
 from poisonguard.atomic import atomic_write_json
 from poisonguard.bench.tables import cell_kind, markdown_tables
@@ -326,6 +328,12 @@ def screen_cell(cfg: BenchConfig, world: WorldFiles, data: Path, model_dir: Path
     for det in cfg.detectors:
         flag_col, p_col = detector_columns(table, det, res.default)
         out[det] = binary_metrics(y, table[flag_col].to_numpy(bool), table[p_col].to_numpy(float))
+    # The Dawid–Skene vote over the annotators (em_vote): `p_vote` beside the deciding detector, or the verdict
+    # itself when it decides; flagged at p_vote > 0.5 as the stage flags it.
+    p_vote = table["p_vote"] if "p_vote" in table else (table["p_poison"] if res.default == "vote" else None)
+    if p_vote is not None:
+        p_vote = p_vote.to_numpy(float)
+        out["vote"] = binary_metrics(y, np.nan_to_num(p_vote, nan=0.0) > 0.5, p_vote)
     log("   " + "  ".join(f"{k}: F1 {v['f1']:.2f} AUROC {'–' if v['auroc'] is None else round(v['auroc'], 2)} "
                           f"n={v['n_flagged']}" for k, v in out.items() if isinstance(v, dict))
         + f"  ({out['screen_seconds']:.0f}s)")

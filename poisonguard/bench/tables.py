@@ -108,7 +108,11 @@ def _base_attacks(summary: dict) -> dict:
 
 
 def _detectors(summary: dict) -> list[str]:
-    return list(summary["config"]["detectors"])
+    """The configured detectors, then the vote when the cells measured it (its column follows the detectors)."""
+    dets = list(summary["config"]["detectors"])
+    if "vote" not in dets and any("vote" in (c.get("detection") or {}) for c in summary["cells"]):
+        dets.append("vote")
+    return dets
 
 
 def _det(c: dict, det: str, key: str):
@@ -183,9 +187,11 @@ def full_detection_table(summary: dict) -> str:
     for (a, r), cs in groups(summary, "attack").items():
         for d in _detectors(summary):
             rows.append([_label(a, r), *_fit_columns(cs), d] + [fmt([_det(c, d, k) for c in cs]) for k in
-                                                                ("precision", "recall", "f1", "auroc")]
+                                                                ("precision", "recall", "f1", "auroc",
+                                                                 "tpr_at_1pct_fpr")]
                         + [fmt([_det(c, d, "n_flagged") for c in cs], 0)])
-    return _table(["attack", "ASR", "fit", "learned", "detector", "P", "R", "F1", "AUROC", "flagged"], rows)
+    return _table(["attack", "ASR", "fit", "learned", "detector", "P", "R", "F1", "AUROC", "TPR at 1% FPR",
+                   "flagged"], rows)
 
 
 def _clean_reference(summary: dict) -> dict[int, dict]:
@@ -310,7 +316,7 @@ def markdown_tables(summary: dict) -> str:
         parts += [(f"\nDetection, F1 / AUROC (mean ± std over the seeds whose backdoor was learned, ASR ≥ "
                    f"{LEARNED_ASR}; \"not learned\" rows are no detection miss):\n"), detection_table(summary),
                   "\nControls, share of samples flagged (mean count in brackets):\n", controls_table(summary),
-                  "\nDetection in full, P / R / F1 / AUROC and samples flagged:\n", full_detection_table(summary)]
+                  "\nDetection in full, P / R / F1 / AUROC / TPR at 1 % FPR and samples flagged:\n", full_detection_table(summary)]
     defence = defence_table(summary)
     if defence:
         parts += [("Defence loop, CP / ASR after fine-tuning on each detector's cleaned set (oracle = the true "

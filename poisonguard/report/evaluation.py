@@ -11,9 +11,22 @@ from poisonguard.attacks.files import read_poison_ids
 from poisonguard.detect.metrics import auroc, precision_recall_f1
 
 
+def tpr_at_fpr(scores: np.ndarray, truth: np.ndarray, fpr: float = 0.01) -> float | None:
+    """Share of the poisoned samples scored above the clean samples' (1 − fpr) quantile: the recall a cut
+    would have if it were allowed `fpr` false flags. A ranking figure, like AUROC, read at the operating point
+    that matters for a release (few clean samples lost). None without both classes."""
+    truth = np.asarray(truth, bool)
+    scores = np.nan_to_num(np.asarray(scores, np.float64), nan=0.0)
+    if truth.all() or not truth.any():
+        return None
+    cut = np.quantile(scores[~truth], 1.0 - fpr, method="higher")  # at most `fpr` of the clean ones above
+    return float(np.mean(scores[truth] > cut))
+
+
 def binary_metrics(truth: np.ndarray, flagged: np.ndarray, scores: np.ndarray) -> dict:
     p, r, f1 = precision_recall_f1(flagged, truth)
     return {"precision": p, "recall": r, "f1": f1, "auroc": auroc(np.nan_to_num(scores, nan=0.0), truth),
+            "tpr_at_1pct_fpr": tpr_at_fpr(scores, truth, 0.01),
             "n_flagged": int(np.sum(flagged)), "flag_rate": float(np.mean(flagged)) if len(flagged) else 0.0}
 
 

@@ -152,3 +152,13 @@ def test_a_backdoor_that_was_not_learned_is_marked_and_no_detection_miss():
     goal = goal_check(s)
     assert "not learned (ASR < 0.5 on triggered test inputs; not counted as misses): all_to_all 10%" in goal
     assert "F1 ≥ 0.95 (mean over seeds): met in 1 of 2; worst badnet 10% at 0.90" in goal  # conservatism counts 1.00
+
+
+def test_the_vote_gets_a_column_when_the_cells_measured_it():
+    summary = _summary()
+    for c in summary["cells"]:
+        c["detection"]["vote"] = _det(0.5, 0.7, 0.05, 5)
+    table = detection_table(summary)
+    assert "| attack | seeds | ASR | fit | learned | fused | tcap | vote |" in table
+    assert "0.50 ± 0.00 / 0.70 ± 0.00 |" in table
+    assert "| vote |" not in detection_table(_summary())  # not measured: no column

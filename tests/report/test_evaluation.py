@@ -44,3 +44,17 @@ def test_scores_the_default_and_every_detector_column(report_dir, tmp_path):
 def test_an_unreadable_truth_file_is_a_data_error(report_dir, tmp_path):
     with pytest.raises(DataError, match="cannot read the poisoned ids"):
         evaluate_report(report_dir, tmp_path / "missing.json")
+
+
+def test_tpr_at_one_percent_fpr_reads_the_clean_tail():
+    import numpy as np
+
+    from poisonguard.report.evaluation import binary_metrics, tpr_at_fpr
+
+    clean = np.arange(1000, dtype=float)  # the clean 99th percentile (method "higher") is 990
+    poison = np.array([995.0, 991.0, 500.0, 2000.0])
+    scores = np.concatenate([clean, poison])
+    truth = np.r_[np.zeros(1000, bool), np.ones(4, bool)]
+    assert tpr_at_fpr(scores, truth, 0.01) == 0.75  # 995, 991, 2000 above 990; 500 is inside the clean bulk
+    assert tpr_at_fpr(scores, np.zeros_like(truth), 0.01) is None  # no poisoned sample: undefined
+    assert binary_metrics(truth, scores > 990, scores)["tpr_at_1pct_fpr"] == 0.75
