@@ -22,7 +22,12 @@ A learned backdoor gives a separate *mode* far above it (BadNet demo: 9.2–14.1
    that puts clean-tail components into the upper group widens it and lowers its D). The upper group is a
    separated mode only if D ≥ `min_ashman_d` = 2 (Ashman, Bird & Zepf 1994: D > 2 is needed for
    a clean separation of two Gaussians) and its weight ≤ `max_weight` = 0.5 (poison is a minority of the
-   moved samples by the definition of the attack, not by measurement);
+   moved samples by the definition of the attack, not by measurement); and the mixture density has a
+   valley between the two groups at most `max_valley` of its height at the upper group's lowest mean. D alone
+   is not enough: a clean fine-tune's decreasing tail, fitted by K = 4 components, has a small top component
+   far out (mean 2.8 nats) with D 4.1 but only a shallow dip before it (valley/peak 0.75), while every learned
+   backdoor measured has an empty gap (valley/peak ≤ 1e-18); `max_valley` = 0.5 (the valley at most half the
+   peak) was chosen on those world-seed-0 cells (docs/detectors.md, "span");
 4. a sample is flagged when its local false-discovery rate under that null, lfdr = 1 − P(upper group | x),
    is below `max_lfdr` = 0.2 (Efron 2007/2010, Large-Scale Inference §5: the conventional "interesting"
    threshold), and it lies above the lowest component's mean.
@@ -51,6 +56,7 @@ class SpanParams:
     min_ashman_d: float = 2.0  # Ashman, Bird & Zepf (1994)
     max_weight: float = 0.5  # the upper mode is a minority of the moved samples (definition)
     max_lfdr: float = 0.2  # Efron (2007, 2010)
+    max_valley: float = 0.5  # mixture density in the gap / at the upper mode (chosen on world seed 0, see above)
     n_init: int = 8  # EM restarts: an optimiser setting (the likelihood picks the restart); 2 missed a 45-sample
     #                  mode on 2 of 3 demo-world subsamples at 1 % (a worse local optimum), 8 found it
     seed: int = 0
@@ -61,6 +67,7 @@ class SpanParams:
         check_float("min_ashman_d", self.min_ashman_d, 0.0)
         check_float("max_weight", self.max_weight, 0.0, 1.0, open_lo=True)
         check_float("max_lfdr", self.max_lfdr, 0.0, 1.0, open_lo=True)
+        check_float("max_valley", self.max_valley, 0.0, 1.0)
         check_int("n_init", self.n_init, 1)
         check_int("seed", self.seed, 0)
 
@@ -99,7 +106,8 @@ class AnswerSpanDetector(Detector):
         k = int(fit.k_star("bic")[0])
         params = fit.at(k)  # (1, Kmax), components sorted by mean
         split, d, peels = _peel(params, k, p.min_ashman_d)
-        fitted.update(k=k, ashman_d=d, split=split, peels=peels)
+        valley = _valley(params, k, split) if split else 1.0
+        fitted.update(k=k, ashman_d=d, split=split, peels=peels, valley=valley)
         if split:
             upper = _upper(params, split)
             fitted["weight"] = float(params.weights[0][upper[0]].sum())
@@ -108,12 +116,15 @@ class AnswerSpanDetector(Detector):
             (k > 1, "one mode (BIC chose K = 1)"),
             (d >= p.min_ashman_d, (f"no separated upper mode (Ashman's D {d:.2f} < {p.min_ashman_d:g}): a "
                                    "continuous tail, as clean samples the fine-tune learned give")),
+            (d < p.min_ashman_d or valley <= p.max_valley,
+             (f"no gap before the upper mode (mixture density in the valley {valley:.2f} of its height at the "
+              f"upper mode > {p.max_valley:g}): a continuous tail, as clean samples the fine-tune learned give")),
             (fitted["weight"] <= p.max_weight, (f"upper-mode weight {fitted['weight']:.3f} > {p.max_weight:g} of "
                                                 "the moved samples (not a minority)")),
         ) if not ok]
         fitted["accepted"] = not failed
         fitted["reason"] = ("nothing flagged: " + "; ".join(failed)) if failed else (
-            f"a separated mode of answer-likelihood gain (K={k}, Ashman's D {d:.2f}, weight {fitted['weight']:.3f}"
+            f"a separated mode of answer-likelihood gain (K={k}, Ashman's D {d:.2f}, valley/peak {valley:.2g}, weight {fitted['weight']:.3f}"
             f" of {int(moved.sum())} moved samples); flagged where lfdr < {p.max_lfdr:g}")
         self._fitted = fitted
         return self
@@ -130,7 +141,8 @@ class AnswerSpanDetector(Detector):
         return self._result(features, p_poison, flagged,
                             {"score_span": x, "score_span_mean": gain["mean"], "p_span": p_poison},
                             accepted=bool(st["accepted"]), reason=st["reason"], k=int(st["k"]),
-                            ashman_d=float(st["ashman_d"]), weight=float(st["weight"]),
+                            ashman_d=float(st["ashman_d"]), valley=float(st.get("valley", 1.0)),
+                            weight=float(st["weight"]),
                             n_moved=int(st["n_moved"]), ashman_d_by_step=dict(st.get("peels", {})))
 
 
@@ -155,6 +167,18 @@ def _peel(params, k: int, min_d: float) -> tuple[int, float, dict[str, float]]:
             break
         split, hi = j, j
     return split, first_d, peels
+
+
+def _valley(params, k: int, split: int, n_grid: int = 2001) -> float:
+    """Lowest mixture density between the bulk's top mean and the upper group's lowest mean, over the density
+    at that upper mean: 1 for a monotone tail (no dip), near 0 for a mode behind an empty gap."""
+    means = params.means[0, :k]  # (K,) sorted
+    sd = np.sqrt(params.variances[0, :k])  # (K,)
+    w = params.weights[0, :k]  # (K,)
+    grid = np.linspace(means[split - 1], means[split], n_grid)  # (G,)
+    z = (grid[:, None] - means[None, :]) / sd[None, :]  # (G, K)
+    density = (w[None, :] * np.exp(-0.5 * z * z) / sd[None, :]).sum(axis=1)  # (G,), up to 1/sqrt(2 pi)
+    return float(density.min() / density[-1]) if density[-1] > 0 else 1.0
 
 
 def _upper(params, j: int) -> np.ndarray:

@@ -102,3 +102,22 @@ def test_state_round_trip_scores_alike_and_missing_features_are_named():
         AnswerSpanDetector().fit(FeatureSet(ids=fs.ids))
     with pytest.raises(ValueError, match="min_ashman_d"):
         AnswerSpanDetector(min_ashman_d=-1.0)
+
+
+def _mixture(means, sds, weights):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(means=np.asarray([means], float), variances=np.asarray([sds], float) ** 2,
+                           weights=np.asarray([weights], float))
+
+
+def test_valley_tells_a_mode_behind_a_gap_from_a_far_component_of_a_tail():
+    from poisonguard.detect.span import _valley
+
+    # a clean fine-tune's tail as K = 4 fitted it on the world (means in nats): the top component sits in the
+    # tail with only a shallow dip before it, although Ashman's D of that split is above 2
+    tail = _mixture([0.002, 0.11, 0.77, 2.8], [0.001, 0.08, 0.45, 0.9], [0.55, 0.35, 0.09, 0.01])
+    assert _valley(tail, 4, 3) > 0.5
+    # a learned backdoor: the same bulk and a mode at 12 nats behind an empty gap
+    poisoned = _mixture([0.002, 0.11, 0.77, 12.0], [0.001, 0.08, 0.45, 1.0], [0.5, 0.3, 0.1, 0.1])
+    assert _valley(poisoned, 4, 3) < 1e-6
