@@ -19,7 +19,7 @@ from poisonguard.params import build, load_params
 from poisonguard.runtime import Runtime, resolve_runtime
 from poisonguard.train.finetune import FinetuneConfig
 
-DEFAULT_DETECTOR = "shift"
+DEFAULT_DETECTOR = "span"  # the README's Detection section says why (it was "shift" until 2026-12-04)
 
 
 def _positive(obj, *names: str) -> None:

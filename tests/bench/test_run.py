@@ -20,7 +20,7 @@ runner = CliRunner()
 PARAMS = """\
 profile_heads: {strata_k: 2}
 fit_gmm:
-  detectors: {shift: {}, fused: {}, tcap_plus: {}, tcap: {l_sens: 1, h_sens: 2}, projector: {}, bye: {},
+  detectors: {span: {}, shift: {}, fused: {}, tcap_plus: {}, tcap: {l_sens: 1, h_sens: 2}, projector: {}, bye: {},
               spectral: {}, activation_clustering: {}}
 finetune:
   epochs: 1.0
@@ -61,7 +61,7 @@ def test_quick_runs_every_cell_kind_and_writes_the_tables(quick_run):
     tables = (out / "tables.md").read_text()
     assert tables in r.output  # the CLI prints the tables it wrote
     for heading in ("Detection, F1 / AUROC", "Controls, share of samples flagged", "Defence loop",
-                    "Goal check for `shift`", "Goal check for `fused`"):
+                    "Goal check for `span`", "Goal check for `fused`"):
         assert heading in tables
     assert "| base model on badnet 30% | 1 |" in tables and "| clean set (0%) | 1 |" in tables
     assert f"{len(summary['cells'])} cells in" in r.output

@@ -25,7 +25,7 @@ from poisonguard.pipeline.validate import MIN_USABLE_SAMPLES
 
 runner = CliRunner()
 # a 2-layer model: TCAP's layer filter must fit it; the strata must fit a dozen samples
-TINY_DETECTORS = ("profile_heads: {strata_k: 2}\nfit_gmm:\n  detectors: {shift: {}, fused: {}, tcap_plus: {}, "
+TINY_DETECTORS = ("profile_heads: {strata_k: 2}\nfit_gmm:\n  detectors: {span: {}, shift: {}, fused: {}, tcap_plus: {}, "
                   "tcap: {l_sens: 1, h_sens: 2}, projector: {}, bye: {}}\n")
 
 
@@ -69,14 +69,14 @@ def test_screen_writes_the_report_contract(tiny_world, tmp_path):
 
     name, det = load_report_detector(json.loads((rep / "detector.json").read_text()))
     scored = score_extractions(det, [str(rep / "extract")], strata_k=2)
-    assert name == "shift" and len(scored) == len(ok)  # the default detector (params.yaml, README)
+    assert name == "span" and len(scored) == len(ok)  # the default detector (params.yaml, README)
     assert (rep / "extract" / "drift_scores.npz").is_file()
 
 
 # ------------------------------------------------------------------ the real command line, in a subprocess
 POISONGUARD = str(Path(sys.executable).with_name("poisonguard"))
 SMALL_MODEL_PARAMS = ("extract_attention: {{batch_size: 8, shard_size: {shard}}}\nprofile_heads: {{strata_k: 2}}\n"
-                      "fit_gmm:\n  detectors: {{shift: {{}}, tcap: {{l_sens: 1, h_sens: 2}}}}\n")
+                      "fit_gmm:\n  detectors: {{span: {{}}, shift: {{}}, tcap: {{l_sens: 1, h_sens: 2}}}}\n")
 
 
 def _screen_cmd(data, base, out, params, image_folder=None) -> list[str]:
