@@ -61,7 +61,7 @@ def test_decision_answers_and_thumbnails_are_visible(report, tmp_path):
     s, path = report
     probed = tmp_path / "probed.html"
     probed.write_text(path.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8")
-    dom, _ = dump_dom(probed)
+    dom, _ = dump_dom(probed, budget_ms=20000)  # the gallery renders after image decoding: room under load
     m = re.search(r"<pre id=\"probe\">(.*?)</pre>", dom, re.DOTALL)
     assert m, "the probe did not run: " + dom[-500:]
     got = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
