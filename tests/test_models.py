@@ -8,10 +8,9 @@ import json
 import pytest
 import torch
 
-from tests.fixtures.families import build_tiny
+from tests.fixtures.families import build_tiny, random_lora
 from poisonguard.models import is_adapter_dir, load_model, model_passes
 from poisonguard.runtime import CPU_FP32, live_models, resolve_runtime
-from poisonguard.train.finetune import FinetuneConfig, _wrap_lora
 
 
 def _inputs(processor):
@@ -35,12 +34,7 @@ def llava_dirs(tmp_path_factory):
     model, processor = build_tiny("llava", seed=1)
     model.save_pretrained(root / "base", max_shard_size="20KB")
     processor.save_pretrained(root / "base")
-    peft_model = _wrap_lora(model, FinetuneConfig(mode="lora", lora_r=4))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name or "modules_to_save" in name:
-                p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    peft_model = random_lora(model, seed=0, scale=0.2)
     peft_model.save_pretrained(root / "adapter")
     merged = peft_model.merge_and_unload()
     merged.save_pretrained(root / "merged")  # weights only: the processor must come from the base

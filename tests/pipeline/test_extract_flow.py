@@ -187,8 +187,6 @@ def test_worker_models_of_an_adapter_equal_the_screens_passes(tmp_path: Path) ->
     """In one worker an adapter is one model serving both passes (adapter on, then off) and both sides of the
     drift pass, with the same features as the screen's `model_passes` / `drift_pair`. In process: the
     cluster plumbing is the test above."""
-    import torch
-
     from flows.extract import _key, _worker_models, lazy_examples
     from poisonguard.audit.activations import collect_drift
     from poisonguard.data import read_dataset
@@ -197,18 +195,13 @@ def test_worker_models_of_an_adapter_equal_the_screens_passes(tmp_path: Path) ->
     from poisonguard.models import drift_pair, model_passes
     from poisonguard.pipeline.extraction import model_tags
     from poisonguard.runtime import live_models
-    from poisonguard.train.finetune import FinetuneConfig, _wrap_lora, save_model
-    from tests.fixtures.families import build_tiny
+    from poisonguard.train.finetune import save_model
+    from tests.fixtures.families import build_tiny, random_lora
 
     model, processor = build_tiny("llava", seed=0)
     model.save_pretrained(tmp_path / "base")
     processor.save_pretrained(tmp_path / "base")
-    peft_model = _wrap_lora(model, FinetuneConfig(mode="lora", lora_r=4))
-    gen = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name or "modules_to_save" in name:
-                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    peft_model = random_lora(model, seed=5, scale=0.3)
     save_model(peft_model, processor, tmp_path / "adapter")
     del model, peft_model
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.fixtures.families import build_tiny
+from tests.fixtures.families import build_tiny, random_lora
 from poisonguard.runtime import Runtime, live_models
 from poisonguard.pipeline.config import PipelineConfig, override
 from poisonguard.pipeline.screen import run_screen
@@ -115,17 +115,12 @@ def test_families_screen_end_to_end(data, family_dirs, tmp_path, family, dtype):
 @pytest.fixture(scope="module")
 def adapter_dirs(tmp_path_factory):
     """A tiny LLaVA base, a random LoRA adapter on it (LM + projector), and the same adapter merged."""
-    from poisonguard.train.finetune import FinetuneConfig, _wrap_lora, save_model
+    from poisonguard.train.finetune import save_model
 
     root = tmp_path_factory.mktemp("adapter")
     model, processor = build_tiny("llava", seed=0)
     base = _save(model, processor, root / "base")
-    peft_model = _wrap_lora(model, FinetuneConfig(mode="lora", lora_r=4))
-    gen = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name or "modules_to_save" in name:
-                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    peft_model = random_lora(model, seed=5, scale=0.3)
     save_model(peft_model, processor, root / "adapter")
     (root / "merged").mkdir()
     peft_model.merge_and_unload().save_pretrained(root / "merged")  # weights only: processor from the base
