@@ -20,34 +20,47 @@ pytestmark = pytest.mark.skipif(chromium_binary() is None,
 
 PROBE = """
 <script>
-(async function () {
+(function () {
   function shown(el) {
     if (!el) return false;
     var r = el.getBoundingClientRect(), s = getComputedStyle(el);
     return r.width > 0 && r.height > 0 && s.visibility !== 'hidden' && s.display !== 'none';
   }
-  var imgs = Array.from(document.querySelectorAll('#g-flagged .grid img'));
-  var decoded = await Promise.all(imgs.map(function (i) {
+  function write(id, obj) {
+    var pre = document.createElement('pre'); pre.id = id; pre.textContent = JSON.stringify(obj);
+    document.body.appendChild(pre);
+  }
+  var imgs = [];
+  try {  // the layout and the pager: synchronous, so their verdict never waits on the clock
+    imgs = Array.from(document.querySelectorAll('#g-flagged .grid img'));
+    var pagerText = function () { var s = document.querySelector('#g-flagged .pager span');
+                                  return s ? s.textContent : null; };
+    var out = {
+      decision: shown(document.getElementById('decision')) ? document.getElementById('decision').textContent : null,
+      answers: shown(document.getElementById('answers')),
+      first_answer: document.querySelector('#answers tbody td').textContent,
+      thumbs_shown: imgs.filter(shown).length,
+      first_id: document.querySelector('#g-flagged .card small').textContent,
+      pager: pagerText()
+    };
+    var next = document.querySelectorAll('#g-flagged .pager button')[1];
+    if (next) { next.click(); out.after_next = document.querySelector('#g-flagged .card small').textContent;
+                out.pager_after = pagerText(); }
+    write('probe', out);
+  } catch (e) { write('probe', {error: String(e)}); }
+  // Decoding is asynchronous: its result goes to a second element the test waits for.
+  Promise.all(imgs.map(function (i) {
     var im = new Image(); im.src = i.src;
     return im.decode().then(function () { return im.naturalWidth > 0; }, function () { return false; });
-  }));
-  var out = {
-    decision: shown(document.getElementById('decision')) ? document.getElementById('decision').textContent : null,
-    answers: shown(document.getElementById('answers')),
-    first_answer: document.querySelector('#answers tbody td').textContent,
-    thumbs_shown: imgs.filter(shown).length,
-    thumbs_decoded: decoded.filter(Boolean).length,
-    first_id: document.querySelector('#g-flagged .card small').textContent,
-    pager: document.querySelector('#g-flagged .pager span') ? document.querySelector('#g-flagged .pager span').textContent : null
-  };
-  var next = document.querySelectorAll('#g-flagged .pager button')[1];
-  if (next) { next.click(); out.after_next = document.querySelector('#g-flagged .card small').textContent;
-              out.pager_after = document.querySelector('#g-flagged .pager span').textContent; }
-  var pre = document.createElement('pre'); pre.id = 'probe'; pre.textContent = JSON.stringify(out);
-  document.body.appendChild(pre);
+  })).then(function (d) { write('decoded', {n: d.filter(Boolean).length}); });
 })();
 </script>
 """
+
+
+def _probed(dom: str, pre_id: str) -> dict | None:
+    m = re.search(rf"<pre id=\"{pre_id}\">(.*?)</pre>", dom, re.DOTALL)
+    return None if m is None else json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +74,21 @@ def test_decision_answers_and_thumbnails_are_visible(report, tmp_path):
     s, path = report
     probed = tmp_path / "probed.html"
     probed.write_text(path.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8")
-    dom, _ = dump_dom(probed, budget_ms=20000)  # the gallery renders after image decoding: room under load
-    m = re.search(r"<pre id=\"probe\">(.*?)</pre>", dom, re.DOTALL)
-    assert m, "the probe did not run: " + dom[-500:]
-    got = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    # The virtual clock can run out before the browser's decoder threads finish on a loaded machine: the
+    # synchronous probe is read from the first dump, the decode count from up to three dumps.
+    for _ in range(3):
+        dom, _ = dump_dom(probed, budget_ms=20000)
+        got, decoded = _probed(dom, "probe"), _probed(dom, "decoded")
+        assert got is not None, "the probe did not run: " + dom[-500:]
+        assert "error" not in got, got["error"]
+        if decoded is not None:
+            break
+    assert decoded is not None, "no thumbnail decode finished in three browser runs"
     n_flag = int(s.table["flagged"].sum())
     assert n_flag > 40  # more than one gallery page
     assert got["decision"] and f"found {n_flag} of 300 samples" in got["decision"] and "banana" in got["decision"]
     assert got["answers"] and got["first_answer"] == "banana"
-    assert got["thumbs_shown"] == got["thumbs_decoded"] == 40  # one full page, each one a real image
+    assert got["thumbs_shown"] == decoded["n"] == 40  # one full page, each one a real image
     assert got["pager"] == f"page 1 of {-(-n_flag // 40)} ({n_flag} samples)"
     assert got["after_next"] != got["first_id"] and got["pager_after"].startswith("page 2 of")
 
