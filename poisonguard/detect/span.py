@@ -15,7 +15,9 @@ The null that matters is clean learning: clean samples the base got wrong and th
 A learned backdoor gives a separate *mode* far above it (BadNet demo: 9.2–14.1 nats). The cut:
 1. samples whose max gain exceeds `min_gain` ("moved") enter the fit; the rest (most clean samples: both
    models sure of the answer) are the null by construction. Fewer than two moved samples: nothing flagged;
-2. a 1-D Gaussian mixture of the moved gains, K = 1..`k_max`, K* by BIC (Schwarz 1978);
+2. a 1-D Gaussian mixture of the moved gains, K = 1..`k_max`, K* by BIC (Schwarz 1978). The moved bulk alone
+   spans three decades (1e-3 to ~1 nat) and takes three components; `k_max` must leave room above it for
+   the clean-learning tail *and* each backdoor mode, or BIC can only put both into one wide component;
 3. every split of the K* components sorted by mean into a lower (null) and an upper (target) group has an
    Ashman's D = |μ_T − μ_B| / √((σ_T² + σ_B²)/2) (moment-matched groups); the lowest split with D ≥
    `min_ashman_d` is taken (the widest separated upper group: two targets are two upper components; a split
@@ -52,7 +54,8 @@ from poisonguard.detect.separation import standardised_separation, target_poster
 @dataclass(frozen=True)
 class SpanParams:
     min_gain: float = 1e-3  # nats; below: "not moved" (chosen on the demo world, docs/detectors.md)
-    k_max: int = 4  # mixture components of the moved gains (chosen on the demo world)
+    k_max: int = 6  # mixture components of the moved gains; K* by BIC (4 merged a backdoor mode with the clean
+    #                 tail on dual_key/blend 5 %, docs/detectors.md)
     min_ashman_d: float = 2.0  # Ashman, Bird & Zepf (1994)
     max_weight: float = 0.5  # the upper mode is a minority of the moved samples (definition)
     max_lfdr: float = 0.2  # Efron (2007, 2010)

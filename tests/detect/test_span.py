@@ -121,3 +121,35 @@ def test_valley_tells_a_mode_behind_a_gap_from_a_far_component_of_a_tail():
     # a learned backdoor: the same bulk and a mode at 12 nats behind an empty gap
     poisoned = _mixture([0.002, 0.11, 0.77, 12.0], [0.001, 0.08, 0.45, 1.0], [0.5, 0.3, 0.1, 0.1])
     assert _valley(poisoned, 4, 3) < 1e-6
+
+
+GAINS = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" / "span_gains.npz"
+
+
+def _recorded(name: str) -> tuple[FeatureSet, np.ndarray]:
+    """Max answer gains recorded on the world's bench cells (world seed 0, 5,000 samples, 2026-12-05: Dual-Key
+    5 %, Blend 5 %, the clean fine-tune), as one-token answers so that the gain is the stored max."""
+    z = np.load(GAINS)
+    gain, poison = z[f"{name}_gain"].astype(np.float64), z[f"{name}_poison"]
+    ids = np.array([f"s{i}" for i in range(gain.size)])
+    return FeatureSet(ids=ids, answer_logp=gain[:, None], answer_logp_base=np.zeros((gain.size, 1))), poison
+
+
+@pytest.mark.parametrize("name", ["dual_key", "blend"])
+def test_recorded_cells_need_room_above_the_moved_bulk(name):
+    """The moved bulk of a real fine-tune spans three decades and takes three components: with K ≤ 4 BIC put
+    the clean-learning tail (0.7–4 nats, and single-key samples up to 9) and the backdoor mode (10–14 nats)
+    into one wide component and ~100 clean samples were flagged; the default k_max leaves room for both."""
+    fs, poison = _recorded(name)
+    res = AnswerSpanDetector().detect(fs)
+    assert res.report["accepted"], res.report["reason"]
+    assert (res.flagged & poison).sum() == poison.sum() == 250
+    assert (res.flagged & ~poison).sum() <= 0.01 * fs.n
+    merged = AnswerSpanDetector(k_max=4).detect(fs)
+    assert (merged.flagged & ~poison).sum() > 50  # the failure the default avoids
+
+
+def test_recorded_clean_fine_tune_is_silent():
+    fs, _ = _recorded("clean")
+    res = AnswerSpanDetector().detect(fs)
+    assert not res.flagged.any() and "no gap" in res.report["reason"]
