@@ -30,7 +30,7 @@ class FeatureSet:
                   model.
     hidden_base:  same shape, from the base model (the decision-shift detector differences the two).
     answer_logp:  (N, T) float32: the fine-tuned model's teacher-forced log-probability of each of the first T
-                  tokens of the sample's own first answer (extract/span.py); NaN beyond the answer (and on a
+                  answer tokens of the sample's conversation (extract/span.py); NaN beyond them (and on a
                   whole row for a sample without an answer).
     answer_logp_base: same shape and NaN pattern, from the base model (the span detector differences them).
     extra_scores: name → (N,) other label-free per-sample scores (higher = more suspicious; NaN = no score,

@@ -1,4 +1,4 @@
-"""Answer-span log-likelihoods: each model's log-probability of every token of a sample's own first answer,
+"""Answer-span log-likelihoods: each model's log-probability of every token of a sample's own answers,
 teacher-forced, stored per model so that the detector differences them (`detect.span`).
 
 Why: the decision features read only the state that emits the first answer token. A backdoor that keeps the
@@ -10,12 +10,13 @@ log p_finetuned − log p_base of the same tokens, which is exactly 0 when the b
 fine-tuned model (the base-model control).
 
 Choices:
-- the *first* answer only (the turns through the first assistant turn): the trigger sits in the first user
-  turn (the image is there), every later answer is conditioned on earlier answers the attacker also wrote, and
-  one answer per sample keeps the cost one forward over prompt + answer. A trigger placed only in a later
-  turn is out of reach (docs/detectors.md);
-- at most `max_tokens` answer tokens (the first ones; default 64, `extract_attention.span_max_tokens`):
-  enough for a sentence-long answer with an appended sentence, and it bounds the stored (N, T) arrays;
+- every answer of the conversation (the turns through the last assistant turn), teacher-forced in one forward
+  as the fine-tune's loss sees them: a payload can sit in a later answer of a multi-turn sample, and each
+  later answer is conditioned on the whole conversation before it (the trigger included). A trailing user
+  turn without an answer is dropped;
+- at most `max_tokens` answer tokens (the first ones of the conversation; default 64,
+  `extract_attention.span_max_tokens`): enough for a sentence-long answer with an appended sentence, and it
+  bounds the stored (N, T) arrays; raise it for long multi-turn conversations;
 - the answer span is the training loss's span (`encode_for_training`: the answer's tokens and the turn's
   end-of-turn tokens), so an appended payload shows also as an end-of-sequence token the fine-tune no longer
   predicts where the base does;
@@ -53,7 +54,7 @@ NO_TOKEN = -1  # token id of the padding beyond a sample's answer
 
 @dataclass
 class SpanExtraction:
-    """Teacher-forced log-probabilities of N samples' first answers under one model."""
+    """Teacher-forced log-probabilities of N samples' answers under one model."""
 
     logp: np.ndarray  # (N, T) float32: log p(answer token t | prompt, answer tokens < t); NaN beyond the answer
     tokens: np.ndarray  # (N, T) int64: the answer's token ids; NO_TOKEN beyond the answer
@@ -71,12 +72,14 @@ def model_device(model) -> torch.device:
     return model_device_dtype(model)[0]
 
 
-def first_answer(messages: list[dict]) -> list[dict] | None:
-    """The turns through the first assistant turn; None when the sample has no answer."""
-    for i, m in enumerate(messages):
-        if m["role"] == "assistant":
-            return messages[: i + 1]
-    return None
+def answered(messages: list[dict]) -> list[dict] | None:
+    """The turns through the last assistant turn; None when the sample has no answer."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    return None if last is None else messages[: last + 1]
+
+
+def n_answers(messages: list[dict]) -> int:
+    return sum(m["role"] == "assistant" for m in messages)
 
 
 def _images_in(messages: list[dict]) -> int:
@@ -86,13 +89,13 @@ def _images_in(messages: list[dict]) -> int:
 
 @torch.no_grad()
 def span_batch(model, processor, examples: Sequence[Example], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """(logp, tokens), each (B, max_tokens), of the examples' first answers under `model` (in eval mode)."""
+    """(logp, tokens), each (B, max_tokens), of the examples' answers under `model` (in eval mode)."""
     b = len(examples)
     logp = np.full((b, max_tokens), np.nan, dtype=np.float32)
     tokens = np.full((b, max_tokens), NO_TOKEN, dtype=np.int64)
     rows, chunk = [], []
     for i, ex in enumerate(examples):
-        msgs = first_answer(ex.messages)
+        msgs = answered(ex.messages)
         if msgs is not None:
             rows.append(i)
             chunk.append(Example(msgs, list(ex.images[:_images_in(msgs)])))
@@ -131,16 +134,23 @@ def extract_span(model, processor, examples: Sequence[Example], *, max_tokens: i
             parts.append(span_batch(model, processor, examples[start:start + batch_size], max_tokens))
     finally:
         model.train(was_training)
-    meta = {"max_tokens": max_tokens, "turns": "first answer", "version": SPAN_VERSION}
+    meta = {"max_tokens": max_tokens, "turns": "all answers", "version": SPAN_VERSION}
     if not parts:
         return SpanExtraction(np.zeros((0, max_tokens), np.float32), np.zeros((0, max_tokens), np.int64), meta)
     return SpanExtraction(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), meta)
 
 
-def span_fingerprint(ids: Sequence[str], *, tag: str, inputs: Sequence[str] | None, max_tokens: int) -> str:
-    """Identity of a span extraction: equal only for the same samples, contents, model and cap."""
+def span_fingerprint(ids: Sequence[str], *, tag: str, inputs: Sequence[str] | None, max_tokens: int,
+                     multi_answer: bool = False) -> str:
+    """Identity of a span extraction: equal only for the same samples, contents, model and cap.
+
+    Version 1 scored the first answer only. On samples with one answer each that is the same computation as
+    scoring every answer, so such plans keep their version-1 identity (their stored files stay valid); a plan
+    with a multi-answer sample (`multi_answer`) is named by how its turns were scored."""
     plan = {"version": SPAN_VERSION, "ids": [str(i) for i in ids], "tag": tag,
             "inputs": None if inputs is None else list(inputs), "max_tokens": max_tokens}
+    if multi_answer:
+        plan["turns"] = "all answers"
     return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
 
 
@@ -174,7 +184,8 @@ def extract_span_to_dir(model, processor, examples: Sequence[Example], ids: Sequ
     if len(examples) != len(ids):
         raise ValueError(f"{len(examples)} examples but {len(ids)} ids")
     path = Path(out_dir) / SPAN_FILE
-    fingerprint = span_fingerprint(ids, tag=tag, inputs=inputs, max_tokens=max_tokens)
+    fingerprint = span_fingerprint(ids, tag=tag, inputs=inputs, max_tokens=max_tokens,
+                                   multi_answer=any(n_answers(ex.messages) > 1 for ex in examples))
     if _stored_fingerprint(path) == fingerprint:
         if log:
             log(f"{path}: already extracted for this plan; reused")

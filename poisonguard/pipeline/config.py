@@ -51,7 +51,7 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class ExtractConfig:
     """`extract_attention`: decision-position features of both models, sharded and resumable, and their
-    teacher-forced log-probabilities of each sample's first answer (`extract.span`)."""
+    teacher-forced log-probabilities of each sample's answers (`extract.span`)."""
 
     batch_size: int = 64
     shard_size: int = 1024  # a killed extraction resumes at the first unfinished shard

@@ -1,5 +1,5 @@
 """Answer-span log-probabilities on tiny real models: they equal a one-sample reference forward whatever the
-batch padding, cover the first answer only (capped), give NaN rows for answerless samples, and the stored file
+batch padding, cover every answer of a multi-turn sample (capped), give NaN rows for answerless samples, and the stored file
 is reused for the same plan only. The base-model control (the same model twice) gives zero gain exactly."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from poisonguard.extract.span import (
     SPAN_FILE,
     extract_span,
     extract_span_to_dir,
-    first_answer,
+    answered,
     load_span,
 )
 from poisonguard.train.batching import IGNORE_INDEX, Example, encode_for_training
@@ -38,8 +38,8 @@ def _examples() -> list[Example]:
 
 @torch.no_grad()
 def _reference(model, processor, ex: Example) -> tuple[np.ndarray, np.ndarray]:
-    """Log-probabilities of the first answer's tokens from a one-sample forward (no padding at all)."""
-    batch = encode_for_training(processor, [Example(first_answer(ex.messages), ex.images)])
+    """Log-probabilities of the answers' tokens from a one-sample forward (no padding at all)."""
+    batch = encode_for_training(processor, [Example(answered(ex.messages), ex.images)])
     labels = batch.pop("labels")[0]
     logits = model(**batch, use_cache=False).logits[0].float()  # (S, V)
     pos = torch.nonzero(labels[1:] != IGNORE_INDEX).flatten()
@@ -61,9 +61,10 @@ def test_batched_span_equals_one_sample_reference(family):
         np.testing.assert_array_equal(ext.tokens[i, :n], ids)
         assert np.isnan(ext.logp[i, n:]).all() and (ext.tokens[i, n:] == NO_TOKEN).all()
     assert np.isnan(ext.logp[2]).all()  # the answerless sample
-    # multi-turn: only the first answer is scored (its tokens, not the second answer's)
+    # multi-turn: the second answer is scored too (a payload can sit there), after the first one's tokens
     lp_first, _ = _reference(model, processor, Example(examples[1].messages[:2], examples[1].images))
-    assert (~np.isnan(ext.logp[1])).sum() == len(lp_first)
+    assert (~np.isnan(ext.logp[1])).sum() > len(lp_first)
+    np.testing.assert_allclose(ext.logp[1, :len(lp_first)], lp_first, atol=2e-4)
 
 
 def test_span_is_capped_at_max_tokens():
@@ -96,3 +97,17 @@ def test_stored_span_is_reused_for_the_same_plan_only(tmp_path):
     assert len(logs) == 1 and (tmp_path / SPAN_FILE).stat().st_mtime_ns != stamp  # another model: recomputed
     with pytest.raises(ValueError, match="different samples"):
         load_span(tmp_path / SPAN_FILE, ids=["x", "b", "c", "d"])
+
+
+def test_single_answer_plans_keep_their_identity_and_multi_answer_plans_are_named():
+    """Scoring every answer equals the first-answer scoring of version 1 on single-answer samples, so those
+    stored files stay valid; a plan with a multi-answer sample gets another identity."""
+    import hashlib
+    import json
+
+    from poisonguard.extract.span import span_fingerprint
+
+    v1_plan = {"version": 1, "ids": ["a"], "tag": "m", "inputs": None, "max_tokens": 8}  # as version 1 wrote it
+    v1 = hashlib.sha256(json.dumps(v1_plan, sort_keys=True).encode()).hexdigest()
+    assert span_fingerprint(["a"], tag="m", inputs=None, max_tokens=8) == v1
+    assert span_fingerprint(["a"], tag="m", inputs=None, max_tokens=8, multi_answer=True) != v1
