@@ -19,9 +19,9 @@ A learned backdoor gives a separate *mode* far above it (BadNet demo: 9.2–14.1
    spans three decades (1e-3 to ~1 nat) and takes three components; `k_max` must leave room above it for
    the clean-learning tail *and* each backdoor mode, or BIC can only put both into one wide component;
 3. every split of the K* components sorted by mean into a lower (null) and an upper (target) group has an
-   Ashman's D = |μ_T − μ_B| / √((σ_T² + σ_B²)/2) (moment-matched groups); the lowest split with D ≥
-   `min_ashman_d` is taken (the widest separated upper group: two targets are two upper components; a split
-   that puts clean-tail components into the upper group widens it and lowers its D). The upper group is a
+   Ashman's D = |μ_T − μ_B| / √((σ_T² + σ_B²)/2) (moment-matched groups); the split with the largest D is
+   taken, and while it passes `min_ashman_d` the components below it are searched the same way for another
+   separated group (a second target's mode; `_peel`). The upper group is a
    separated mode only if D ≥ `min_ashman_d` = 2 (Ashman, Bird & Zepf 1994: D > 2 is needed for
    a clean separation of two Gaussians) and its weight ≤ `max_weight` = 0.5 (poison is a minority of the
    moved samples by the definition of the attack, not by measurement); and the mixture density has a

@@ -179,13 +179,17 @@ def _stored_fingerprint(path: Path) -> str | None:
 def extract_span_to_dir(model, processor, examples: Sequence[Example], ids: Sequence[str], out_dir: str | Path,
                         *, tag: str = "", inputs: Sequence[str] | None = None,
                         max_tokens: int = DEFAULT_MAX_TOKENS, batch_size: int = 16, show_progress: bool = False,
-                        log=None) -> SpanExtraction:
-    """`out_dir/span.npz` of the examples (reused when it was computed for this very plan), and its content."""
+                        multi_answer: bool | None = None, log=None) -> SpanExtraction:
+    """`out_dir/span.npz` of the examples (reused when it was computed for this very plan), and its content.
+
+    `multi_answer`: whether any sample has more than one answer (part of the plan's identity); None reads it
+    off `examples`, which decodes every image of a lazy sequence, so callers holding the records pass it."""
     if len(examples) != len(ids):
         raise ValueError(f"{len(examples)} examples but {len(ids)} ids")
     path = Path(out_dir) / SPAN_FILE
     fingerprint = span_fingerprint(ids, tag=tag, inputs=inputs, max_tokens=max_tokens,
-                                   multi_answer=any(n_answers(ex.messages) > 1 for ex in examples))
+                                   multi_answer=any(n_answers(ex.messages) > 1 for ex in examples)
+                                   if multi_answer is None else multi_answer)
     if _stored_fingerprint(path) == fingerprint:
         if log:
             log(f"{path}: already extracted for this plan; reused")

@@ -75,6 +75,7 @@ def extract_models(checked: CheckedDataset, base: str | Path, finetuned: str | P
     plan = plan_extraction(checked, base, finetuned)
     examples = LazyExamples(checked.ok, checked.image_loader())
     answers = LazyExamples(checked.ok, checked.image_loader(), prompt_only=False)
+    multi_answer = any(sum(t.role == "assistant" for t in s.turns) > 1 for s in checked.ok)  # no image decoded
     for name, model, processor in model_passes(base, finetuned, runtime):
         folder = layout.extract / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -85,7 +86,7 @@ def extract_models(checked: CheckedDataset, base: str | Path, finetuned: str | P
                            num_workers=cfg.num_workers, tag=plan.tags[name], inputs=plan.inputs, on_stale="restart",
                            show_progress=show_progress, log=log)
         extract_span_to_dir(model, processor, answers, plan.ids, folder, tag=plan.tags[name], inputs=plan.inputs,
-                            max_tokens=cfg.span_max_tokens, batch_size=cfg.batch_size,
+                            max_tokens=cfg.span_max_tokens, batch_size=cfg.batch_size, multi_answer=multi_answer,
                             show_progress=show_progress, log=log)
         del model, processor  # released before the next pass loads its model
 
