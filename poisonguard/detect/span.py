@@ -27,9 +27,11 @@ A learned backdoor gives a separate *mode* far above it (BadNet demo: 9.2–14.1
    moved samples by the definition of the attack, not by measurement); and the mixture density has a
    valley between the two groups at most `max_valley` of its height at the upper group's lowest mean. D alone
    is not enough: a clean fine-tune's decreasing tail, fitted by K = 4 components, has a small top component
-   far out (mean 2.8 nats) with D 4.1 but only a shallow dip before it (valley/peak 0.75), while every learned
-   backdoor measured has an empty gap (valley/peak ≤ 1e-18); `max_valley` = 0.5 (the valley at most half the
-   peak) was chosen on those world-seed-0 cells (docs/detectors.md, "span");
+   far out (mean 2.8 nats) with D 4.1 but only a shallow dip before it (valley/peak 0.75), while the learned
+   backdoors measured then had an empty gap (valley/peak ≤ 1e-18); `max_valley` = 0.5 (the valley at most
+   half the peak) was chosen on those world-seed-0 cells. With `k_max` 6, every learned bench cell since has
+   valley/peak ≤ 0.015 and every clean or no-relabel control ≥ 0.54 (benchmarks/span_margins.py prints the
+   margins per cell; docs/detectors.md, "span");
 4. a sample is flagged when its local false-discovery rate under that null, lfdr = 1 − P(upper group | x),
    is below `max_lfdr` = 0.2 (Efron 2007/2010, Large-Scale Inference §5: the conventional "interesting"
    threshold), and it lies above the lowest component's mean.

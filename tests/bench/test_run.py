@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -66,6 +68,19 @@ def test_quick_runs_every_cell_kind_and_writes_the_tables(quick_run):
     assert "| base model on badnet 30% | 1 |" in tables and "| clean set (0%) | 1 |" in tables
     assert f"{len(summary['cells'])} cells in" in r.output
     print(f"quick bench with retraining on the tiny world: {seconds:.0f} s")
+
+
+def test_collecting_the_finished_cells_rebuilds_the_runs_tables(quick_run, tmp_path):
+    """benchmarks/bench_collect.py (the tables of a folder filled by several runs) reads the cells back from
+    disk alone; on a folder one run filled, its tables are that run's tables.md."""
+    tmp, _, _, _ = quick_run
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_collect
+
+    text = bench_collect.main(["--bench", str(tmp / "out"), "--out", str(tmp_path / "all.md")])
+    assert text == (tmp / "out" / "tables.md").read_text() == (tmp_path / "all.md").read_text()
+    with pytest.raises(SystemExit, match="no cells/ folder"):
+        bench_collect.main(["--bench", str(tmp_path)])
 
 
 def test_defence_loop_retrains_per_distinct_cleaned_set(quick_run):

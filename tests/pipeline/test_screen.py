@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -101,7 +102,8 @@ def _codes(reason: str) -> set[str]:
 def test_every_bad_corpus_kind_through_the_screen_cli(tiny_world, tmp_path):
     """Each kind of bad input, through `poisonguard screen`: exit 2 naming the file and line, or a verdict
     table with every input id, each bad sample quarantined with exactly its codes and a reason that names it.
-    Never a traceback. The kinds are merged into as few runs as their ids allow (each run loads a model)."""
+    Never a traceback. The kinds are merged into as few runs as their ids allow (each run loads a model), and
+    the runs go two at a time (one thread each: the suite's machines have two cores)."""
     world, _ = tiny_world
     cases = make_bad_corpus(tmp_path / "corpus")
     batches = screen_batches(cases, tmp_path / "corpus", min_usable=MIN_USABLE_SAMPLES)
@@ -109,9 +111,11 @@ def test_every_bad_corpus_kind_through_the_screen_cli(tiny_world, tmp_path):
     params = tmp_path / "params.yaml"  # input handling is under test, not detection: one detector, no plots
     params.write_text("extract_attention: {batch_size: 8}\nprofile_heads: {strata_k: 2}\naudit_projector: {enabled: false}\n"
                       "fit_gmm: {detectors: {tcap_plus: {}}}\nem_vote: {decide: tcap_plus, annotators: [tcap_plus]}\n")
-    for batch in batches:
-        out = tmp_path / "reports" / batch.name
-        r = _run(_screen_cmd(batch.path, world / "base_model", out, params, batch.image_folder))
+    outs = [tmp_path / "reports" / b.name for b in batches]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda b, out: _run(_screen_cmd(b.path, world / "base_model", out, params,
+                                                                b.image_folder)), batches, outs))
+    for batch, out, r in zip(batches, outs, results, strict=True):
         assert "Traceback" not in r.stderr, (batch.name, r.stderr)
         if batch.expect == "error":
             assert r.returncode == 2, (batch.name, r.stderr)

@@ -1,0 +1,85 @@
+"""How far each bench cell's `span` fit lies from the detector's cuts (issue 16, Build 4: the cut's provenance).
+
+    python benchmarks/span_margins.py [--bench work/bench-breadth] [--markdown]
+
+`span` accepts an upper mode of answer-likelihood gain when Ashman's D ≥ `min_ashman_d`, the mixture's valley
+before it is at most `max_valley` of its height there, and its weight ≤ `max_weight` (detect/span.py). A cut
+that only just separates learned backdoors from clean fine-tunes would be tuned to the benchmark, so this prints,
+per screened cell, the statistics the cut compared (read from the cell's stored fit, report/gmm/detectors.json,
+nothing refitted), the decision, the number flagged and the cell's ASR, and marks the cells whose valley chose
+`max_valley` (world seed 0, see docs/detectors.md) apart from those that only check it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from poisonguard.bench.tables import LEARNED_ASR, cell_kind
+
+ROOT = Path(__file__).resolve().parent.parent
+# The bench cells whose fits were looked at when `max_valley` (clean_s0, inject_image 5 %) and `k_max` (dual_key
+# 5 %) were chosen, all world seed 0 (docs/detectors.md, "span"); the demo drop, not a bench cell, chose too.
+CHOSE = {"clean_s0", "inject_image_r0.05_s0", "dual_key_r0.05_s0"}
+
+
+def cell_row(cell: Path) -> dict | None:
+    """The span fit of one screened cell, or None when the cell has no stored span fit."""
+    fits = cell / "report" / "gmm" / "detectors.json"
+    result = cell / "result.json"
+    if not (fits.is_file() and result.is_file()):
+        return None
+    span = json.loads(fits.read_text()).get("span")
+    if span is None:
+        return None
+    res = json.loads(result.read_text())
+    f, p = span["fitted"], span["params"]
+    asr = (res.get("after") or {}).get("asr")
+    kind = cell_kind(res)
+    return {
+        "cell": cell.name, "kind": kind,
+        "asr": None if kind != "attack" else asr,
+        "learned": None if kind != "attack" or asr is None else asr >= LEARNED_ASR,
+        "n_moved": f["n_moved"], "k": f["k"], "ashman_d": f["ashman_d"], "valley": f.get("valley", 1.0),
+        "weight": f["weight"], "accepted": f["accepted"],
+        "flagged": (res.get("detection") or {}).get("span", {}).get("n_flagged"),
+        "role": "chose" if cell.name in CHOSE else "checks",
+        "cuts": {"min_ashman_d": p["min_ashman_d"], "max_valley": p["max_valley"], "max_weight": p["max_weight"]},
+    }
+
+
+def rows(bench: Path) -> list[dict]:
+    return [r for c in sorted((bench / "cells").iterdir()) if c.is_dir() and (r := cell_row(c)) is not None]
+
+
+def markdown(rs: list[dict]) -> str:
+    head = ["cell", "kind", "ASR", "learned", "moved", "K", "Ashman's D", "valley/peak", "upper weight",
+            "accepted", "flagged", "constants"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rs:
+        learned = "–" if r["learned"] is None else ("yes" if r["learned"] else "not learned")
+        asr = "–" if r["asr"] is None else f"{r['asr']:.3f}"
+        lines.append(f"| {r['cell']} | {r['kind']} | {asr} | {learned} | {r['n_moved']} | {r['k']} | "
+                     f"{r['ashman_d']:.2f} | {r['valley']:.2g} | {r['weight']:.3f} | "
+                     f"{'yes' if r['accepted'] else 'no'} | {r['flagged']} | {r['role']} |")
+    if rs:
+        c = rs[0]["cuts"]
+        lines.append(f"\nCuts: D ≥ {c['min_ashman_d']:g}, valley/peak ≤ {c['max_valley']:g}, "
+                     f"weight ≤ {c['max_weight']:g}.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bench", type=Path, default=ROOT / "work" / "bench-breadth")
+    ap.add_argument("--markdown", action="store_true", help="a markdown table instead of JSON lines")
+    args = ap.parse_args()
+    if not (args.bench / "cells").is_dir():
+        raise SystemExit(f"error: {args.bench} has no cells/ folder (run `poisonguard bench --out {args.bench}`)")
+    rs = rows(args.bench)
+    print(markdown(rs) if args.markdown else "\n".join(json.dumps(r) for r in rs))
+
+
+if __name__ == "__main__":
+    main()
