@@ -21,7 +21,8 @@ A learned backdoor gives a separate *mode* far above it (BadNet demo: 9.2–14.1
 3. every split of the K* components sorted by mean into a lower (null) and an upper (target) group has an
    Ashman's D = |μ_T − μ_B| / √((σ_T² + σ_B²)/2) (moment-matched groups); the split with the largest D is
    taken, and while it passes `min_ashman_d` the components below it are searched the same way for another
-   separated group (a second target's mode; `_peel`). The upper group is a
+   separated group (a second target's mode; `_peel`), as long as the groups taken stay a minority of the
+   moved samples (`max_weight`, below). The upper group is a
    separated mode only if D ≥ `min_ashman_d` = 2 (Ashman, Bird & Zepf 1994: D > 2 is needed for
    a clean separation of two Gaussians) and its weight ≤ `max_weight` = 0.5 (poison is a minority of the
    moved samples by the definition of the attack, not by measurement); and the mixture density has a
@@ -110,7 +111,7 @@ class AnswerSpanDetector(Detector):
         fit = fit_gmm_1d(xm[:, None], ks=ks, n_init=p.n_init, seed=p.seed)
         k = int(fit.k_star("bic")[0])
         params = fit.at(k)  # (1, Kmax), components sorted by mean
-        split, d, peels = _peel(params, k, p.min_ashman_d)
+        split, d, peels = _peel(params, k, p.min_ashman_d, p.max_weight)
         valley = _valley(params, k, split) if split else 1.0
         fitted.update(k=k, ashman_d=d, split=split, peels=peels, valley=valley)
         if split:
@@ -151,14 +152,17 @@ class AnswerSpanDetector(Detector):
                             n_moved=int(st["n_moved"]), ashman_d_by_step=dict(st.get("peels", {})))
 
 
-def _peel(params, k: int, min_d: float) -> tuple[int, float, dict[str, float]]:
+def _peel(params, k: int, min_d: float, max_weight: float = 1.0) -> tuple[int, float, dict[str, float]]:
     """(split, D, {"lo:hi": best D of each step}): the upper group is components split..k-1 (by mean).
 
     Step 1 takes the split of all K components with the largest Ashman's D. While it passes `min_d`, the
     next step looks for another separated group among the components *below* the accepted ones only (a
     second target's mode, measured against the bulk, not against a mixture that still holds the first
-    target). D is that of step 1 (0 when K = 1); when step 1 fails, its split is still returned, so that
-    p_poison ranks samples although nothing is flagged.
+    target). A later step is taken only if the upper group stays a minority (weight ≤ `max_weight`): the
+    moved bulk spans decades, so a split deep inside it can pass D ≥ 2 (a held-out two-target cell: D 2.14
+    between the 0.002- and 0.03-nat components), and taking it would call most clean samples a target.
+    D is that of step 1 (0 when K = 1); when step 1 fails, its split is still returned, so that p_poison
+    ranks samples although nothing is flagged.
     """
     hi, split, first_d, peels = k, 0, 0.0, {}
     while hi > 1:
@@ -168,6 +172,8 @@ def _peel(params, k: int, min_d: float) -> tuple[int, float, dict[str, float]]:
         peels[f"{j}:{hi}"] = ds[j - 1]
         if hi == k:
             first_d, split = ds[j - 1], j
+        elif float(params.weights[0][_upper(params, j)[0]].sum()) > max_weight:
+            break  # components j..k-1 would be a majority of the moved samples: the bulk, not a target
         if ds[j - 1] < min_d:
             break
         split, hi = j, j

@@ -128,7 +128,8 @@ GAINS = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" /
 
 def _recorded(name: str) -> tuple[FeatureSet, np.ndarray]:
     """Max answer gains recorded on the world's bench cells (world seed 0, 5,000 samples, 2026-12-05: Dual-Key
-    5 %, Blend 5 %, the clean fine-tune), as one-token answers so that the gain is the stored max."""
+    5 %, Blend 5 %, the clean fine-tune, all bench seed 0; two-target 5 % + 5 % of bench seed 2), as one-token
+    answers so that the gain is the stored max."""
     z = np.load(GAINS)
     gain, poison = z[f"{name}_gain"].astype(np.float64), z[f"{name}_poison"]
     ids = np.array([f"s{i}" for i in range(gain.size)])
@@ -153,3 +154,16 @@ def test_recorded_clean_fine_tune_is_silent():
     fs, _ = _recorded("clean")
     res = AnswerSpanDetector().detect(fs)
     assert not res.flagged.any() and "no gap" in res.report["reason"]
+
+
+def test_recorded_two_targets_peel_stops_at_the_bulk():
+    """Bench seed 2 of the two-target attack: both targets' modes (9.3 and 12.6 nats) are one separated group
+    (D 13.2), and the next step below them found D 2.14 *inside* the moved bulk (0.002 vs 0.03 nats). Taking
+    it made 86 % of the moved samples the "target" and the weight check withheld everything (0 flagged, F1 0);
+    a step that would make the upper group a majority is not taken."""
+    fs, poison = _recorded("multi_target_s2")
+    res = AnswerSpanDetector().detect(fs)
+    assert res.report["accepted"], res.report["reason"]
+    assert res.report["weight"] <= 0.5 and res.report["ashman_d_by_step"]["1:4"] > 2  # the bulk's split exists
+    assert (res.flagged & poison).sum() == poison.sum() == 500
+    assert (res.flagged & ~poison).sum() <= 0.01 * fs.n
