@@ -4,9 +4,10 @@
 
 `poisonguard bench` is resumable and each run rewrites tables.md with the cells *it* was asked for, so a folder
 filled by several runs (other attacks, rates or seeds added later) has no table of all its cells. This reads
-every `cells/<name>/result.json` (with the defence loop's `retrain.json` and `asr_by_attack.json`) plus `base.json`, orders the rows as
-the benchmark does (its attack list, then rate and seed) and writes the same tables (`bench.tables`) to
-`--out` (default BENCH/tables-all.md), so the README's breadth numbers come from one rerunnable command.
+every `cells/<name>/result.json` (with the defence loop's `retrain.json` and `asr_by_attack.json`) plus
+`base.json`, orders the rows as the benchmark does (its attack list, then rate and seed) and writes the same
+tables (`bench.tables`) to `--out` (default BENCH/tables-all.md), so the README's breadth numbers come from one
+rerunnable command.
 """
 
 from __future__ import annotations

@@ -30,9 +30,9 @@ A learned backdoor gives a separate *mode* far above it (BadNet demo: 9.2–14.1
    is not enough: a clean fine-tune's decreasing tail, fitted by K = 4 components, has a small top component
    far out (mean 2.8 nats) with D 4.1 but only a shallow dip before it (valley/peak 0.75), while the learned
    backdoors measured then had an empty gap (valley/peak ≤ 1e-18); `max_valley` = 0.5 (the valley at most
-   half the peak) was chosen on those world-seed-0 cells. With `k_max` 6, the learned bench cells measured by
-   2026-12-05 have valley/peak ≤ 0.052 and the clean and no-relabel controls ≥ 0.54 (benchmarks/span_margins.py prints the
-   margins per cell; docs/detectors.md, "span");
+   half the peak) was chosen on those world-seed-0 cells. With `k_max` 6, the learned bench cells measured
+   by 2026-12-05 have valley/peak ≤ 0.052 and the clean and no-relabel controls ≥ 0.54
+   (benchmarks/span_margins.py prints the margins per cell; docs/detectors.md, "span");
 4. a sample is flagged when its local false-discovery rate under that null, lfdr = 1 − P(upper group | x),
    is below `max_lfdr` = 0.2 (Efron 2007/2010, Large-Scale Inference §5: the conventional "interesting"
    threshold), and it lies above the lowest component's mean.
