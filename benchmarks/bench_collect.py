@@ -22,11 +22,17 @@ from poisonguard.bench.tables import markdown_tables
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def collect(bench: Path) -> dict:
-    """A summary of the folder's finished cells, shaped as `run_bench` writes one."""
+def cells_folder(bench: Path) -> Path:
+    """BENCH/cells, or a one-line error when BENCH is no bench folder."""
     cells_dir = bench / "cells"
     if not cells_dir.is_dir():
         raise SystemExit(f"error: {bench} has no cells/ folder (run `poisonguard bench --out {bench}`)")
+    return cells_dir
+
+
+def collect(bench: Path) -> dict:
+    """A summary of the folder's finished cells, shaped as `run_bench` writes one."""
+    cells_dir = cells_folder(bench)
     cells = []
     for d in sorted(cells_dir.iterdir()):
         if not (d / "result.json").is_file():

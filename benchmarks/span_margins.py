@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bench_collect import cells_folder
 from poisonguard.bench.tables import LEARNED_ASR, cell_kind
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +51,7 @@ def cell_row(cell: Path) -> dict | None:
 
 
 def rows(bench: Path) -> list[dict]:
-    return [r for c in sorted((bench / "cells").iterdir()) if c.is_dir() and (r := cell_row(c)) is not None]
+    return [r for c in sorted(cells_folder(bench).iterdir()) if c.is_dir() and (r := cell_row(c)) is not None]
 
 
 def markdown(rs: list[dict]) -> str:
@@ -75,8 +76,6 @@ def main() -> None:
     ap.add_argument("--bench", type=Path, default=ROOT / "work" / "bench-breadth")
     ap.add_argument("--markdown", action="store_true", help="a markdown table instead of JSON lines")
     args = ap.parse_args()
-    if not (args.bench / "cells").is_dir():
-        raise SystemExit(f"error: {args.bench} has no cells/ folder (run `poisonguard bench --out {args.bench}`)")
     rs = rows(args.bench)
     print(markdown(rs) if args.markdown else "\n".join(json.dumps(r) for r in rs))
 
