@@ -21,8 +21,9 @@ from poisonguard.bench.tables import LEARNED_ASR, cell_kind
 
 ROOT = Path(__file__).resolve().parent.parent
 # The bench cells whose fits were looked at when `max_valley` (clean_s0, inject_image 5 %) and `k_max` (dual_key
-# 5 %) were chosen, all world seed 0 (docs/detectors.md, "span"); the demo drop, not a bench cell, chose too.
-CHOSE = {"clean_s0", "inject_image_r0.05_s0", "dual_key_r0.05_s0"}
+# 5 %, then BadNet 1 %) were chosen, all world seed 0 (docs/detectors.md, "span"); the demo drop, not a bench
+# cell, chose too.
+CHOSE = {"clean_s0", "inject_image_r0.05_s0", "dual_key_r0.05_s0", "badnet_r0.01_s0"}
 
 
 def cell_row(cell: Path) -> dict | None:

@@ -16,8 +16,11 @@ A learned backdoor gives a separate *mode* far above it (BadNet demo: 9.2–14.1
 1. samples whose max gain exceeds `min_gain` ("moved") enter the fit; the rest (most clean samples: both
    models sure of the answer) are the null by construction. Fewer than two moved samples: nothing flagged;
 2. a 1-D Gaussian mixture of the moved gains, K = 1..`k_max`, K* by BIC (Schwarz 1978). The moved bulk alone
-   spans three decades (1e-3 to ~1 nat) and takes three components; `k_max` must leave room above it for
-   the clean-learning tail *and* each backdoor mode, or BIC can only put both into one wide component;
+   spans three decades (1e-3 to ~1 nat) and takes three to five components; `k_max` must leave room above
+   it for the clean-learning tail *and* each backdoor mode, or BIC can only put both into one wide component
+   (it did with 4 on Dual-Key 5 % and with 6 on a half-learned BadNet 1 %). BIC keeps adding components to
+   that bulk as the cap rises, so the cap is where the decisions stop changing: 8, 10 and 12 accept or
+   withhold alike on every bench cell, F1 within 0.04 (docs/detectors.md, `k_max`);
 3. every split of the K* components sorted by mean into a lower (null) and an upper (target) group has an
    Ashman's D = |μ_T − μ_B| / √((σ_T² + σ_B²)/2) (moment-matched groups); the split with the largest D is
    taken, and while it passes `min_ashman_d` the components below it are searched the same way for another
@@ -30,9 +33,9 @@ A learned backdoor gives a separate *mode* far above it (BadNet demo: 9.2–14.1
    is not enough: a clean fine-tune's decreasing tail, fitted by K = 4 components, has a small top component
    far out (mean 2.8 nats) with D 4.1 but only a shallow dip before it (valley/peak 0.75), while the learned
    backdoors measured then had an empty gap (valley/peak ≤ 1e-18); `max_valley` = 0.5 (the valley at most
-   half the peak) was chosen on those world-seed-0 cells. With `k_max` 6, the learned bench cells measured
-   by 2026-12-05 have valley/peak ≤ 0.052 and the clean and no-relabel controls ≥ 0.54
-   (benchmarks/span_margins.py prints the margins per cell; docs/detectors.md, "span");
+   half the peak) was chosen on those world-seed-0 cells. With `k_max` 8, the learned bench cells measured
+   by 2026-12-05 have valley/peak ≤ 0.28 and the clean and no-relabel controls ≥ 0.71
+   (benchmarks/span_margins.py per cell, benchmarks/span_caps.py per cap; docs/detectors.md, "span");
 4. a sample is flagged when its local false-discovery rate under that null, lfdr = 1 − P(upper group | x),
    is below `max_lfdr` = 0.2 (Efron 2007/2010, Large-Scale Inference §5: the conventional "interesting"
    threshold), and it lies above the lowest component's mean.
@@ -57,8 +60,8 @@ from poisonguard.detect.separation import standardised_separation, target_poster
 @dataclass(frozen=True)
 class SpanParams:
     min_gain: float = 1e-3  # nats; below: "not moved" (chosen on the demo world, docs/detectors.md)
-    k_max: int = 6  # mixture components of the moved gains; K* by BIC (4 merged a backdoor mode with the clean
-    #                 tail on dual_key/blend 5 %, docs/detectors.md)
+    k_max: int = 8  # mixture components of the moved gains; K* by BIC (4 and 6 merged a backdoor mode with the
+    #                 clean tail on dual_key 5 % / BadNet 1 %; 8-12 decide alike, docs/detectors.md)
     min_ashman_d: float = 2.0  # Ashman, Bird & Zepf (1994)
     max_weight: float = 0.5  # the upper mode is a minority of the moved samples (definition)
     max_lfdr: float = 0.2  # Efron (2007, 2010)
@@ -69,7 +72,7 @@ class SpanParams:
 
     def __post_init__(self) -> None:
         check_float("min_gain", self.min_gain, 0.0, open_lo=True)
-        check_int("k_max", self.k_max, 2, 6)
+        check_int("k_max", self.k_max, 2, 16)
         check_float("min_ashman_d", self.min_ashman_d, 0.0)
         check_float("max_weight", self.max_weight, 0.0, 1.0, open_lo=True)
         check_float("max_lfdr", self.max_lfdr, 0.0, 1.0, open_lo=True)

@@ -128,8 +128,8 @@ GAINS = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" /
 
 def _recorded(name: str) -> tuple[FeatureSet, np.ndarray]:
     """Max answer gains recorded on the world's bench cells (world seed 0, 5,000 samples, 2026-12-05: Dual-Key
-    5 %, Blend 5 %, the clean fine-tune, all bench seed 0; two-target 5 % + 5 % of bench seed 2), as one-token
-    answers so that the gain is the stored max."""
+    5 %, Blend 5 %, the clean fine-tune, BadNet 1 %, all bench seed 0; two-target 5 % + 5 % of bench seed 2),
+    as one-token answers so that the gain is the stored max."""
     z = np.load(GAINS)
     gain, poison = z[f"{name}_gain"].astype(np.float64), z[f"{name}_poison"]
     ids = np.array([f"s{i}" for i in range(gain.size)])
@@ -164,6 +164,21 @@ def test_recorded_two_targets_peel_stops_at_the_bulk():
     fs, poison = _recorded("multi_target_s2")
     res = AnswerSpanDetector().detect(fs)
     assert res.report["accepted"], res.report["reason"]
-    assert res.report["weight"] <= 0.5 and res.report["ashman_d_by_step"]["1:4"] > 2  # the bulk's split exists
+    steps = res.report["ashman_d_by_step"]  # {"lo:hi": D}: the targets' group, then the split inside the bulk
+    assert res.report["weight"] <= 0.5 and len(steps) == 2 and min(steps.values()) > 2  # that split exists
     assert (res.flagged & poison).sum() == poison.sum() == 500
     assert (res.flagged & ~poison).sum() <= 0.01 * fs.n
+
+
+def test_recorded_half_learned_badnet_needs_room_for_the_tail_too():
+    """BadNet 1 % at the corner (50 poisoned, ASR 0.40: half learned): poisoned gains 4.4-14 nats, clean at
+    most 4.1. With K ≤ 6 the moved bulk took five components and the sixth, one wide Gaussian (mean 4.1, sd
+    5.0), held the clean-learning tail and the backdoor together: D 1.15, nothing flagged. The default cap
+    leaves a component for each."""
+    fs, poison = _recorded("badnet_1pct")
+    res = AnswerSpanDetector().detect(fs)
+    assert res.report["accepted"], res.report["reason"]
+    assert (res.flagged & poison).sum() == poison.sum() == 50
+    assert (res.flagged & ~poison).sum() <= 2
+    merged = AnswerSpanDetector(k_max=6).detect(fs)
+    assert not merged.flagged.any() and "Ashman's D 1.15" in merged.report["reason"]  # the failure avoided

@@ -1,0 +1,91 @@
+"""`span`'s decision on every screened bench cell under several mixture caps (`k_max`), refitted on the cell's
+stored per-sample max gains (verdicts.parquet's `score_span`, the detector's own input) with the detector's
+code: is the default cap where the decisions stop changing?
+
+BIC keeps adding components to the moved bulk as the cap rises (it spans decades), so `k_max` is a cap that
+binds, not a choice BIC makes; a cap is only defensible where raising it further changes no decision. Prints,
+per cell and cap, samples flagged / poisoned among them / F1 and the fit's Ashman's D and valley/peak, next to
+what the cell's screen flagged and its ASR.
+
+    python benchmarks/span_caps.py --bench work/bench-breadth --caps 6,8,10,12 [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_collect import cells_folder
+
+from poisonguard.detect.features import FeatureSet
+from poisonguard.detect.span import AnswerSpanDetector
+
+
+def cell_gains(cell: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(gain (N,), poisoned (N,) bool) of a screened cell's ok samples; None for a cell without a screen."""
+    v = cell / "report" / "verdicts.parquet"
+    if not v.exists():
+        return None
+    t = pd.read_parquet(v, columns=["id", "status", "score_span"])
+    t = t[t["status"] == "ok"]
+    ids_file = cell / "data" / "poison_ids.json"
+    poison = set(json.loads(ids_file.read_text())["poison_ids"]) if ids_file.exists() else set()
+    return t["score_span"].to_numpy(np.float64), t["id"].isin(poison).to_numpy()
+
+
+def decide(gain: np.ndarray, poisoned: np.ndarray, k_max: int) -> dict:
+    """`span` fitted and scored on the gains as one-token answers (their max is the gain itself)."""
+    fs = FeatureSet(ids=np.array([f"s{i}" for i in range(gain.size)]), answer_logp=gain[:, None],
+                    answer_logp_base=np.zeros((gain.size, 1)))
+    res = AnswerSpanDetector(k_max=k_max).detect(fs)
+    n, tp = int(res.flagged.sum()), int((res.flagged & poisoned).sum())
+    return {"flagged": n, "tp": tp, "f1": 2 * tp / max(n + int(poisoned.sum()), 1), "k": res.report["k"],
+            "ashman_d": res.report["ashman_d"], "valley": res.report["valley"]}
+
+
+def rows(bench: Path, caps: list[int]) -> list[dict]:
+    out = []
+    for cell in sorted(cells_folder(bench).iterdir()):
+        got = cell_gains(cell) if cell.is_dir() else None
+        if got is None:
+            continue
+        res = json.loads((cell / "result.json").read_text())
+        out.append({"cell": cell.name, "asr": (res.get("after") or {}).get("asr"), "poisoned": int(got[1].sum()),
+                    "screened": (res.get("detection", {}).get("span") or {}).get("n_flagged"),
+                    "caps": {k: decide(*got, k) for k in caps}})
+    return out
+
+
+def markdown(table: list[dict], caps: list[int]) -> str:
+    head = "| cell | ASR | poisoned | screened | " + " | ".join(f"k_max {k}: flagged / F1 / D / valley"
+                                                               for k in caps) + " |"
+    lines = [head, "|" + "---|" * (4 + len(caps))]
+    for r in table:
+        asr = "–" if r["asr"] is None else f"{r['asr']:.3f}"
+        cells = [f"{c['flagged']} / {c['f1']:.2f} / {c['ashman_d']:.2f} / {c['valley']:.2f}"
+                 for c in (r["caps"][k] for k in caps)]
+        lines.append(f"| {r['cell']} | {asr} | {r['poisoned']} | {r['screened']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bench", type=Path, default=Path("work/bench-breadth"))
+    ap.add_argument("--caps", default="6,8,10,12", help="comma-separated k_max values")
+    ap.add_argument("--markdown", action="store_true", help="a markdown table instead of JSON lines")
+    a = ap.parse_args()
+    caps = [int(k) for k in a.caps.split(",")]
+    table = rows(a.bench, caps)
+    print(markdown(table, caps) if a.markdown else "\n".join(json.dumps(r) for r in table))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""benchmarks/span_caps.py on a bench folder laid out as `poisonguard bench` writes it, with the recorded gains
+of the half-learned BadNet 1 % cell (tests/fixtures/span_gains.npz): the refit reads the cell's verdict table
+and poison ids, and shows the cap below which the backdoor mode and the clean tail merge."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import span_caps
+
+GAINS = Path(__file__).resolve().parent / "fixtures" / "span_gains.npz"
+
+
+def _cell(bench: Path, name: str, gain: np.ndarray, poison: np.ndarray, screened: int) -> None:
+    cell = bench / "cells" / name
+    (cell / "report").mkdir(parents=True)
+    (cell / "data").mkdir()
+    ids = [f"s{i}" for i in range(gain.size)]
+    status = ["ok"] * gain.size
+    status[0] = "quarantined"  # a quarantined sample is not part of the fit
+    pd.DataFrame({"id": ids, "status": status, "score_span": gain}).to_parquet(cell / "report" / "verdicts.parquet")
+    (cell / "data" / "poison_ids.json").write_text(json.dumps({"poison_ids": [i for i, p in zip(ids, poison) if p]}))
+    (cell / "result.json").write_text(json.dumps({"cell": name, "after": {"asr": 0.399},
+                                                  "detection": {"span": {"n_flagged": screened}}}))
+
+
+def test_caps_refit_the_stored_gains(tmp_path):
+    z = np.load(GAINS)
+    gain, poison = z["badnet_1pct_gain"].astype(np.float64), z["badnet_1pct_poison"]
+    assert not poison[0]
+    _cell(tmp_path, "badnet_r0.01_s0", gain, poison, screened=0)
+    (tmp_path / "cells" / "unscreened_s0").mkdir()  # no verdict table: left out
+    [row] = span_caps.rows(tmp_path, [6, 8])
+    assert row["cell"] == "badnet_r0.01_s0" and row["poisoned"] == 50 and row["screened"] == 0
+    assert row["caps"][6]["flagged"] == 0 and row["caps"][6]["ashman_d"] < 2  # the merged fit
+    assert row["caps"][8]["tp"] == 50 and row["caps"][8]["f1"] >= 0.95
+    table = span_caps.markdown([row], [6, 8])
+    assert table.splitlines()[2].startswith("| badnet_r0.01_s0 | 0.399 | 50 | 0 | 0 / 0.00 /")
