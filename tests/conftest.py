@@ -14,11 +14,15 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="pg-prefect-"))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# The release gate's GX project: a temporary one per test process, never the checkout's gx/ (two test workers
+# must not write one project at once).
+os.environ.setdefault("PG_GX_ROOT", os.path.join(tempfile.mkdtemp(prefix="pg-gx-"), "gx"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+# one thread per test worker when the suite runs on several (infra/test.sh), two otherwise
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session")
