@@ -19,12 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_collect import cells_folder
 
+from poisonguard.attacks.files import read_poison_ids
 from poisonguard.detect.features import FeatureSet
 from poisonguard.detect.span import AnswerSpanDetector
 
@@ -36,8 +38,8 @@ def cell_gains(cell: Path) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     t = pd.read_parquet(v, columns=["id", "status", "score_span"])
     t = t[t["status"] == "ok"]
-    ids_file = cell / "data" / "poison_ids.json"
-    poison = set(json.loads(ids_file.read_text())["poison_ids"]) if ids_file.exists() else set()
+    ids_file = cell / "data" / "poison_ids.json"  # absent for the clean and base-model cells
+    poison = set(read_poison_ids(ids_file)) if ids_file.exists() else set()
     return t["score_span"].to_numpy(np.float64), t["id"].isin(poison).to_numpy()
 
 
@@ -51,9 +53,11 @@ def decide(gain: np.ndarray, poisoned: np.ndarray, k_max: int) -> dict:
             "ashman_d": res.report["ashman_d"], "valley": res.report["valley"]}
 
 
-def rows(bench: Path, caps: list[int]) -> list[dict]:
+def rows(bench: Path, caps: list[int], progress: bool = False) -> list[dict]:
+    """One row per screened cell (a few seconds of mixture fits per cell and cap; a bar on stderr if asked)."""
     out = []
-    for cell in sorted(cells_folder(bench).iterdir()):
+    cells = sorted(cells_folder(bench).iterdir())
+    for cell in tqdm(cells, desc="cells", unit="cell", disable=not progress):
         got = cell_gains(cell) if cell.is_dir() else None
         if got is None:
             continue
@@ -83,7 +87,7 @@ def main() -> None:
     ap.add_argument("--markdown", action="store_true", help="a markdown table instead of JSON lines")
     a = ap.parse_args()
     caps = [int(k) for k in a.caps.split(",")]
-    table = rows(a.bench, caps)
+    table = rows(a.bench, caps, progress=True)
     print(markdown(table, caps) if a.markdown else "\n".join(json.dumps(r) for r in table))
 
 
