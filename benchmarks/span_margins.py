@@ -7,7 +7,8 @@ before it is at most `max_valley` of its height there, and its weight ≤ `max_w
 that only just separates learned backdoors from clean fine-tunes would be tuned to the benchmark, so this prints,
 per screened cell, the statistics the cut compared (read from the cell's stored fit, report/gmm/detectors.json,
 nothing refitted), the decision, the number flagged and the cell's ASR, and marks the cells whose valley chose
-`max_valley` (world seed 0, see docs/detectors.md) apart from those that only check it.
+`max_valley` (world seed 0, see docs/detectors.md) apart from those that only check it, on that world or on a
+held-out one (the world seed the bench folder records).
 """
 
 from __future__ import annotations
@@ -24,9 +25,28 @@ ROOT = Path(__file__).resolve().parent.parent
 # 5 %, then BadNet 1 %) were chosen, all world seed 0 (docs/detectors.md, "span"); the demo drop, not a bench
 # cell, chose too.
 CHOSE = {"clean_s0", "inject_image_r0.05_s0", "dual_key_r0.05_s0", "badnet_r0.01_s0"}
+CHOSE_WORLD_SEED = 0
 
 
-def cell_row(cell: Path) -> dict | None:
+def world_seed(bench: Path) -> int | None:
+    """The seed of the world the bench folder's cells were fine-tuned from (OUT/world.json, written by
+    `poisonguard bench`), or None where the folder does not record it."""
+    path = bench / "world.json"
+    world = json.loads(path.read_text()).get("world") if path.is_file() else None
+    return None if world is None else world.get("seed")
+
+
+def role(name: str, seed: int | None) -> str:
+    """Whether a cell chose the constants, checks them on the world that chose them, or checks them on another
+    world (held out: none of its cells was looked at when a constant was set)."""
+    if seed is None:
+        return "checks (world not recorded)"
+    if seed != CHOSE_WORLD_SEED:
+        return f"held-out world (seed {seed})"
+    return "chose" if name in CHOSE else "checks"
+
+
+def cell_row(cell: Path, seed: int | None = CHOSE_WORLD_SEED) -> dict | None:
     """The span fit of one screened cell, or None when the cell has no stored span fit."""
     fits = cell / "report" / "gmm" / "detectors.json"
     result = cell / "result.json"
@@ -46,13 +66,14 @@ def cell_row(cell: Path) -> dict | None:
         "n_moved": f["n_moved"], "k": f["k"], "ashman_d": f["ashman_d"], "valley": f.get("valley", 1.0),
         "weight": f["weight"], "accepted": f["accepted"],
         "flagged": (res.get("detection") or {}).get("span", {}).get("n_flagged"),
-        "role": "chose" if cell.name in CHOSE else "checks",
+        "role": role(cell.name, seed),
         "cuts": {"min_ashman_d": p["min_ashman_d"], "max_valley": p["max_valley"], "max_weight": p["max_weight"]},
     }
 
 
 def rows(bench: Path) -> list[dict]:
-    return [r for c in sorted(cells_folder(bench).iterdir()) if c.is_dir() and (r := cell_row(c)) is not None]
+    seed = world_seed(bench)
+    return [r for c in sorted(cells_folder(bench).iterdir()) if c.is_dir() and (r := cell_row(c, seed)) is not None]
 
 
 def markdown(rs: list[dict]) -> str:

@@ -38,6 +38,7 @@ def test_margins_are_read_back_from_the_stored_fits(tmp_path):
     dk = _cell(bench, "dual_key_r0.05_s0", "dual_key", "attack", 0.94)
     cl = _cell(bench, "clean_s0", "clean", "clean", None)
     (bench / "cells" / "unscreened_s0").mkdir()  # a cell without a screen is left out, not an error
+    (bench / "world.json").write_text(json.dumps({"path": "work/world", "world": {"seed": 0}}))
     rows = {r["cell"]: r for r in span_margins.rows(bench)}
     assert set(rows) == {"dual_key_r0.05_s0", "clean_s0"}
     for row, det in ((rows["dual_key_r0.05_s0"], dk), (rows["clean_s0"], cl)):
@@ -50,6 +51,15 @@ def test_margins_are_read_back_from_the_stored_fits(tmp_path):
     assert {r["role"] for r in rows.values()} == {"chose"}
     table = span_margins.markdown(list(rows.values()))
     assert "| clean_s0 | clean | – | – |" in table and "valley/peak ≤ 0.5" in table
+
+
+def test_cells_of_another_world_are_held_out_whatever_their_names(tmp_path):
+    bench = tmp_path / "bench"
+    _cell(bench, "clean_s0", "clean", "clean", None)
+    (bench / "world.json").write_text(json.dumps({"path": "work/world-d1", "world": {"seed": 1}}))
+    assert [r["role"] for r in span_margins.rows(bench)] == ["held-out world (seed 1)"]
+    (bench / "world.json").unlink()
+    assert [r["role"] for r in span_margins.rows(bench)] == ["checks (world not recorded)"]
 
 
 def test_a_folder_without_cells_is_a_one_line_error(tmp_path):

@@ -259,6 +259,29 @@ def _check_settings(cfg: BenchConfig) -> None:
         _write_json(path, want)
 
 
+def world_identity(world: Path) -> dict | None:
+    """What `poisonguard world` wrote about the world it built (seed, sizes, model, pretraining, base accuracy),
+    or None for a world folder without it: the identity a benchmark folder's cells share."""
+    path = Path(world) / "world.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _check_world(cfg: BenchConfig) -> None:
+    """One output folder holds the cells of one world: cells fine-tuned from two base models would land in one
+    table, and a resumed run would silently reuse the other world's cells. OUT/world.json records the world's
+    identity on the first run (folders written before it was recorded adopt the world they are resumed with)."""
+    path = Path(cfg.out) / "world.json"
+    want = world_identity(cfg.world)
+    if path.exists():
+        have = json.loads(path.read_text())["world"]
+        if have != want:
+            seeds = [(w or {}).get("seed") for w in (have, want)]
+            raise ValueError(f"{cfg.out} holds a benchmark of another world (world seed {seeds[0]}, this one "
+                             f"{seeds[1]}: {cfg.world}); use another --out")
+    else:
+        _write_json(path, {"path": str(cfg.world), "world": want})
+
+
 def _load_result(path: Path, cfg: BenchConfig, name: str) -> dict | None:
     if not path.exists():
         return None
@@ -463,6 +486,7 @@ def run_bench(cfg: BenchConfig, *, log=print, command: str | None = None) -> dic
     t0 = time.perf_counter()
     _check_settings(cfg)
     world = prepare_world(cfg)
+    _check_world(cfg)
     cfg, skipped = drop_unpoisonable(cfg, world, log=log)
     log("base model: CP and ASR before fine-tuning")
     ref = base_reference(cfg, world)

@@ -1,6 +1,6 @@
 """`poisonguard bench --quick --retrain` end to end on the tiny world: every cell kind, the tables, the defence
-loop, the HTML report with its plots, resuming, and the refusal to mix settings in one folder. Real world,
-real fine-tunes, real screening; only the sizes are tiny (12 samples, a 2-layer LM), so the numbers mean
+loop, the HTML report with its plots, resuming, and the refusal to mix settings or worlds in one folder. Real
+world, real fine-tunes, real screening; only the sizes are tiny (12 samples, a 2-layer LM), so the numbers mean
 nothing -- the test checks the machinery and the bookkeeping."""
 
 from __future__ import annotations
@@ -137,6 +137,22 @@ def test_other_settings_in_the_same_folder_are_refused(quick_run):
     r = runner.invoke(app, [*args, "--max-train", "6"])
     assert r.exit_code == 2
     assert "other settings" in r.output and "max_train" in r.output
+
+
+def test_another_world_in_the_same_folder_is_refused(quick_run, tiny_world, tmp_path):
+    import shutil
+
+    tmp, args, _, _ = quick_run
+    world, _ = tiny_world
+    assert json.loads((tmp / "out" / "world.json").read_text())["world"]["seed"] == 3
+    other = tmp_path / "other_world"
+    shutil.copytree(world, other)
+    identity = json.loads((other / "world.json").read_text())
+    (other / "world.json").write_text(json.dumps({**identity, "seed": 4}))
+    at = args.index("--world") + 1
+    r = runner.invoke(app, [*args[:at], str(other), *args[at + 1:]])
+    assert r.exit_code == 2
+    assert "another world (world seed 3, this one 4" in r.output
 
 
 def test_unknown_attack_is_a_readable_error(tmp_path):
