@@ -22,9 +22,11 @@ from poisonguard.bench.tables import LEARNED_ASR, cell_kind
 
 ROOT = Path(__file__).resolve().parent.parent
 # The bench cells whose fits were looked at when `max_valley` (clean_s0, inject_image 5 %) and `k_max` (dual_key
-# 5 %, then BadNet 1 %) were chosen, all world seed 0 (docs/detectors.md, "span"); the demo drop, not a bench
-# cell, chose too.
-CHOSE = {"clean_s0", "inject_image_r0.05_s0", "dual_key_r0.05_s0", "badnet_r0.01_s0"}
+# 5 %, then BadNet 1 %) were chosen, and the three 0.5 % cells that led to revision 2's peeling rule (the
+# deepest step behind a gap; inject_text, refusal_text, syntactic), all world seed 0 (docs/detectors.md,
+# "span"); the demo drop, not a bench cell, chose too.
+CHOSE = {"clean_s0", "inject_image_r0.05_s0", "dual_key_r0.05_s0", "badnet_r0.01_s0",
+         "inject_text_r0.005_s0", "refusal_text_r0.005_s0", "syntactic_r0.005_s0"}
 CHOSE_WORLD_SEED = 0
 
 
@@ -65,6 +67,8 @@ def cell_row(cell: Path, seed: int | None = CHOSE_WORLD_SEED) -> dict | None:
         "learned": None if kind != "attack" or asr is None else asr >= LEARNED_ASR,
         "n_moved": f["n_moved"], "k": f["k"], "ashman_d": f["ashman_d"], "valley": f.get("valley", 1.0),
         "weight": f["weight"], "accepted": f["accepted"],
+        # every peeling step's D, and the valley/peak of the steps taken (stored from revision 2 on)
+        "steps": {step: {"d": d, "valley": (f.get("valleys") or {}).get(step)} for step, d in f.get("peels", {}).items()},
         "flagged": (res.get("detection") or {}).get("span", {}).get("n_flagged"),
         "role": role(cell.name, seed),
         "cuts": {"min_ashman_d": p["min_ashman_d"], "max_valley": p["max_valley"], "max_weight": p["max_weight"]},
@@ -78,19 +82,25 @@ def rows(bench: Path) -> list[dict]:
 
 def markdown(rs: list[dict]) -> str:
     head = ["cell", "kind", "ASR", "learned", "moved", "K", "Ashman's D", "valley/peak", "upper weight",
-            "accepted", "flagged", "constants"]
+            "accepted", "flagged", "constants", "peeling steps: D / valley (– not taken)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rs:
         learned = "–" if r["learned"] is None else ("yes" if r["learned"] else "not learned")
         asr = "–" if r["asr"] is None else f"{r['asr']:.3f}"
         lines.append(f"| {r['cell']} | {r['kind']} | {asr} | {learned} | {r['n_moved']} | {r['k']} | "
                      f"{r['ashman_d']:.2f} | {r['valley']:.2g} | {r['weight']:.3f} | "
-                     f"{'yes' if r['accepted'] else 'no'} | {r['flagged']} | {r['role']} |")
+                     f"{'yes' if r['accepted'] else 'no'} | {r['flagged']} | {r['role']} | {_steps(r['steps'])} |")
     if rs:
         c = rs[0]["cuts"]
         lines.append(f"\nCuts: D ≥ {c['min_ashman_d']:g}, valley/peak ≤ {c['max_valley']:g}, "
                      f"weight ≤ {c['max_weight']:g}.")
     return "\n".join(lines)
+
+
+def _steps(steps: dict) -> str:
+    """'6:7 18.59 / 1e-08; 4:5 2.31 / 0.89; 3:4 0.62 / –' (a step not taken has no valley)."""
+    return "; ".join(f"{k} {v['d']:.2f} / {'–' if v['valley'] is None else format(v['valley'], '.2g')}"
+                     for k, v in steps.items()) or "–"
 
 
 def main() -> None:

@@ -45,12 +45,16 @@ def test_margins_are_read_back_from_the_stored_fits(tmp_path):
         f = det.to_state()["fitted"]
         assert row["accepted"] == f["accepted"] and np.isclose(row["valley"], f["valley"])
         assert np.isclose(row["ashman_d"], f["ashman_d"]) and row["k"] == f["k"]
+        first = next(iter(row["steps"].values()))  # step 1's D is the fit's D; a step taken has its valley
+        assert np.isclose(first["d"], f["ashman_d"])
+        assert all((v["valley"] is None) == (k not in f["valleys"]) for k, v in row["steps"].items())
     assert rows["dual_key_r0.05_s0"]["accepted"] and rows["dual_key_r0.05_s0"]["learned"] is True
     assert not rows["clean_s0"]["accepted"] and rows["clean_s0"]["flagged"] == 0
     assert rows["clean_s0"]["valley"] > 0.5 > rows["dual_key_r0.05_s0"]["valley"]  # the cut between them
     assert {r["role"] for r in rows.values()} == {"chose"}
     table = span_margins.markdown(list(rows.values()))
     assert "| clean_s0 | clean | – | – |" in table and "valley/peak ≤ 0.5" in table
+    assert f"| {span_margins._steps(rows['clean_s0']['steps'])} |" in table and " / –" in table  # a step not taken
 
 
 def test_cells_of_another_world_are_held_out_whatever_their_names(tmp_path):

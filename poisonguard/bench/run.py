@@ -215,13 +215,19 @@ def finetune_settings(cfg: BenchConfig) -> dict:
 def screen_settings(cfg: BenchConfig) -> dict:
     """What a cell's detection depends on; a change re-screens (extraction shards are reused).
 
-    The detectors' effective parameters (their defaults with the overrides applied) are part of it, so a
-    changed default in the code re-screens finished cells instead of keeping results the code no longer gives.
+    The detectors' effective parameters (their defaults with the overrides applied) and their revisions (a
+    change of decision logic, `Detector.revision`) are part of it, so a changed default or rule in the code
+    re-screens finished cells instead of keeping results the code no longer gives.
     """
     p = cfg.pipeline
-    effective = {name: _jsonable(asdict(det.params)) for name, det in make_detectors(p.fit_gmm.detectors).items()}
-    return {"detectors": list(cfg.detectors), "decide": p.em_vote.decide, "strata_k": p.profile_heads.strata_k,
-            "audit": _jsonable(asdict(p.audit_projector)), "effective_params": effective}
+    made = make_detectors(p.fit_gmm.detectors)
+    effective = {name: _jsonable(asdict(det.params)) for name, det in made.items()}
+    out = {"detectors": list(cfg.detectors), "decide": p.em_vote.decide, "strata_k": p.profile_heads.strata_k,
+           "audit": _jsonable(asdict(p.audit_projector)), "effective_params": effective}
+    revised = {name: det.revision for name, det in made.items() if det.revision != 1}
+    if revised:  # named only past revision 1, so cells screened before revisions were recorded stay valid
+        out["revisions"] = revised
+    return out
 
 
 def _poisoned_data(world: WorldFiles, cfg: BenchConfig, c: dict) -> Path:

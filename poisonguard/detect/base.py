@@ -59,6 +59,9 @@ class Detector(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type]
+    # Bumped when a change to the decision logic changes what `fit`/`score` return for the same parameters:
+    # a benchmark folder re-screens its finished cells on a new revision (bench.run.screen_settings).
+    revision: ClassVar[int] = 1
 
     def __init__(self, **params: Any) -> None:
         allowed = [f.name for f in fields(self.Params)]

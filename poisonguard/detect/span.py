@@ -35,7 +35,13 @@ A learned backdoor gives a separate *mode* far above it (BadNet demo: 9.2–14.1
    backdoors measured then had an empty gap (valley/peak ≤ 1e-18); `max_valley` = 0.5 (the valley at most
    half the peak) was chosen on those world-seed-0 cells. With `k_max` 8, the learned bench cells measured
    by 2026-12-05 have valley/peak ≤ 0.28 and the clean and no-relabel controls ≥ 0.71
-   (benchmarks/span_margins.py per cell, benchmarks/span_caps.py per cap; docs/detectors.md, "span");
+   (benchmarks/span_margins.py per cell, benchmarks/span_caps.py per cap; docs/detectors.md, "span").
+   The valley test judges each peeling step, and the split kept is the deepest step whose group sits behind a
+   gap: a step can pass D ≥ 2 on the top component of the clean-learning tail (D 2.2-2.4 on three 0.5 %
+   cells, poisoned gains 11-16 nats against a clean maximum of ~4), and when only the deepest step was
+   judged, that doubtful step vetoed the separated mode above it (nothing flagged on a learned 0.5 % row).
+   Where the deepest step has a gap, the split is the one it always was (revision 2; revision 1 judged only
+   the deepest step);
 4. a sample is flagged when its local false-discovery rate under that null, lfdr = 1 − P(upper group | x),
    is below `max_lfdr` = 0.2 (Efron 2007/2010, Large-Scale Inference §5: the conventional "interesting"
    threshold), and it lies above the lowest component's mean.
@@ -95,6 +101,7 @@ def answer_gain(logp: np.ndarray, logp_base: np.ndarray) -> dict[str, np.ndarray
 class AnswerSpanDetector(Detector):
     name = "span"
     Params = SpanParams
+    revision = 2  # 2: the deepest peeling step behind a gap is taken, not only the deepest step (_peel)
     params: SpanParams
 
     def fit(self, features: FeatureSet) -> Self:
@@ -114,9 +121,9 @@ class AnswerSpanDetector(Detector):
         fit = fit_gmm_1d(xm[:, None], ks=ks, n_init=p.n_init, seed=p.seed)
         k = int(fit.k_star("bic")[0])
         params = fit.at(k)  # (1, Kmax), components sorted by mean
-        split, d, peels = _peel(params, k, p.min_ashman_d, p.max_weight)
+        split, d, peels, valleys = _peel(params, k, p.min_ashman_d, p.max_weight, p.max_valley)
         valley = _valley(params, k, split) if split else 1.0
-        fitted.update(k=k, ashman_d=d, split=split, peels=peels, valley=valley)
+        fitted.update(k=k, ashman_d=d, split=split, peels=peels, valleys=valleys, valley=valley)
         if split:
             upper = _upper(params, split)
             fitted["weight"] = float(params.weights[0][upper[0]].sum())
@@ -134,7 +141,7 @@ class AnswerSpanDetector(Detector):
         fitted["accepted"] = not failed
         fitted["reason"] = ("nothing flagged: " + "; ".join(failed)) if failed else (
             f"a separated mode of answer-likelihood gain (K={k}, Ashman's D {d:.2f}, valley/peak {valley:.2g}, weight {fitted['weight']:.3f}"
-            f" of {int(moved.sum())} moved samples); flagged where lfdr < {p.max_lfdr:g}")
+            f" of {int(moved.sum())} moved samples); flagged where lfdr < {p.max_lfdr:g}" + _not_taken(valleys, split))
         self._fitted = fitted
         return self
 
@@ -152,11 +159,14 @@ class AnswerSpanDetector(Detector):
                             accepted=bool(st["accepted"]), reason=st["reason"], k=int(st["k"]),
                             ashman_d=float(st["ashman_d"]), valley=float(st.get("valley", 1.0)),
                             weight=float(st["weight"]),
-                            n_moved=int(st["n_moved"]), ashman_d_by_step=dict(st.get("peels", {})))
+                            n_moved=int(st["n_moved"]), ashman_d_by_step=dict(st.get("peels", {})),
+                            valley_by_step=dict(st.get("valleys", {})))
 
 
-def _peel(params, k: int, min_d: float, max_weight: float = 1.0) -> tuple[int, float, dict[str, float]]:
-    """(split, D, {"lo:hi": best D of each step}): the upper group is components split..k-1 (by mean).
+def _peel(params, k: int, min_d: float, max_weight: float = 1.0,
+          max_valley: float = 1.0) -> tuple[int, float, dict[str, float], dict[str, float]]:
+    """(split, D, {"lo:hi": best D of each step}, {"lo:hi": valley/peak of each step taken}): the upper group
+    is components split..k-1 (by mean).
 
     Step 1 takes the split of all K components with the largest Ashman's D. While it passes `min_d`, the
     next step looks for another separated group among the components *below* the accepted ones only (a
@@ -164,23 +174,40 @@ def _peel(params, k: int, min_d: float, max_weight: float = 1.0) -> tuple[int, f
     target). A later step is taken only if the upper group stays a minority (weight ≤ `max_weight`): the
     moved bulk spans decades, so a split deep inside it can pass D ≥ 2 (a held-out two-target cell: D 2.14
     between the 0.002- and 0.03-nat components), and taking it would call most clean samples a target.
+
+    The split returned is the deepest step taken whose group sits behind a gap (valley/peak ≤ `max_valley`,
+    the test `fit` applies): a step can pass D ≥ 2 on the top component of the clean-learning tail (D 2.3 on
+    two half-percent cells whose poisoned gains were 11-16 nats against a clean maximum of 4.1), and judging
+    only the deepest step let that doubtful step veto the separated mode above it. When no step has a gap,
+    the deepest step is returned (and `fit` withholds); when the deepest has one, it is the split as before.
     D is that of step 1 (0 when K = 1); when step 1 fails, its split is still returned, so that p_poison
     ranks samples although nothing is flagged.
     """
-    hi, split, first_d, peels = k, 0, 0.0, {}
+    hi, first_split, first_d, peels, taken = k, 0, 0.0, {}, []
     while hi > 1:
         sub = np.arange(params.k_max)[None, :] < hi  # (1, Kmax): the components still in the bulk
         ds = [float(standardised_separation(params, _upper(params, j) & sub)[0]) for j in range(1, hi)]
         j = int(np.argmax(ds)) + 1
         peels[f"{j}:{hi}"] = ds[j - 1]
         if hi == k:
-            first_d, split = ds[j - 1], j
+            first_d, first_split = ds[j - 1], j
         elif float(params.weights[0][_upper(params, j)[0]].sum()) > max_weight:
             break  # components j..k-1 would be a majority of the moved samples: the bulk, not a target
         if ds[j - 1] < min_d:
             break
-        split, hi = j, j
-    return split, first_d, peels
+        taken.append((f"{j}:{hi}", j))
+        hi = j
+    if not taken:
+        return first_split, first_d, peels, {}
+    valleys = {step: _valley(params, k, j) for step, j in taken}
+    gapped = [j for step, j in taken if valleys[step] <= max_valley]
+    return (gapped[-1] if gapped else taken[-1][1]), first_d, peels, valleys
+
+
+def _not_taken(valleys: dict[str, float], split: int) -> str:
+    """The report's note on deeper peeling steps that passed D but had no gap (not taken), or ""."""
+    deeper = [f"{step} (valley/peak {v:.2f})" for step, v in valleys.items() if int(step.split(":")[0]) < split]
+    return (f"; a deeper group without a gap before it was not taken: {', '.join(deeper)}") if deeper else ""
 
 
 def _valley(params, k: int, split: int, n_grid: int = 2001) -> float:

@@ -231,6 +231,20 @@ def test_attack_params_are_part_of_the_settings_only_when_set(tmp_path):
     assert tuned == {**plain, "attack_params": {"badnet": {"side_frac": 0.25}}}
 
 
+def test_a_revised_detector_rule_is_part_of_the_screen_settings(tmp_path, monkeypatch):
+    """A change of decision logic with the same parameters re-screens finished cells: the revision of each
+    detector the settings configure is part of what a cell's detection depends on, named only past revision 1
+    (folders screened before revisions were recorded stay valid)."""
+    from poisonguard.bench.run import BenchConfig, screen_settings
+    from poisonguard.detect.span import AnswerSpanDetector
+
+    cfg = BenchConfig(world=tmp_path, out=tmp_path)
+    assert AnswerSpanDetector.revision >= 2
+    assert screen_settings(cfg)["revisions"] == {"span": AnswerSpanDetector.revision}
+    monkeypatch.setattr(AnswerSpanDetector, "revision", 1)
+    assert "revisions" not in screen_settings(cfg)
+
+
 def test_cli_bench_takes_all_attacks_by_name(tmp_path):
     from typer.testing import CliRunner
 

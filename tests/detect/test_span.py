@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from poisonguard.detect import FeatureSet, load_detector
+from poisonguard.detect.profile import mixture_from_state
 from poisonguard.detect.span import AnswerSpanDetector, answer_gain
 
 N, T = 3000, 6
@@ -128,8 +129,8 @@ GAINS = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" /
 
 def _recorded(name: str) -> tuple[FeatureSet, np.ndarray]:
     """Max answer gains recorded on the world's bench cells (world seed 0, 5,000 samples, 2026-12-05: Dual-Key
-    5 %, Blend 5 %, the clean fine-tune, BadNet 1 %, all bench seed 0; two-target 5 % + 5 % of bench seed 2),
-    as one-token answers so that the gain is the stored max."""
+    5 %, Blend 5 %, the clean fine-tune, BadNet 1 %, syntactic 0.5 %, all bench seed 0; two-target 5 % + 5 % of
+    bench seed 2), as one-token answers so that the gain is the stored max."""
     z = np.load(GAINS)
     gain, poison = z[f"{name}_gain"].astype(np.float64), z[f"{name}_poison"]
     ids = np.array([f"s{i}" for i in range(gain.size)])
@@ -182,3 +183,34 @@ def test_recorded_half_learned_badnet_needs_room_for_the_tail_too():
     assert (res.flagged & ~poison).sum() <= 2
     merged = AnswerSpanDetector(k_max=6).detect(fs)
     assert not merged.flagged.any() and "Ashman's D 1.15" in merged.report["reason"]  # the failure avoided
+
+
+def test_recorded_half_percent_mode_is_not_vetoed_by_a_deeper_step_into_the_tail():
+    """Syntactic trigger at 0.5 % (25 poisoned, ASR 0.61; recorded 2026-12-05, world seed 0, bench seed 0): the
+    poisoned gains are 11-16 nats, the clean ones at most ~4. Step 1 takes the backdoor's group (D 18.7, an
+    empty gap); step 2 passes D ≥ 2 on the top component of the clean-learning tail (D 2.19) but has no gap
+    before it (valley/peak 0.81). Judging only the deepest step withheld everything (0 flagged); the deepest
+    step *behind a gap* is taken, and the doubtful one is named in the report."""
+    fs, poison = _recorded("syntactic_half_pct")
+    res = AnswerSpanDetector().detect(fs)
+    assert res.report["accepted"], res.report["reason"]
+    assert res.flagged.sum() == (res.flagged & poison).sum() == poison.sum() == 25
+    steps, valleys = res.report["ashman_d_by_step"], res.report["valley_by_step"]
+    assert len(valleys) == 2 and all(d > 2 for d in list(steps.values())[:2])  # both steps passed D
+    gapped = [v <= 0.5 for v in valleys.values()]  # the cut `max_valley`
+    assert gapped == [True, False] and min(valleys.values()) < 1e-3  # only the first had a gap
+    assert "without a gap before it was not taken" in res.report["reason"]
+
+
+def test_the_split_is_unchanged_where_the_deepest_step_has_a_gap():
+    """Taking the deepest gapped step changes nothing where the deepest step taken already has a gap (every
+    cell the old rule accepted): the recorded two-target, Dual-Key and Blend fits keep their split."""
+    from poisonguard.detect.span import _peel
+
+    for name in ("multi_target_s2", "dual_key", "blend", "badnet_1pct"):
+        fs, _ = _recorded(name)
+        det = AnswerSpanDetector().fit(fs)
+        f = det.to_state()["fitted"]
+        params, _ = mixture_from_state(f["mixture"], det.params.k_max)
+        deepest = _peel(params, f["k"], 2.0, 0.5)[0]  # max_valley 1: every step counts as gapped
+        assert f["split"] == deepest and f["accepted"], name
