@@ -68,7 +68,8 @@ def cell_row(cell: Path, seed: int | None = CHOSE_WORLD_SEED) -> dict | None:
         "n_moved": f["n_moved"], "k": f["k"], "ashman_d": f["ashman_d"], "valley": f.get("valley", 1.0),
         "weight": f["weight"], "accepted": f["accepted"],
         # every peeling step's D, and the valley/peak of the steps taken (stored from revision 2 on)
-        "steps": {step: {"d": d, "valley": (f.get("valleys") or {}).get(step)} for step, d in f.get("peels", {}).items()},
+        "steps": {step: {"d": d, "valley": (f.get("valleys") or {}).get(step)}
+                  for step, d in f.get("peels", {}).items()},
         "flagged": (res.get("detection") or {}).get("span", {}).get("n_flagged"),
         "role": role(cell.name, seed),
         "cuts": {"min_ashman_d": p["min_ashman_d"], "max_valley": p["max_valley"], "max_weight": p["max_weight"]},

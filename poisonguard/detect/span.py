@@ -141,7 +141,8 @@ class AnswerSpanDetector(Detector):
         fitted["accepted"] = not failed
         fitted["reason"] = ("nothing flagged: " + "; ".join(failed)) if failed else (
             f"a separated mode of answer-likelihood gain (K={k}, Ashman's D {d:.2f}, valley/peak {valley:.2g}, weight {fitted['weight']:.3f}"
-            f" of {int(moved.sum())} moved samples); flagged where lfdr < {p.max_lfdr:g}" + _not_taken(valleys, split))
+            f" of {int(moved.sum())} moved samples); flagged where lfdr < {p.max_lfdr:g}"
+            + _not_taken(valleys, split))
         self._fitted = fitted
         return self
 
@@ -176,10 +177,11 @@ def _peel(params, k: int, min_d: float, max_weight: float = 1.0,
     between the 0.002- and 0.03-nat components), and taking it would call most clean samples a target.
 
     The split returned is the deepest step taken whose group sits behind a gap (valley/peak ≤ `max_valley`,
-    the test `fit` applies): a step can pass D ≥ 2 on the top component of the clean-learning tail (D 2.3 on
-    two half-percent cells whose poisoned gains were 11-16 nats against a clean maximum of 4.1), and judging
-    only the deepest step let that doubtful step veto the separated mode above it. When no step has a gap,
-    the deepest step is returned (and `fit` withholds); when the deepest has one, it is the split as before.
+    the test `fit` applies): a step can pass D ≥ 2 on the top component of the clean-learning tail (D
+    2.2-2.4 on three half-percent cells whose poisoned gains were 11-16 nats against a clean maximum of ~4.1),
+    and judging only the deepest step let that doubtful step veto the separated mode above it. When no step
+    has a gap, the deepest step is returned (and `fit` withholds); when the deepest has one, it is the split
+    as before.
     D is that of step 1 (0 when K = 1); when step 1 fails, its split is still returned, so that p_poison
     ranks samples although nothing is flagged.
     """

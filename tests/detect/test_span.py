@@ -200,6 +200,12 @@ def test_recorded_half_percent_mode_is_not_vetoed_by_a_deeper_step_into_the_tail
     gapped = [v <= 0.5 for v in valleys.values()]  # the cut `max_valley`
     assert gapped == [True, False] and min(valleys.values()) < 1e-3  # only the first had a gap
     assert "without a gap before it was not taken" in res.report["reason"]
+    from poisonguard.detect.span import _peel, _valley
+
+    f = AnswerSpanDetector().fit(fs).to_state()["fitted"]  # revision 1's split: the deepest step, gap or not
+    params, _ = mixture_from_state(f["mixture"], 8)
+    deepest = _peel(params, f["k"], 2.0, 0.5)[0]
+    assert deepest < f["split"] and _valley(params, f["k"], deepest) > 0.5  # it withheld: F1 0.00 then
 
 
 def test_the_split_is_unchanged_where_the_deepest_step_has_a_gap():
