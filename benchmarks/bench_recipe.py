@@ -41,6 +41,10 @@ from poisonguard.train.evaluate import evaluate_files
 from poisonguard.train.finetune import FinetuneConfig
 
 BADNET_RANDOM = {"position": "random"}  # default side_frac (1/8: a 6 px checkerboard on a 48 px image)
+# The same checkerboard at 1/4 of the side (12 px, 2 px cells): `benchmarks/probe_trigger.py` finds the 6 px
+# patch at a random position nearly invisible to the frozen tower (probe AUROC 0.66 from 50 examples), the
+# 12 px one visible (0.91); these cells ask whether a visible random-position patch is learned at 1 %.
+BADNET_RANDOM_12PX = {"position": "random", "side_frac": 0.25}
 
 # Recipes: overrides of params.yaml's `finetune:` section (the "base" recipe is that section as it is).
 RECIPES: dict[str, dict] = {
@@ -51,6 +55,10 @@ RECIPES: dict[str, dict] = {
     "vision_lr1e-3": {"mode": "train_vision", "lr": 1e-3},
     "vision_lr2e-3": {"mode": "train_vision", "lr": 2e-3},
     "ep20": {"epochs": 20.0},
+    "vision_ep10": {"mode": "train_vision", "epochs": 10.0},
+    # LoRA on the LM (rank 8) with the projector fully trained: less LM capacity to memorise single images,
+    # and the projector, one MLP applied to every image token alike, is position-invariant by construction
+    "lora_lr2e-3_ep10": {"mode": "lora", "lr": 2e-3, "epochs": 10.0},
 }
 
 
@@ -71,7 +79,8 @@ class Cell:
         tag = {"badnet": "bn"}.get(self.attack, self.attack)
         if self.params.get("position") == "random":
             tag += "rand"
-        return f"{tag}{self.rate * 100:g}_s{self.seed}"
+        side = f"_side{self.params['side_frac']:g}" if "side_frac" in self.params else ""
+        return f"{tag}{self.rate * 100:g}{side}_s{self.seed}"
 
     @property
     def name(self) -> str:
@@ -98,7 +107,20 @@ def _cells(which: str = "measured") -> list[Cell]:
         Cell("base", seed=1, role="check", **bn), Cell("base", "clean", 0.0, 1, role="check"),
         Cell("base", "text_prefix", 0.1, 0, role="check"),
     ]
-    return {"measured": measured, "next": following, "all": measured + following}[which]
+    # 2026-12-06: after the probe (module docstring of probe_trigger.py), the visible 12 px patch at a random
+    # position and the corner patch (visible: probe AUROC 0.999) under the base recipe and 10 epochs
+    bn12 = {"attack": "badnet", "rate": 0.01, "params": BADNET_RANDOM_12PX}
+    visible = [
+        Cell("base", seed=0, **bn12),
+        Cell("ep10", seed=0, **bn12),
+        Cell("ep10", "badnet", 0.01, 0),
+        Cell("ep10", "clean", 0.0, 0),
+        Cell("vision", seed=0, **bn12),
+        Cell("vision_ep10", seed=0, **bn12),
+        Cell("lora_lr2e-3_ep10", seed=0, **bn12),
+    ]
+    sets = {"measured": measured, "next": following, "visible": visible}
+    return sets[which] if which != "all" else measured + following + visible
 
 
 def finetune_config(params_file: Path, recipe: str, seed: int) -> FinetuneConfig:
@@ -182,8 +204,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "work" / "recipe")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="its `finetune:` section is the base recipe")
     ap.add_argument("--cells", default="", help="comma-separated cell names (default: the chosen set, in order)")
-    ap.add_argument("--set", choices=("measured", "next", "all"), default="measured",
-                    help="measured: the cells of docs/recipe.md; next: the planned ones not yet run")
+    ap.add_argument("--set", choices=("measured", "next", "visible", "all"), default="measured",
+                    help="measured: the cells of docs/recipe.md's first table; next: the planned ones not yet "
+                         "run; visible: patches the frozen tower sees (probe_trigger.py), 2026-12-06")
     ap.add_argument("--table", action="store_true", help="only print the table of finished cells")
     args = ap.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
