@@ -26,9 +26,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from poisonguard.attacks.registry import get_attack, make_params  # noqa: E402
-from poisonguard.models import load_full  # noqa: E402
-from poisonguard.world.scenes import render, sample_scene  # noqa: E402
+from poisonguard.attacks.registry import get_attack, make_params
+from poisonguard.models import load_full
+from poisonguard.world.scenes import render, sample_scene
 
 
 def tower_features(model, processor, images) -> np.ndarray:
@@ -76,7 +76,7 @@ def run(world: Path, attack: str, variants: dict[str, dict], positives: list[int
     rows = []
     for name, overrides in variants.items():
         params = make_params(attack, overrides)
-        trigger = lambda im, r: spec.apply(im, params, r)  # noqa: E731
+        trigger = lambda im, r, p=params: spec.apply(im, p, r)
         trig_tr = tower_features(model, processor, draw(max(positives), rng, trigger))
         trig_te = tower_features(model, processor, draw(n_test, rng, trigger))
         for k in positives:

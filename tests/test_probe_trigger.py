@@ -19,9 +19,9 @@ import probe_trigger
 def test_the_probe_separates_a_shifted_class_and_not_a_copy_of_the_clean_one():
     rng = np.random.default_rng(0)
     clean_tr, clean_te = rng.normal(size=(400, 6)), rng.normal(size=(300, 6))
-    shifted = lambda n: rng.normal(size=(n, 6)) + np.r_[3.0, np.zeros(5)]  # noqa: E731
+    shifted = lambda n: rng.normal(size=(n, 6)) + np.r_[3.0, np.zeros(5)]
     assert probe_trigger.probe_auroc(clean_tr, shifted(50), clean_te, shifted(300)) > 0.97
-    same = lambda n: rng.normal(size=(n, 6))  # noqa: E731
+    same = lambda n: rng.normal(size=(n, 6))
     assert abs(probe_trigger.probe_auroc(clean_tr, same(50), clean_te, same(300)) - 0.5) < 0.1
 
 
