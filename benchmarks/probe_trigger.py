@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -74,7 +75,7 @@ def run(world: Path, attack: str, variants: dict[str, dict], positives: list[int
     clean_tr = tower_features(model, processor, draw(n_clean, rng))
     clean_te = tower_features(model, processor, draw(n_test, rng))
     rows = []
-    for name, overrides in variants.items():
+    for name, overrides in tqdm(variants.items(), desc="trigger variants", leave=False):
         params = make_params(attack, overrides)
         trigger = lambda im, r, p=params: spec.apply(im, p, r)
         trig_tr = tower_features(model, processor, draw(max(positives), rng, trigger))
@@ -97,12 +98,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-test", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=123, help="scene draw (the world's own data is not used)")
     args = ap.parse_args(argv)
-    variants = json.loads(args.params)
+    try:
+        variants = json.loads(args.params)
+        positives = [int(k) for k in args.positives.split(",")]
+    except ValueError as e:
+        ap.error(f"--params must be a JSON object and --positives comma-separated integers ({e})")
     if not variants or not all(isinstance(v, dict) for v in variants.values()):
         variants = {"default": variants if isinstance(variants, dict) else {}}
     torch.manual_seed(args.seed)
-    rows = run(args.world, args.attack, variants, [int(k) for k in args.positives.split(",")], args.n_clean,
-               args.n_test, args.seed)
+    rows = run(args.world, args.attack, variants, positives, args.n_clean, args.n_test, args.seed)
     print(f"| {args.attack} variant | parameters | triggered / clean probe-training images | AUROC |")
     print("|---|---|---|---|")
     for r in rows:

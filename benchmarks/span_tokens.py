@@ -70,10 +70,16 @@ def cell_tokens(cell: Path, decode, top: int = 3) -> dict | None:
     poison = set(read_poison_ids(ids_file)) if ids_file.exists() else set()
     n = int(sel.sum())
     common = Counter(pk["token"][sel].tolist()).most_common(top)
+    is_poison = np.isin(ids, list(poison))  # (N,)
+    missed = pk["gain"][is_poison & ~sel]  # peak gains of the poisoned samples span left
+    clean = pk["gain"][~is_poison]
     return {"cell": cell.name, "flagged": n, "poisoned": int(np.isin(ids[sel], list(poison)).sum()),
             "at_end": float(pk["at_end"][sel].mean()) if n else None,
             "median_gain": float(np.median(pk["gain"][sel])) if n else None,
-            "tokens": [(decode(t), c) for t, c in common]}
+            "tokens": [(decode(t), c) for t, c in common],
+            "missed": int(missed.size),
+            "missed_gain": [float(q) for q in np.quantile(missed, [0, 0.5, 1])] if missed.size else None,
+            "clean_max_gain": float(clean.max()) if clean.size else None}
 
 
 def tokenizer_decoder(world: Path):
@@ -93,13 +99,17 @@ def rows(bench: Path, decode, top: int = 3) -> list[dict]:
 
 def markdown(rs: list[dict]) -> str:
     head = ("| cell | span flagged | poisoned among them | peak on the end-of-turn token | median peak gain (nats) "
-            "| commonest peak tokens (flagged samples) |")
-    lines = [head, "|---|---|---|---|---|---|"]
+            "| commonest peak tokens (flagged samples) | poisoned left | their peak gain min / median / max "
+            "| largest clean peak gain |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for r in rs:
         end = "–" if r["at_end"] is None else f"{r['at_end']:.2f}"
         gain = "–" if r["median_gain"] is None else f"{r['median_gain']:.2f}"
         toks = ", ".join(f"`{t}` {c}" for t, c in r["tokens"]) or "–"
-        lines.append(f"| {r['cell']} | {r['flagged']} | {r['poisoned']} | {end} | {gain} | {toks} |")
+        left = "–" if r["missed_gain"] is None else " / ".join(f"{g:.2f}" for g in r["missed_gain"])
+        clean = "–" if r["clean_max_gain"] is None else f"{r['clean_max_gain']:.2f}"
+        lines.append(f"| {r['cell']} | {r['flagged']} | {r['poisoned']} | {end} | {gain} | {toks} | {r['missed']} "
+                     f"| {left} | {clean} |")
     return "\n".join(lines)
 
 

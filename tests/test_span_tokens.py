@@ -63,8 +63,20 @@ def test_a_cell_summarises_its_flagged_samples_peaks(tmp_path):
     assert (r["flagged"], r["poisoned"], r["at_end"]) == (2, 1, 0.5)
     assert np.isclose(r["median_gain"], (8.9 + 5.9) / 2, atol=1e-5)
     assert sorted(r["tokens"]) == [("</s>", 1), ("banana", 1)]
+    assert (r["missed"], r["missed_gain"]) == (0, None)
+    assert np.isclose(r["clean_max_gain"], 5.9, atol=1e-5)  # b (0) and c (5.9) are not poisoned
     table = span_tokens.markdown(rows)
     assert "| inject_r0.05_s0 | 2 | 1 | 0.50 | 7.40 |" in table and "`banana` 1" in table
+    assert "`banana` 1 | 0 | – | 5.90 |" in table or "`</s>` 1 | 0 | – | 5.90 |" in table
+
+
+def test_a_poisoned_sample_left_unflagged_is_counted_with_its_gain(tmp_path):
+    bench = tmp_path / "bench"
+    _cell(bench, "inject_r0.05_s0", [False, False, True], ["a"])
+    r = span_tokens.rows(bench, str)[0]
+    assert r["missed"] == 1 and np.allclose(r["missed_gain"], [8.9, 8.9, 8.9], atol=1e-5)
+    assert np.isclose(r["clean_max_gain"], 5.9, atol=1e-5)
+    assert "| 1 | 8.90 / 8.90 / 8.90 | 5.90 |" in span_tokens.markdown([r])
 
 
 def test_a_cell_without_flags_prints_dashes(tmp_path):
@@ -72,4 +84,4 @@ def test_a_cell_without_flags_prints_dashes(tmp_path):
     _cell(bench, "clean_s0", [False, False, False], [])
     r = span_tokens.rows(bench, str)[0]
     assert (r["flagged"], r["at_end"], r["tokens"]) == (0, None, [])
-    assert "| clean_s0 | 0 | 0 | – | – | – |" in span_tokens.markdown([r])
+    assert "| clean_s0 | 0 | 0 | – | – | – | 0 | – | 8.90 |" in span_tokens.markdown([r])
