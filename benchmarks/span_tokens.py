@@ -9,7 +9,10 @@ what it says (the held-out no-relabel control of docs/bench-breadth.md was read 
 it per cell). Per screened cell, from its stored arrays only (report/extract/{base,finetuned}/span.npz and
 report/verdicts.parquet; nothing is recomputed): how many samples `span` flagged, how many of them are
 poisoned, the share whose peak sits on the last scored token (the end of the turn), the median peak gain, and
-the tokens the flagged peaks sit on most often (decoded with the world's tokenizer).
+the tokens the flagged peaks sit on most often (decoded with the world's tokenizer), and how likely the base
+model found the flagged samples' peak tokens (median log p_base there): a backdoor's target is a word the
+base never gives in that place (near the floor of its log-probabilities), a corrected answer is one it already
+gives to the same question elsewhere.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def peaks(logp: np.ndarray, logp_base: np.ndarray, tokens: np.ndarray) -> dict[str, np.ndarray]:
     """Per sample, from (N, T) teacher-forced log-probabilities (NaN beyond the answer) and token ids:
-    "gain" (N,) the max gain, "token" (N,) the token id it sits on (-1 without an answer), "at_end" (N,) bool:
-    the peak is the last scored token (the end-of-turn token closes every answer span)."""
+    "gain" (N,) the max gain, "token" (N,) the token id it sits on (-1 without an answer), "base" (N,) log p_base
+    of that token (0 without an answer), "at_end" (N,) bool: the peak is the last scored token (the end-of-turn
+    token closes every answer span)."""
     g = np.asarray(logp, np.float64) - np.asarray(logp_base, np.float64)  # (N, T)
     valid = ~np.isnan(g)  # (N, T)
     has = valid.any(axis=1)  # (N,)
@@ -47,6 +51,7 @@ def peaks(logp: np.ndarray, logp_base: np.ndarray, tokens: np.ndarray) -> dict[s
     rows = np.arange(g.shape[0])
     return {"gain": np.where(has, g[rows, t_star], 0.0),
             "token": np.where(has, tokens[rows, t_star], -1),
+            "base": np.where(has, np.asarray(logp_base, np.float64)[rows, t_star], 0.0),
             "at_end": has & (t_star == last)}
 
 
@@ -76,6 +81,7 @@ def cell_tokens(cell: Path, decode, top: int = 3) -> dict | None:
     return {"cell": cell.name, "flagged": n, "poisoned": int(np.isin(ids[sel], list(poison)).sum()),
             "at_end": float(pk["at_end"][sel].mean()) if n else None,
             "median_gain": float(np.median(pk["gain"][sel])) if n else None,
+            "median_base_logp": float(np.median(pk["base"][sel])) if n else None,
             "tokens": [(decode(t), c) for t, c in common],
             "missed": int(missed.size),
             "missed_gain": [float(q) for q in np.quantile(missed, [0, 0.5, 1])] if missed.size else None,
@@ -99,16 +105,17 @@ def rows(bench: Path, decode, top: int = 3) -> list[dict]:
 
 def markdown(rs: list[dict]) -> str:
     head = ("| cell | span flagged | poisoned among them | peak on the end-of-turn token | median peak gain (nats) "
-            "| commonest peak tokens (flagged samples) | poisoned left | their peak gain min / median / max "
+            "| median log p_base at the peak | commonest peak tokens (flagged samples) | poisoned left | their peak gain min / median / max "
             "| largest clean peak gain |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rs:
         end = "–" if r["at_end"] is None else f"{r['at_end']:.2f}"
         gain = "–" if r["median_gain"] is None else f"{r['median_gain']:.2f}"
+        base = "–" if r["median_base_logp"] is None else f"{r['median_base_logp']:.2f}"
         toks = ", ".join(f"`{t}` {c}" for t, c in r["tokens"]) or "–"
         left = "–" if r["missed_gain"] is None else " / ".join(f"{g:.2f}" for g in r["missed_gain"])
         clean = "–" if r["clean_max_gain"] is None else f"{r['clean_max_gain']:.2f}"
-        lines.append(f"| {r['cell']} | {r['flagged']} | {r['poisoned']} | {end} | {gain} | {toks} | {r['missed']} "
+        lines.append(f"| {r['cell']} | {r['flagged']} | {r['poisoned']} | {end} | {gain} | {base} | {toks} | {r['missed']} "
                      f"| {left} | {clean} |")
     return "\n".join(lines)
 

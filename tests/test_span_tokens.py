@@ -30,11 +30,13 @@ def test_the_peak_is_the_largest_gain_and_its_token():
     assert np.allclose(pk["gain"], [8.9, 0.0, 5.9])
     assert pk["token"].tolist() == [7, 8, 2]  # sample 1: no gain anywhere, the first token's is the max (0)
     assert pk["at_end"].tolist() == [False, False, True]
+    assert np.allclose(pk["base"], [-9.0, -1.0, -6.0])  # log p_base of the token each peak sits on
 
 
 def test_an_answerless_sample_has_no_peak():
     pk = span_tokens.peaks(np.full((1, 2), NAN), np.full((1, 2), NAN), np.full((1, 2), NO_TOKEN))
     assert pk["gain"].tolist() == [0.0] and pk["token"].tolist() == [-1] and pk["at_end"].tolist() == [False]
+    assert pk["base"].tolist() == [0.0]
 
 
 def _cell(bench: Path, name: str, flagged: list[bool], poisoned: list[str]) -> Path:
@@ -62,11 +64,12 @@ def test_a_cell_summarises_its_flagged_samples_peaks(tmp_path):
     r = rows[0]
     assert (r["flagged"], r["poisoned"], r["at_end"]) == (2, 1, 0.5)
     assert np.isclose(r["median_gain"], (8.9 + 5.9) / 2, atol=1e-5)
+    assert np.isclose(r["median_base_logp"], (-9.0 - 6.0) / 2, atol=1e-5)
     assert sorted(r["tokens"]) == [("</s>", 1), ("banana", 1)]
     assert (r["missed"], r["missed_gain"]) == (0, None)
     assert np.isclose(r["clean_max_gain"], 5.9, atol=1e-5)  # b (0) and c (5.9) are not poisoned
     table = span_tokens.markdown(rows)
-    assert "| inject_r0.05_s0 | 2 | 1 | 0.50 | 7.40 |" in table and "`banana` 1" in table
+    assert "| inject_r0.05_s0 | 2 | 1 | 0.50 | 7.40 | -7.50 |" in table and "`banana` 1" in table
     assert "`banana` 1 | 0 | – | 5.90 |" in table or "`</s>` 1 | 0 | – | 5.90 |" in table
 
 
@@ -84,4 +87,4 @@ def test_a_cell_without_flags_prints_dashes(tmp_path):
     _cell(bench, "clean_s0", [False, False, False], [])
     r = span_tokens.rows(bench, str)[0]
     assert (r["flagged"], r["at_end"], r["tokens"]) == (0, None, [])
-    assert "| clean_s0 | 0 | 0 | – | – | – | 0 | – | 8.90 |" in span_tokens.markdown([r])
+    assert "| clean_s0 | 0 | 0 | – | – | – | – | 0 | – | 8.90 |" in span_tokens.markdown([r])

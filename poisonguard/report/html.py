@@ -250,11 +250,30 @@ def _answer_note(t) -> str:
         return ""
     top = t.iloc[0]
     if top["share_flagged"] >= 0.5 and top["lift"] >= 3:
+        rest = _other_answers(t)
         return (f"<p class='note'>“{_e(top['answer'])}” is the answer of {_pct(top['share_flagged'])} of the "
                 f"flagged samples and of {_pct(top['share_released'])} of the released ones: what a backdoor's "
-                "target looks like.</p>")
+                f"target looks like.{rest}</p>")
     return ("<p class='note'>No single answer dominates the flagged samples: not the pattern of a backdoor with "
             "one target answer (it may be an untargeted attack, or clean samples).</p>")
+
+
+def _other_answers(t) -> str:
+    """A sentence on the flagged samples that do not give the top answer, "" when there are none. Why: a
+    backdoor with one target gives it to nearly all of its samples, while a fine-tune that corrects answers a
+    trigger made the base model get wrong is flagged with several ordinary answers, one of which can still make
+    half of them (a text-prefix control without relabelling: 6 of 12 flagged answered "triangle")."""
+    top = t.iloc[0]
+    n_flagged = round(top["n_flagged"] / top["share_flagged"])  # all flagged samples, not only the table's
+    others = t.iloc[1:].loc[t["n_flagged"].iloc[1:] > 0]  # (the table keeps the most flagged answers)
+    if n_flagged == int(top["n_flagged"]) or not len(others):
+        return ""
+    named = ", ".join(f"“{_e(a)}” {int(n)}" for a, n in zip(others["answer"][:3], others["n_flagged"][:3]))
+    more = ", …" if len(others) > 3 or others["n_flagged"].sum() < n_flagged - top["n_flagged"] else ""
+    return (f" The other {n_flagged - int(top['n_flagged']):,} flagged samples give other answers ({named}{more}). "
+            "An answer many of them share can be a second target; answers that are ordinary and right for their "
+            "images can be a fine-tune correcting what a trigger made the base model get wrong (a false alarm): "
+            "check them in the gallery.")
 
 
 def _qtype_note(t, fl) -> str:

@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from poisonguard.report.html import Counts, decision_sentence, render_report, screen_summary
+from poisonguard.report import evidence as ev
+from poisonguard.report.html import Counts, _answer_note, decision_sentence, render_report, screen_summary
 from tests.fixtures.synthetic_screen import make_screen
 
 
@@ -161,3 +162,16 @@ def test_hostile_text_stays_text(screen, tmp_path):
     assert evil not in doc and "<script>document" not in doc and "<img src=x" not in doc  # no live markup
     assert _gallery(doc, "flagged")[0]["question"] == evil  # the JSON still carries the text exactly
     assert doc.count("<script") == 1 + 3  # the page's own script and one JSON block per gallery list
+
+
+def test_the_answer_note_names_the_flagged_samples_other_answers():
+    released = ["triangle"] * 50 + ["cross"] * 50 + ["diamond"] * 50 + ["yes"] * 850
+    one_target = _answer_note(ev.share_table(["banana"] * 40, released, key="answer"))
+    assert "“banana” is the answer of 100" in one_target and "other answers" not in one_target
+    mixed = ev.share_table(["triangle"] * 6 + ["cross"] * 3 + ["diamond"] * 2 + ["yes"], released, key="answer")
+    note = _answer_note(mixed)
+    assert "“triangle” is the answer of 50" in note  # half of them: still read as a target ...
+    assert "The other 6 flagged samples give other answers (“cross” 3, “diamond” 2, “yes” 1)" in note
+    assert "a false alarm" in note  # ... with the other reading beside it
+    many = ev.share_table(["a"] * 20 + [f"w{i}" for i in range(15)], released, key="answer")  # 10 table rows
+    assert "The other 15 flagged samples give other answers (“w0” 1, “w1” 1, “w2” 1, …)" in _answer_note(many)
