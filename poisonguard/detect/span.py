@@ -27,8 +27,10 @@ A learned backdoor gives a separate *mode* far above it (BadNet demo: 9.2–14.1
    separated group (a second target's mode; `_peel`), as long as the groups taken stay a minority of the
    moved samples (`max_weight`, below). The upper group is a
    separated mode only if D ≥ `min_ashman_d` = 2 (Ashman, Bird & Zepf 1994: D > 2 is needed for
-   a clean separation of two Gaussians) and its weight ≤ `max_weight` = 0.5 (poison is a minority of the
-   moved samples by the definition of the attack, not by measurement); and the mixture density has a
+   a clean separation of two Gaussians) and its samples are at most `max_weight` = 0.5 of all screened
+   samples (poison is a minority of the data by the definition of the attack, not by measurement; revision 3:
+   counted among the moved samples, as before, a 20 %-of-the-data poison with two targets was 0.527 of the
+   1,896 samples that moved and a separated mode went unflagged); and the mixture density has a
    valley between the two groups at most `max_valley` of its height at the upper group's lowest mean. D alone
    is not enough: a clean fine-tune's decreasing tail, fitted by K = 4 components, has a small top component
    far out (mean 2.8 nats) with D 4.1 but only a shallow dip before it (valley/peak 0.75), while the learned
@@ -69,7 +71,8 @@ class SpanParams:
     k_max: int = 8  # mixture components of the moved gains; K* by BIC (4 and 6 merged a backdoor mode with the
     #                 clean tail on dual_key 5 % / BadNet 1 %; 8-12 decide alike, docs/detectors.md)
     min_ashman_d: float = 2.0  # Ashman, Bird & Zepf (1994)
-    max_weight: float = 0.5  # the upper mode is a minority of the moved samples (definition)
+    max_weight: float = 0.5  # the upper mode is a minority of the screened samples (definition); the peeling
+    #                          also stops where its group would be a majority of the moved samples (_peel)
     max_lfdr: float = 0.2  # Efron (2007, 2010)
     max_valley: float = 0.5  # mixture density in the gap / at the upper mode (chosen on world seed 0, see above)
     n_init: int = 8  # EM restarts: an optimiser setting (the likelihood picks the restart); 2 missed a 45-sample
@@ -101,7 +104,8 @@ def answer_gain(logp: np.ndarray, logp_base: np.ndarray) -> dict[str, np.ndarray
 class AnswerSpanDetector(Detector):
     name = "span"
     Params = SpanParams
-    revision = 2  # 2: the deepest peeling step behind a gap is taken, not only the deepest step (_peel)
+    revision = 3  # 2: the deepest peeling step behind a gap is taken, not only the deepest step (_peel);
+    #               3: the upper mode's minority is counted among all screened samples, not the moved ones
     params: SpanParams
 
     def fit(self, features: FeatureSet) -> Self:
@@ -110,7 +114,7 @@ class AnswerSpanDetector(Detector):
         p = self.params
         moved = x > p.min_gain  # (N,)
         fitted: dict[str, Any] = {"accepted": False, "mixture": None, "k": 0, "n_moved": int(moved.sum()),
-                                  "ashman_d": 0.0, "weight": 0.0, "split": 0}
+                                  "ashman_d": 0.0, "weight": 0.0, "share": 0.0, "split": 0}
         if moved.sum() < 2:
             fitted["reason"] = (f"nothing flagged: {int(moved.sum())} sample(s) gained more than {p.min_gain:g} "
                                 "nats on their answer (no fine-tuning gain; e.g. the base-model control)")
@@ -126,7 +130,8 @@ class AnswerSpanDetector(Detector):
         fitted.update(k=k, ashman_d=d, split=split, peels=peels, valleys=valleys, valley=valley)
         if split:
             upper = _upper(params, split)
-            fitted["weight"] = float(params.weights[0][upper[0]].sum())
+            fitted["weight"] = float(params.weights[0][upper[0]].sum())  # of the moved samples
+            fitted["share"] = fitted["weight"] * int(moved.sum()) / x.size  # of every screened sample
             fitted["mixture"] = mixture_state(params, upper)
         failed = [why for ok, why in (
             (k > 1, "one mode (BIC chose K = 1)"),
@@ -135,8 +140,8 @@ class AnswerSpanDetector(Detector):
             (d < p.min_ashman_d or valley <= p.max_valley,
              (f"no gap before the upper mode (mixture density in the valley {valley:.2f} of its height at the "
               f"upper mode > {p.max_valley:g}): a continuous tail, as clean samples the fine-tune learned give")),
-            (fitted["weight"] <= p.max_weight, (f"upper-mode weight {fitted['weight']:.3f} > {p.max_weight:g} of "
-                                                "the moved samples (not a minority)")),
+            (fitted["share"] <= p.max_weight, (f"upper mode {fitted['share']:.3f} > {p.max_weight:g} of the "
+                                               f"{x.size} screened samples (not a minority)")),
         ) if not ok]
         fitted["accepted"] = not failed
         fitted["reason"] = ("nothing flagged: " + "; ".join(failed)) if failed else (
@@ -159,7 +164,7 @@ class AnswerSpanDetector(Detector):
                             {"score_span": x, "score_span_mean": gain["mean"], "p_span": p_poison},
                             accepted=bool(st["accepted"]), reason=st["reason"], k=int(st["k"]),
                             ashman_d=float(st["ashman_d"]), valley=float(st.get("valley", 1.0)),
-                            weight=float(st["weight"]),
+                            weight=float(st["weight"]), share=float(st.get("share", 0.0)),
                             n_moved=int(st["n_moved"]), ashman_d_by_step=dict(st.get("peels", {})),
                             valley_by_step=dict(st.get("valleys", {})))
 

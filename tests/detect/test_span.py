@@ -130,7 +130,8 @@ GAINS = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" /
 def _recorded(name: str) -> tuple[FeatureSet, np.ndarray]:
     """Max answer gains recorded on the world's bench cells (world seed 0, 5,000 samples, 2026-12-05: Dual-Key
     5 %, Blend 5 %, the clean fine-tune, BadNet 1 %, syntactic 0.5 %, all bench seed 0; two-target 5 % + 5 % of
-    bench seed 2), as one-token answers so that the gain is the stored max."""
+    bench seed 2; 2026-12-06: two-target 10 % + 10 % of bench seed 1), as one-token answers so that the gain is
+    the stored max."""
     z = np.load(GAINS)
     gain, poison = z[f"{name}_gain"].astype(np.float64), z[f"{name}_poison"]
     ids = np.array([f"s{i}" for i in range(gain.size)])
@@ -169,6 +170,29 @@ def test_recorded_two_targets_peel_stops_at_the_bulk():
     assert res.report["weight"] <= 0.5 and len(steps) == 2 and min(steps.values()) > 2  # that split exists
     assert (res.flagged & poison).sum() == poison.sum() == 500
     assert (res.flagged & ~poison).sum() <= 0.01 * fs.n
+
+
+def test_recorded_two_targets_at_20_percent_are_a_minority_of_the_data_not_of_the_moved():
+    """Bench seed 1 of the two-target attack at 10 % + 10 % (ASR 0.935): the 1,000 poisoned samples are a
+    separated mode (D 19.8) but 53 % of the 1,896 samples that moved at all. Counted among the moved samples
+    (revision 2) the minority rule withheld it: 0 flagged. Poison is a minority of the data, which it is here
+    (20 %)."""
+    fs, poison = _recorded("multi_target_10pct_s1")
+    res = AnswerSpanDetector().detect(fs)
+    assert res.report["weight"] > 0.5  # of the moved samples: what revision 2 compared with max_weight
+    assert res.report["accepted"], res.report["reason"]
+    assert (res.flagged & poison).sum() == poison.sum() == 1000
+    assert (res.flagged & ~poison).sum() <= 0.01 * fs.n
+
+
+def test_an_upper_mode_holding_most_of_the_data_is_withheld():
+    """The minority rule still holds against every screened sample: a 'mode' of 60 % of the data is the bulk."""
+    rng = np.random.default_rng(0)
+    gain = np.concatenate([rng.uniform(0.01, 0.5, 400), rng.normal(12.0, 0.5, 600)])  # 60 % far above the rest
+    fs = FeatureSet(ids=np.array([f"s{i}" for i in range(gain.size)]), answer_logp=gain[:, None],
+                    answer_logp_base=np.zeros((gain.size, 1)))
+    res = AnswerSpanDetector().detect(fs)
+    assert not res.flagged.any() and "of the 1000 screened samples (not a minority)" in res.report["reason"]
 
 
 def test_recorded_half_learned_badnet_needs_room_for_the_tail_too():
