@@ -78,7 +78,7 @@ def cell_tokens(cell: Path, decode, top: int = 3) -> dict | None:
     is_poison = np.isin(ids, list(poison))  # (N,)
     missed = pk["gain"][is_poison & ~sel]  # peak gains of the poisoned samples span left
     clean = pk["gain"][~is_poison]
-    return {"cell": cell.name, "flagged": n, "poisoned": int(np.isin(ids[sel], list(poison)).sum()),
+    return {"cell": cell.name, "flagged": n, "poisoned": int((is_poison & sel).sum()),
             "at_end": float(pk["at_end"][sel].mean()) if n else None,
             "median_gain": float(np.median(pk["gain"][sel])) if n else None,
             "median_base_logp": float(np.median(pk["base"][sel])) if n else None,
@@ -109,15 +109,16 @@ def markdown(rs: list[dict]) -> str:
             "| largest clean peak gain |")
     lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rs:
-        end = "–" if r["at_end"] is None else f"{r['at_end']:.2f}"
-        gain = "–" if r["median_gain"] is None else f"{r['median_gain']:.2f}"
-        base = "–" if r["median_base_logp"] is None else f"{r['median_base_logp']:.2f}"
         toks = ", ".join(f"`{t}` {c}" for t, c in r["tokens"]) or "–"
         left = "–" if r["missed_gain"] is None else " / ".join(f"{g:.2f}" for g in r["missed_gain"])
-        clean = "–" if r["clean_max_gain"] is None else f"{r['clean_max_gain']:.2f}"
-        lines.append(f"| {r['cell']} | {r['flagged']} | {r['poisoned']} | {end} | {gain} | {base} | {toks} | {r['missed']} "
-                     f"| {left} | {clean} |")
+        lines.append(f"| {r['cell']} | {r['flagged']} | {r['poisoned']} | {_num(r['at_end'])} | "
+                     f"{_num(r['median_gain'])} | {_num(r['median_base_logp'])} | {toks} | {r['missed']} | {left} "
+                     f"| {_num(r['clean_max_gain'])} |")
     return "\n".join(lines)
+
+
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
 
 
 def main(argv: list[str] | None = None) -> str:
