@@ -21,6 +21,15 @@ def markers(block: str) -> tuple[str, str]:
     return f"<!-- {tag}:START -->", f"<!-- {tag}:END -->"
 
 
+def replace_block(text: str, start: str, end: str, block: str) -> str:
+    """`text` with everything from `start` to `end` (markers included) replaced by `block`; a one-line error
+    when the markers are missing."""
+    if start not in text or end not in text:
+        raise SystemExit(f"error: README.md has no {start} … {end} markers: add them where the tables belong")
+    a, b = text.index(start), text.index(end) + len(end)
+    return text[:a] + block + text[b:]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bench", type=Path, default=ROOT / "work" / "bench")
@@ -38,11 +47,8 @@ def main() -> None:
              + (args.bench / "tables.md").read_text() + f"\n{END}")
     readme = ROOT / "README.md"
     text = readme.read_text()
-    if START in text:
-        a, b = text.index(START), text.index(END) + len(END)
-        text = text[:a] + block + text[b:]
-    elif args.block:
-        raise SystemExit(f"README.md has no {START} … {END} markers: add them where the tables belong")
+    if START in text or args.block:
+        text = replace_block(text, START, END, block)
     else:
         text = text.replace("BENCH_TABLES_PLACEHOLDER", block)
     readme.write_text(text)

@@ -1,0 +1,272 @@
+"""The breadth grid (issue 16's Must show): every attack × rate × seed, the default detector's F1 beside ASR.
+
+    python benchmarks/bench_grid.py --bench work/bench-s7 --bench work/bench-s8 ... [--record docs/bench-cells.csv]
+        [--refit] [--readme README.md]
+
+The benchmark is run in many `poisonguard bench` folders (one per session: a cell is a 2–4 min fine-tune plus a
+screen on 2 cores), and a folder may be deleted later. This reads every finished cell of the given folders (one
+world: cells fine-tuned from another world seed are refused, they answer another question), keeps one row per
+(kind, attack, rate, seed) — the one screened with the newest revision of the detector, then the folder given
+last — and prints:
+
+1. the grid: per (attack, rate) the three seeds as `F1 / ASR` (F1 in brackets where the backdoor was not
+   learned, ASR < `LEARNED_ASR`; `—` not measured), and whether the row meets the issue's goal (F1 ≥ 0.95 on
+   every learned seed at ≥ 1 % poison, ≥ 0.8 at 0.5 %), with the distance where it does not;
+2. the controls (clean fine-tunes, no-relabel, base model): samples flagged, where the goal is 0;
+3. the defence loop where a cell ran it: ASR after retraining on the detector's cleaned set.
+
+With `--record CSV` the rows are also merged into a small committed table (one line per cell, the figures the
+grid prints), so cells measured in a folder that no longer exists stay in the grid: a row read from a folder
+replaces the record's row of the same cell only when it was screened with the same or a newer revision.
+With `--readme FILE` the same text (and the command that made it) replaces the file's GRID block.
+
+With `--refit` (the `span` grid only) a cell screened with an older revision of `span` is decided again with
+the current code and the cell's own parameters, on its stored per-sample gains (verdicts.parquet's
+`score_span`, the detector's input; a few seconds a cell, no model loaded): its P / R / F1 and count flagged
+become the current code's, its `refit` column says so, and the cells whose decision changed are listed.
+AUROC and TPR at 1 % FPR rank the gains themselves, so a revision of the cut leaves them as screened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from bench_collect import cells_folder
+from span_caps import cell_gains
+from span_margins import CHOSE, CHOSE_WORLD_SEED, world_seed
+from update_readme import replace_block
+
+from poisonguard.bench.run import ALL_ATTACKS
+from poisonguard.bench.tables import LEARNED_ASR, cell_kind
+from poisonguard.detect.features import FeatureSet
+from poisonguard.detect.registry import make_detectors
+from poisonguard.detect.span import AnswerSpanDetector
+
+RATES = (0.005, 0.01, 0.02, 0.05, 0.1)  # the issue's rates; other rates a folder holds are listed after them
+SEEDS = (0, 1, 2)
+# The issue's goal for the default detector on a learned row: F1 at least this, by poison rate.
+GOAL_F1 = {0.005: 0.8}
+GOAL_F1_DEFAULT = 0.95
+GRID_START, GRID_END = "<!-- GRID:START -->", "<!-- GRID:END -->"
+COLUMNS = ["source", "cell", "kind", "attack", "rate", "seed", "revision", "asr", "cp", "fit", "n_poison",
+           "precision", "recall", "f1", "auroc", "tpr_at_1pct_fpr", "n_flagged", "retrained_asr", "retrained_cp", "refit"]
+
+
+def goal_f1(rate: float) -> float:
+    return GOAL_F1.get(round(rate, 6), GOAL_F1_DEFAULT)
+
+
+def refit_span(cell: Path, params: dict) -> dict | None:
+    """`span` with the current code and the cell's parameters on the cell's stored gains: P / R / F1 and count
+    flagged (None for a cell without stored gains)."""
+    got = cell_gains(cell)
+    if got is None:
+        return None
+    gain, poisoned = got  # (N,), (N,) bool
+    fs = FeatureSet(ids=np.array([f"s{i}" for i in range(gain.size)]), answer_logp=gain[:, None],
+                    answer_logp_base=np.zeros((gain.size, 1)))  # one-token answers: the max gain is the gain
+    flagged = AnswerSpanDetector(**params).detect(fs).flagged
+    n, tp, pos = int(flagged.sum()), int((flagged & poisoned).sum()), int(poisoned.sum())
+    return {"n_flagged": n, "precision": tp / n if n else 0.0, "recall": tp / pos if pos else 0.0,
+            "f1": 2 * tp / (n + pos) if n + pos else 0.0}
+
+
+def cell_rows(bench: Path, detector: str, refit_below: int | None = None) -> list[dict]:
+    """One row per finished, screened cell of a bench folder: the detector's figures beside ASR / CP / fit;
+    `span` cells screened with a revision below `refit_below` decided again with the current code."""
+    rows = []
+    for d in sorted(cells_folder(bench).iterdir()):
+        path = d / "result.json"
+        if not path.is_file():
+            continue
+        res = json.loads(path.read_text())
+        det = (res.get("detection") or {}).get(detector)
+        if det is None:
+            continue  # not screened (--no-screen), or screened without this detector
+        after = res.get("after") or {}
+        retrain = {}
+        if (d / "retrain.json").is_file():
+            retrain = json.loads((d / "retrain.json").read_text()).get(detector) or {}
+        settings = res.get("screen_settings") or {}
+        revision = (settings.get("revisions") or {}).get(detector, 1)
+        refit = None
+        if refit_below is not None and revision < refit_below:
+            params = (settings.get("effective_params") or {}).get(detector) or {}
+            refit = refit_span(d, params)
+            if refit is not None:
+                det, revision = {**det, **refit}, refit_below
+        rows.append({"source": bench.name, "cell": res["cell"], "kind": cell_kind(res), "attack": res["attack"],
+                     "rate": float(res["rate"]), "seed": int(res["seed"]), "revision": int(revision),
+                     "asr": after.get("asr"), "cp": after.get("cp"), "fit": after.get("poisoned_fit"),
+                     "n_poison": res.get("n_poison"),
+                     **{k: det.get(k) for k in ("precision", "recall", "f1", "auroc", "tpr_at_1pct_fpr",
+                                                "n_flagged")},
+                     "retrained_asr": retrain.get("asr"), "retrained_cp": retrain.get("cp"),
+                     "refit": None if refit is None else int(res["detection"][detector]["n_flagged"])})
+    return rows
+
+
+def merge(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """One row per (kind, attack, rate, seed): the newest revision, then the frame given last."""
+    t = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    if t.empty:
+        raise SystemExit("error: no screened cell in the given folders or record")
+    t["_order"] = range(len(t))
+    t = t.sort_values(["revision", "_order"]).drop_duplicates(["kind", "attack", "rate", "seed"], keep="last")
+    return t.drop(columns="_order").sort_values(["kind", "attack", "rate", "seed"]).reset_index(drop=True)
+
+
+def _learned(r: pd.Series) -> bool | None:
+    return None if pd.isna(r["asr"]) else bool(r["asr"] >= LEARNED_ASR)
+
+
+def _entry(r: pd.Series | None, current: int) -> str:
+    if r is None:
+        return "—"
+    f1 = "–" if pd.isna(r["f1"]) else f"{r['f1']:.2f}"
+    f1 = f"**{f1}**" if _learned(r) else f"({f1})"
+    asr = "–" if pd.isna(r["asr"]) else f"{r['asr']:.2f}"
+    changed = pd.notna(r["refit"]) and r["refit"] != r["n_flagged"]
+    marks = ("†" if r["revision"] < current else "") + ("‡" if changed else "") + ("*" if r["cell"] in CHOSE else "")
+    return f"{f1} / {asr}{marks}"
+
+
+def row_status(cells: list[pd.Series], rate: float) -> str:
+    """Goal met, its distance, not learned, or not measured — over the measured seeds, said with their count."""
+    if not cells:
+        return "not measured"
+    learned = [r for r in cells if _learned(r)]
+    k = f"{len(cells)} of {len(SEEDS)} seeds"
+    if not learned:
+        return f"not learned ({k})"
+    goal = goal_f1(rate)
+    worst = min(learned, key=lambda r: r["f1"])
+    part = "" if len(learned) == len(cells) else f", learned on {len(learned)}"
+    if worst["f1"] >= goal:
+        return f"met ({k}{part})"
+    return f"**short**: F1 {worst['f1']:.2f} < {goal} (seed {worst['seed']}; {k}{part})"
+
+
+def grid_markdown(t: pd.DataFrame, current: int) -> str:
+    attacks = t[t["kind"] == "attack"]
+    rates = list(RATES) + sorted(set(attacks["rate"]) - set(RATES))
+    names = list(ALL_ATTACKS) + sorted(set(attacks["attack"]) - set(ALL_ATTACKS))
+    index = {(r["attack"], r["rate"], r["seed"]): r for _, r in attacks.iterrows()}
+    lines = ["| attack | rate | " + " | ".join(f"seed {s}" for s in SEEDS) + " | row (goal) |",
+             "|---|---|" + "---|" * (len(SEEDS) + 1)]
+    counts = {"measured": 0, "rows met": 0, "rows short": 0, "rows learned": 0}
+    for a in names:
+        for rate in rates:
+            cells = [index[(a, rate, s)] for s in SEEDS if (a, rate, s) in index]
+            if rate not in RATES and not cells:
+                continue
+            counts["measured"] += len(cells)
+            status = row_status(cells, rate)
+            counts["rows learned"] += status.startswith(("met", "**short"))
+            counts["rows met"] += status.startswith("met")
+            counts["rows short"] += status.startswith("**short")
+            entries = [_entry(index.get((a, rate, s)), current) for s in SEEDS]
+            lines.append(f"| {a} | {rate:.1%} | " + " | ".join(entries) + f" | {status} |")
+    n_grid = len(names) * len(RATES) * len(SEEDS)
+    head = (f"{counts['measured']} attack cells of the {len(names)} × {len(RATES)} × {len(SEEDS)} = {n_grid} "
+            f"grid measured; {counts['rows learned']} (attack, rate) rows learned on at least one seed: goal met "
+            f"on {counts['rows met']}, short on {counts['rows short']}. Entries: F1 / ASR; F1 in bold where "
+            f"learned (ASR ≥ {LEARNED_ASR}), in brackets where not (no miss); † screened with an older revision "
+            f"of the detector than the current {current}; ‡ decided again with the current code (`--refit`), which changed "
+            f"the count flagged (listed below); * a cell that chose a constant.\n\n")
+    return head + "\n".join(lines) + "\n"
+
+
+def controls_markdown(t: pd.DataFrame, current: int) -> str:
+    c = t[t["kind"] != "attack"]
+    if c.empty:
+        return "No control cell measured.\n"
+    lines = ["| control | attack | rate | seed | flagged | of poisoned (trigger carriers) |", "|---|---|---|---|---|---|"]
+    for _, r in c.iterrows():
+        rev = "†" if r["revision"] < current else ""
+        rate = "–" if r["kind"] == "clean" else f"{r['rate']:.1%}"
+        attack = "–" if r["kind"] == "clean" else r["attack"]
+        flagged = "–" if pd.isna(r["n_flagged"]) else f"{int(r['n_flagged'])}{rev}"
+        carriers = "–" if r["kind"] == "clean" or pd.isna(r["n_poison"]) else int(r["n_poison"])
+        lines.append(f"| {r['kind']} | {attack} | {rate} | {r['seed']} | {flagged} | {carriers} |")
+    bad = c[c["n_flagged"].fillna(0) > 0]
+    head = (f"{len(c)} controls; goal 0 flagged: met on {len(c) - len(bad)}"
+            + (f", failed on {', '.join(bad['cell'])}" if len(bad) else "") + ".\n\n")
+    return head + "\n".join(lines) + "\n"
+
+
+def defence_markdown(t: pd.DataFrame) -> str:
+    d = t[(t["kind"] == "attack") & t["retrained_asr"].notna()]
+    if d.empty:
+        return "Defence loop: not run on any cell.\n"
+    lines = ["| cell | ASR before | ASR after retraining | CP after |", "|---|---|---|---|"]
+    lines += [f"| {r['cell']} | {r['asr']:.3f} | {r['retrained_asr']:.3f} | {r['retrained_cp']:.3f} |"
+              for _, r in d.iterrows()]
+    ok = int((d["retrained_asr"] <= 0.01).sum())
+    return f"Defence loop: ASR ≤ 1 % after retraining on {ok} of {len(d)} cells.\n\n" + "\n".join(lines) + "\n"
+
+
+def refit_markdown(t: pd.DataFrame) -> str:
+    """Which cells were decided again with the current code, and where that changed the count flagged."""
+    r = t[t["refit"].notna()]
+    if r.empty:
+        return ""
+    changed = r[r["refit"] != r["n_flagged"]]
+    lines = [f"{len(r)} cells decided again with the current code on their stored gains (`--refit`); the count "
+             f"flagged changed on {len(changed)}" + (":" if len(changed) else ".")]
+    lines += [f"- {c['cell']} ({c['source']}): {int(c['refit'])} flagged as screened → {int(c['n_flagged'])}, "
+              f"F1 {c['f1']:.2f}" for _, c in changed.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
+def read_folders(benches: list[Path], detector: str, refit_below: int | None = None) -> pd.DataFrame:
+    """Every folder's rows, refusing a folder fine-tuned from another world than the grid's."""
+    frames = []
+    for b in benches:
+        seed = world_seed(b)
+        if seed is not None and seed != CHOSE_WORLD_SEED:
+            raise SystemExit(f"error: {b} holds cells of world seed {seed}; the grid is the committed world's "
+                             f"(seed {CHOSE_WORLD_SEED}): report a held-out world apart")
+        frames.append(pd.DataFrame(cell_rows(b, detector, refit_below), columns=COLUMNS))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+
+
+def main(argv: list[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bench", type=Path, action="append", default=[], help="a bench folder (repeatable)")
+    ap.add_argument("--record", type=Path, default=None, help="merge into (and read from) this CSV")
+    ap.add_argument("--detector", default="span", help="the detector of the grid (default: span, the default)")
+    ap.add_argument("--readme", type=Path, default=None,
+                    help=f"also write the grid into this file, between {GRID_START} and {GRID_END}")
+    ap.add_argument("--refit", action="store_true",
+                    help="decide `span` cells screened with an older revision again with the current code")
+    args = ap.parse_args(argv)
+    if args.refit and args.detector != "span":
+        raise SystemExit("error: --refit decides `span` from its stored gains; other detectors are re-screened "
+                         "by rerunning `poisonguard bench` on the folder")
+    current = make_detectors({args.detector: None})[args.detector].revision
+    frames = [read_folders(args.bench, args.detector, current if args.refit else None)]
+    if args.record is not None and args.record.is_file():
+        frames.insert(0, pd.read_csv(args.record))  # folders come last: they win a tie of revisions
+    t = merge(frames)
+    if args.record is not None:
+        t[COLUMNS].to_csv(args.record, index=False, float_format="%.6g")
+    text = "\n".join([grid_markdown(t, current), controls_markdown(t, current), defence_markdown(t),
+                      refit_markdown(t)])
+    if args.readme is not None:
+        cmd = "python benchmarks/bench_grid.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        note = f"Generated {date.today().isoformat()} by `{cmd}`."
+        args.readme.write_text(replace_block(args.readme.read_text(), GRID_START, GRID_END,
+                                             f"{GRID_START}\n{note}\n\n{text}{GRID_END}"))
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""benchmarks/bench_grid.py on bench folders laid out as `poisonguard bench` writes them: one row per cell (the
+newest revision wins), each (attack, rate) row judged against the issue's goal for its rate, controls and the
+defence loop listed, the committed record keeping cells whose folder is gone, and `--refit` deciding a cell
+screened with an older `span` revision again with the real detector on recorded gains."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from poisonguard.detect.span import AnswerSpanDetector
+from tests.detect.test_span import _recorded
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_grid
+
+CURRENT = AnswerSpanDetector.revision
+
+
+def _cell(bench: Path, name: str, attack: str, rate: float, seed: int, *, asr: float | None, f1: float,
+          flagged: int, kind: str = "attack", revision: int = CURRENT, retrained_asr: float | None = None) -> Path:
+    cell = bench / "cells" / name
+    cell.mkdir(parents=True)
+    span = {"precision": f1, "recall": f1, "f1": f1, "auroc": 1.0, "tpr_at_1pct_fpr": 1.0, "n_flagged": flagged}
+    (cell / "result.json").write_text(json.dumps({
+        "cell": name, "kind": kind, "attack": attack, "rate": rate, "seed": seed, "n_poison": 50,
+        "after": {"asr": asr, "cp": 0.98, "poisoned_fit": 1.0}, "detection": {"span": span},
+        "screen_settings": {"revisions": {"span": revision}, "effective_params": {"span": {}}}}))
+    if retrained_asr is not None:
+        (cell / "retrain.json").write_text(json.dumps({"span": {"asr": retrained_asr, "cp": 0.975}}))
+    return cell
+
+
+def _grid(*args: str | Path) -> str:
+    return bench_grid.main([str(a) for a in args])
+
+
+def _row(text: str, attack: str, rate: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(f"| {attack} | {rate} |"))
+
+
+def test_rows_are_judged_per_rate_and_the_newest_revision_wins(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    _cell(new, "badnet_r0.02_s0", "badnet", 0.02, 0, asr=0.8, f1=1.0, flagged=100)
+    _cell(old, "badnet_r0.02_s0", "badnet", 0.02, 0, asr=0.8, f1=0.0, flagged=0, revision=CURRENT - 1)
+    _cell(new, "sig_r0.005_s0", "sig", 0.005, 0, asr=0.9, f1=0.85, flagged=25)  # 0.5 %: goal 0.8
+    _cell(new, "sig_r0.01_s1", "sig", 0.01, 1, asr=0.9, f1=0.90, flagged=50, retrained_asr=0.02)  # 1 %: 0.95
+    _cell(new, "sig_r0.01_s2", "sig", 0.01, 2, asr=0.2, f1=0.40, flagged=30)  # not learned: no miss
+    _cell(new, "wanet_r0.1_s0", "wanet", 0.1, 0, asr=0.04, f1=1.0, flagged=500)
+    _cell(new, "clean_s0", "clean", 0.0, 0, asr=0.0, f1=0.0, flagged=0, kind="clean")
+    _cell(new, "text_prefix_r0.1_s0_norelabel", "text_prefix", 0.1, 0, asr=0.0, f1=0.0, flagged=12,
+          kind="no_relabel")
+    text = _grid("--bench", new, "--bench", old)  # the older revision given last still loses
+    assert _row(text, "badnet", "2.0%") == "| badnet | 2.0% | **1.00** / 0.80 | — | — | met (1 of 3 seeds) |"
+    assert _row(text, "sig", "0.5%").endswith("| met (1 of 3 seeds) |")
+    sig1 = _row(text, "sig", "1.0%")
+    assert "(0.40) / 0.20" in sig1 and "**short**: F1 0.90 < 0.95 (seed 1; 2 of 3 seeds, learned on 1)" in sig1
+    assert _row(text, "wanet", "10.0%").endswith("| not learned (1 of 3 seeds) |")
+    assert _row(text, "blend", "5.0%").endswith("| — | — | — | not measured |")
+    assert text.startswith("5 attack cells of the 17 × 5 × 3 = 255 grid measured; 3 (attack, rate) rows learned "
+                           "on at least one seed: goal met on 2, short on 1.")
+    assert "2 controls; goal 0 flagged: met on 1, failed on text_prefix_r0.1_s0_norelabel." in text
+    assert "ASR ≤ 1 % after retraining on 0 of 1 cells" in text and "| sig_r0.01_s1 | 0.900 | 0.020 |" in text
+
+
+def test_the_record_keeps_cells_whose_folder_is_gone(tmp_path):
+    bench, record = tmp_path / "bench-a", tmp_path / "cells.csv"
+    _cell(bench, "sig_r0.02_s1", "sig", 0.02, 1, asr=0.99, f1=1.0, flagged=100)
+    _grid("--bench", bench, "--record", record)
+    stale = tmp_path / "bench-b"  # the same cell screened with an older revision does not replace the record's
+    _cell(stale, "sig_r0.02_s1", "sig", 0.02, 1, asr=0.99, f1=0.0, flagged=0, revision=CURRENT - 1)
+    text = _grid("--bench", stale, "--record", record)
+    assert "| sig | 2.0% | — | **1.00** / 0.99 | — |" in text
+    t = pd.read_csv(record)
+    assert list(t.columns) == bench_grid.COLUMNS and t[["source", "n_flagged"]].values.tolist() == [["bench-a", 100]]
+    assert "| sig | 2.0% | — | **1.00** / 0.99 | — |" in _grid("--record", record)  # no folder at all
+
+
+def test_refit_decides_an_older_revision_with_the_current_code(tmp_path):
+    feats, poison = _recorded("multi_target_10pct_s1")  # withheld as screened by revision 2, 1,000 poisoned
+    bench = tmp_path / "bench"
+    cell = _cell(bench, "multi_target_r0.1_s1", "multi_target", 0.1, 1, asr=0.935, f1=0.0, flagged=0,
+                 revision=CURRENT - 1)
+    (cell / "report").mkdir()
+    ids = feats.ids
+    pd.DataFrame({"id": ids, "status": "ok", "score_span": feats.answer_logp[:, 0]}).to_parquet(
+        cell / "report" / "verdicts.parquet")
+    (cell / "data").mkdir()
+    (cell / "data" / "poison_ids.json").write_text(json.dumps({"poison_ids": ids[poison].tolist()}))
+    assert "| **0.00** / 0.94† |" in _grid("--bench", bench)
+    want = int(AnswerSpanDetector().detect(feats).flagged.sum())
+    text = _grid("--bench", bench, "--refit")
+    assert "| **1.00** / 0.94‡ |" in text
+    assert f"- multi_target_r0.1_s1 (bench): 0 flagged as screened → {want}, F1 1.00" in text
+
+
+def test_a_folder_of_another_world_is_refused(tmp_path):
+    bench = tmp_path / "bench"
+    _cell(bench, "clean_s0", "clean", 0.0, 0, asr=0.0, f1=0.0, flagged=0, kind="clean")
+    (bench / "world.json").write_text(json.dumps({"path": "work/world-d1", "world": {"seed": 1}}))
+    with pytest.raises(SystemExit, match="world seed 1"):
+        _grid("--bench", bench)
+
+
+def test_the_readme_block_is_replaced_and_missing_markers_are_an_error(tmp_path):
+    bench, readme = tmp_path / "bench", tmp_path / "README.md"
+    _cell(bench, "sig_r0.02_s0", "sig", 0.02, 0, asr=0.99, f1=1.0, flagged=100)
+    readme.write_text(f"intro\n{bench_grid.GRID_START}\nstale block\n{bench_grid.GRID_END}\nrest\n")
+    text = _grid("--bench", bench, "--readme", readme)
+    got = readme.read_text()
+    assert got.startswith(f"intro\n{bench_grid.GRID_START}\nGenerated ") and got.endswith(f"{bench_grid.GRID_END}\nrest\n")
+    assert "stale block" not in got and text in got and f"`python benchmarks/bench_grid.py --bench {bench} --readme" in got
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no <!-- GRID:START -->"):
+        _grid("--bench", bench, "--readme", readme)
