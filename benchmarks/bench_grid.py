@@ -55,7 +55,7 @@ GOAL_F1 = {0.005: 0.8}
 GOAL_F1_DEFAULT = 0.95
 GRID_START, GRID_END = "<!-- GRID:START -->", "<!-- GRID:END -->"
 COLUMNS = ["source", "cell", "kind", "attack", "rate", "seed", "revision", "asr", "cp", "fit", "n_poison",
-           "precision", "recall", "f1", "auroc", "tpr_at_1pct_fpr", "n_flagged", "retrained_asr", "retrained_cp", "refit"]
+           "precision", "recall", "f1", "auroc", "tpr_at_1pct_fpr", "n_flagged", "retrained_asr", "retrained_cp", "oracle_asr", "base_asr", "refit"]
 
 
 def goal_f1(rate: float) -> float:
@@ -81,7 +81,9 @@ def cell_rows(bench: Path, detector: str, refit_below: int | None = None) -> lis
     """One row per finished, screened cell of a bench folder: the detector's figures beside ASR / CP / fit;
     `span` cells screened with a revision below `refit_below` decided again with the current code."""
     rows = []
-    for d in sorted(cells_folder(bench).iterdir()):
+    cells_dir = cells_folder(bench)
+    base = json.loads((bench / "base.json").read_text()) if (bench / "base.json").is_file() else {}
+    for d in sorted(cells_dir.iterdir()):
         path = d / "result.json"
         if not path.is_file():
             continue
@@ -90,9 +92,8 @@ def cell_rows(bench: Path, detector: str, refit_below: int | None = None) -> lis
         if det is None:
             continue  # not screened (--no-screen), or screened without this detector
         after = res.get("after") or {}
-        retrain = {}
-        if (d / "retrain.json").is_file():
-            retrain = json.loads((d / "retrain.json").read_text()).get(detector) or {}
+        retrains = json.loads((d / "retrain.json").read_text()) if (d / "retrain.json").is_file() else {}
+        retrain, oracle = retrains.get(detector) or {}, retrains.get("oracle") or {}
         settings = res.get("screen_settings") or {}
         revision = (settings.get("revisions") or {}).get(detector, 1)
         refit = None
@@ -108,6 +109,7 @@ def cell_rows(bench: Path, detector: str, refit_below: int | None = None) -> lis
                      **{k: det.get(k) for k in ("precision", "recall", "f1", "auroc", "tpr_at_1pct_fpr",
                                                 "n_flagged")},
                      "retrained_asr": retrain.get("asr"), "retrained_cp": retrain.get("cp"),
+                     "oracle_asr": oracle.get("asr"), "base_asr": (base.get(res["attack"]) or {}).get("asr"),
                      "refit": None if refit is None else int(res["detection"][detector]["n_flagged"])})
     return rows
 
@@ -202,12 +204,20 @@ def controls_markdown(t: pd.DataFrame, current: int) -> str:
 
 
 def defence_markdown(t: pd.DataFrame) -> str:
+    """ASR after retraining on the detector's cleaned set, beside the floor: the oracle's (exactly the poisoned
+    samples removed) and the base model's (an attack whose target the base already gives on some triggered
+    inputs cannot go below it)."""
     d = t[(t["kind"] == "attack") & t["retrained_asr"].notna()]
     if d.empty:
         return "Defence loop: not run on any cell.\n"
-    lines = ["| cell | ASR before | ASR after retraining | CP after |", "|---|---|---|---|"]
-    lines += [f"| {r['cell']} | {r['asr']:.3f} | {r['retrained_asr']:.3f} | {r['retrained_cp']:.3f} |"
-              for _, r in d.iterrows()]
+
+    def num(v: float) -> str:
+        return "–" if pd.isna(v) else f"{v:.3f}"
+
+    lines = ["| cell | ASR before | ASR after retraining | CP after | oracle ASR | base-model ASR |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['cell']} | {num(r['asr'])} | {num(r['retrained_asr'])} | {num(r['retrained_cp'])} | "
+              f"{num(r['oracle_asr'])} | {num(r['base_asr'])} |" for _, r in d.iterrows()]
     ok = int((d["retrained_asr"] <= 0.01).sum())
     return f"Defence loop: ASR ≤ 1 % after retraining on {ok} of {len(d)} cells.\n\n" + "\n".join(lines) + "\n"
 

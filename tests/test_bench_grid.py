@@ -33,7 +33,8 @@ def _cell(bench: Path, name: str, attack: str, rate: float, seed: int, *, asr: f
         "after": {"asr": asr, "cp": 0.98, "poisoned_fit": 1.0}, "detection": {"span": span},
         "screen_settings": {"revisions": {"span": revision}, "effective_params": {"span": {}}}}))
     if retrained_asr is not None:
-        (cell / "retrain.json").write_text(json.dumps({"span": {"asr": retrained_asr, "cp": 0.975}}))
+        (cell / "retrain.json").write_text(json.dumps({"span": {"asr": retrained_asr, "cp": 0.975},
+                                                       "oracle": {"asr": 0.01, "cp": 0.98}}))
     return cell
 
 
@@ -56,6 +57,7 @@ def test_rows_are_judged_per_rate_and_the_newest_revision_wins(tmp_path):
     _cell(new, "clean_s0", "clean", 0.0, 0, asr=0.0, f1=0.0, flagged=0, kind="clean")
     _cell(new, "text_prefix_r0.1_s0_norelabel", "text_prefix", 0.1, 0, asr=0.0, f1=0.0, flagged=12,
           kind="no_relabel")
+    (new / "base.json").write_text(json.dumps({"sig": {"cp": 0.975, "asr": 0.004}}))
     text = _grid("--bench", new, "--bench", old)  # the older revision given last still loses
     assert _row(text, "badnet", "2.0%") == "| badnet | 2.0% | **1.00** / 0.80 | — | — | met (1 of 3 seeds) |"
     assert _row(text, "sig", "0.5%").endswith("| met (1 of 3 seeds) |")
@@ -66,7 +68,7 @@ def test_rows_are_judged_per_rate_and_the_newest_revision_wins(tmp_path):
     assert text.startswith("5 attack cells of the 17 × 5 × 3 = 255 grid measured; 3 (attack, rate) rows learned "
                            "on at least one seed: goal met on 2, short on 1.")
     assert "2 controls; goal 0 flagged: met on 1, failed on text_prefix_r0.1_s0_norelabel." in text
-    assert "ASR ≤ 1 % after retraining on 0 of 1 cells" in text and "| sig_r0.01_s1 | 0.900 | 0.020 |" in text
+    assert "ASR ≤ 1 % after retraining on 0 of 1 cells" in text and "| sig_r0.01_s1 | 0.900 | 0.020 | 0.975 | 0.010 | 0.004 |" in text
 
 
 def test_the_record_keeps_cells_whose_folder_is_gone(tmp_path):

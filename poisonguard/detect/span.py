@@ -46,7 +46,13 @@ A learned backdoor gives a separate *mode* far above it (BadNet demo: 9.2–14.1
    the deepest step);
 4. a sample is flagged when its local false-discovery rate under that null, lfdr = 1 − P(upper group | x),
    is below `max_lfdr` = 0.2 (Efron 2007/2010, Large-Scale Inference §5: the conventional "interesting"
-   threshold), and it lies above the lowest component's mean.
+   threshold), and it lies above the lowest component's mean — or when its gain is at or above the valley
+   itself (the mixture density's lowest point between the groups, the gap step 3 found): the antimode is the
+   boundary of the separated mode, and a wide lower component reaching into the gap must not hold the mode's
+   lower shoulder back. Revision 4: on all-to-all 10 % (seed 1) a component of mean 4.9 nats and sd 2.6
+   spanned the clean tail's top (≤ 3.8) and the backdoor's lower shoulder, so 59 poisoned samples at
+   5.3–7.5 nats, beyond the valley at 5.3, had lfdr > 0.2 and were not flagged. The rule adds no constant;
+   samples below the valley are judged by lfdr as before.
 Every withheld decision names its reason in the report. Provenance, and the one world that chose `min_gain`
 and `k_max`: docs/detectors.md, "span".
 """
@@ -104,8 +110,9 @@ def answer_gain(logp: np.ndarray, logp_base: np.ndarray) -> dict[str, np.ndarray
 class AnswerSpanDetector(Detector):
     name = "span"
     Params = SpanParams
-    revision = 3  # 2: the deepest peeling step behind a gap is taken, not only the deepest step (_peel);
-    #               3: the upper mode's minority is counted among all screened samples, not the moved ones
+    revision = 4  # 2: the deepest peeling step behind a gap is taken, not only the deepest step (_peel);
+    #               3: the upper mode's minority is counted among all screened samples, not the moved ones;
+    #               4: every sample at or above the valley is flagged too, not only those with lfdr < max_lfdr
     params: SpanParams
 
     def fit(self, features: FeatureSet) -> Self:
@@ -114,7 +121,7 @@ class AnswerSpanDetector(Detector):
         p = self.params
         moved = x > p.min_gain  # (N,)
         fitted: dict[str, Any] = {"accepted": False, "mixture": None, "k": 0, "n_moved": int(moved.sum()),
-                                  "ashman_d": 0.0, "weight": 0.0, "share": 0.0, "split": 0}
+                                  "ashman_d": 0.0, "weight": 0.0, "share": 0.0, "split": 0, "valley_at": None}
         if moved.sum() < 2:
             fitted["reason"] = (f"nothing flagged: {int(moved.sum())} sample(s) gained more than {p.min_gain:g} "
                                 "nats on their answer (no fine-tuning gain; e.g. the base-model control)")
@@ -126,8 +133,8 @@ class AnswerSpanDetector(Detector):
         k = int(fit.k_star("bic")[0])
         params = fit.at(k)  # (1, Kmax), components sorted by mean
         split, d, peels, valleys = _peel(params, k, p.min_ashman_d, p.max_weight, p.max_valley)
-        valley = _valley(params, k, split) if split else 1.0
-        fitted.update(k=k, ashman_d=d, split=split, peels=peels, valleys=valleys, valley=valley)
+        valley, valley_at = _valley_point(params, k, split) if split else (1.0, None)
+        fitted.update(k=k, ashman_d=d, split=split, peels=peels, valleys=valleys, valley=valley, valley_at=valley_at)
         if split:
             upper = _upper(params, split)
             fitted["weight"] = float(params.weights[0][upper[0]].sum())  # of the moved samples
@@ -146,7 +153,8 @@ class AnswerSpanDetector(Detector):
         fitted["accepted"] = not failed
         fitted["reason"] = ("nothing flagged: " + "; ".join(failed)) if failed else (
             f"a separated mode of answer-likelihood gain (K={k}, Ashman's D {d:.2f}, valley/peak {valley:.2g}, weight {fitted['weight']:.3f}"
-            f" of {int(moved.sum())} moved samples); flagged where lfdr < {p.max_lfdr:g}"
+            f" of {int(moved.sum())} moved samples); flagged where lfdr < {p.max_lfdr:g} or the gain is at or "
+            f"above the valley ({valley_at:.2f} nats)"
             + _not_taken(valleys, split))
         self._fitted = fitted
         return self
@@ -159,12 +167,14 @@ class AnswerSpanDetector(Detector):
         p_poison = np.zeros(x.size) if st["mixture"] is None else _upper_posterior(x, st["mixture"])
         moved = x > self.params.min_gain
         lfdr = 1.0 - p_poison
-        flagged = bool(st["accepted"]) & moved & (lfdr < self.params.max_lfdr)
+        at = st.get("valley_at")  # None: no split, or a state stored before revision 4
+        beyond = np.zeros(x.size, dtype=bool) if at is None else x >= at  # (N,)
+        flagged = bool(st["accepted"]) & moved & ((lfdr < self.params.max_lfdr) | beyond)
         return self._result(features, p_poison, flagged,
                             {"score_span": x, "score_span_mean": gain["mean"], "p_span": p_poison},
                             accepted=bool(st["accepted"]), reason=st["reason"], k=int(st["k"]),
                             ashman_d=float(st["ashman_d"]), valley=float(st.get("valley", 1.0)),
-                            weight=float(st["weight"]), share=float(st.get("share", 0.0)),
+                            weight=float(st["weight"]), share=float(st.get("share", 0.0)), valley_at=at,
                             n_moved=int(st["n_moved"]), ashman_d_by_step=dict(st.get("peels", {})),
                             valley_by_step=dict(st.get("valleys", {})))
 
@@ -217,16 +227,23 @@ def _not_taken(valleys: dict[str, float], split: int) -> str:
     return (f"; a deeper group without a gap before it was not taken: {', '.join(deeper)}") if deeper else ""
 
 
-def _valley(params, k: int, split: int, n_grid: int = 2001) -> float:
-    """Lowest mixture density between the bulk's top mean and the upper group's lowest mean, over the density
-    at that upper mean: 1 for a monotone tail (no dip), near 0 for a mode behind an empty gap."""
+def _valley_point(params, k: int, split: int, n_grid: int = 2001) -> tuple[float, float]:
+    """(valley/peak, where): the lowest mixture density between the bulk's top mean and the upper group's
+    lowest mean, over the density at that upper mean (1 for a monotone tail, no dip; near 0 for a mode behind
+    an empty gap), and the gain (nats) at which it lies."""
     means = params.means[0, :k]  # (K,) sorted
     sd = np.sqrt(params.variances[0, :k])  # (K,)
     w = params.weights[0, :k]  # (K,)
     grid = np.linspace(means[split - 1], means[split], n_grid)  # (G,)
     z = (grid[:, None] - means[None, :]) / sd[None, :]  # (G, K)
     density = (w[None, :] * np.exp(-0.5 * z * z) / sd[None, :]).sum(axis=1)  # (G,), up to 1/sqrt(2 pi)
-    return float(density.min() / density[-1]) if density[-1] > 0 else 1.0
+    i = int(np.argmin(density))
+    return (float(density[i] / density[-1]) if density[-1] > 0 else 1.0), float(grid[i])
+
+
+def _valley(params, k: int, split: int, n_grid: int = 2001) -> float:
+    """valley/peak of `_valley_point`: the test of a gap before the upper group."""
+    return _valley_point(params, k, split, n_grid)[0]
 
 
 def _upper(params, j: int) -> np.ndarray:

@@ -130,8 +130,8 @@ GAINS = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" /
 def _recorded(name: str) -> tuple[FeatureSet, np.ndarray]:
     """Max answer gains recorded on the world's bench cells (world seed 0, 5,000 samples, 2026-12-05: Dual-Key
     5 %, Blend 5 %, the clean fine-tune, BadNet 1 %, syntactic 0.5 %, all bench seed 0; two-target 5 % + 5 % of
-    bench seed 2; 2026-12-06: two-target 10 % + 10 % of bench seed 1), as one-token answers so that the gain is
-    the stored max."""
+    bench seed 2; 2026-12-06: two-target 10 % + 10 % and all-to-all 10 % of bench seed 1), as one-token answers so
+    that the gain is the stored max."""
     z = np.load(GAINS)
     gain, poison = z[f"{name}_gain"].astype(np.float64), z[f"{name}_poison"]
     ids = np.array([f"s{i}" for i in range(gain.size)])
@@ -183,6 +183,34 @@ def test_recorded_two_targets_at_20_percent_are_a_minority_of_the_data_not_of_th
     assert res.report["accepted"], res.report["reason"]
     assert (res.flagged & poison).sum() == poison.sum() == 1000
     assert (res.flagged & ~poison).sum() <= 0.01 * fs.n
+
+
+def test_recorded_all_to_all_flags_the_shoulder_beyond_the_valley():
+    """All-to-all 10 %, bench seed 1 (ASR 0.63): the mapped answers are not equally unlikely to the base model, so
+    the poisoned gains spread from the clean tail (≤ 3.8 nats) to 14 nats. BIC fitted one wide component (mean
+    4.9, sd 2.6) across the tail's top and the backdoor's lower shoulder: the 59 poisoned samples between the
+    valley (5.3 nats) and the mode had lfdr > 0.2 and revision 3 left them (310 flagged). Revision 4 flags
+    every sample at or above the valley; below it (the yes/no answers the base already half-gave, gains < 3)
+    nothing changes, and no clean sample is flagged."""
+    fs, poison = _recorded("all_to_all_10pct_s1")
+    gain = fs.answer_logp[:, 0]  # (N,) the stored max gain
+    res = AnswerSpanDetector().detect(fs)
+    assert res.report["accepted"], res.report["reason"]
+    beyond = gain >= res.report["valley_at"]  # (N,)
+    by_lfdr = res.p_poison > 0.8  # lfdr < max_lfdr: the revision-3 rule
+    assert (beyond & ~by_lfdr & poison).sum() == 59 and not (beyond & ~poison).any()
+    assert (res.flagged == (by_lfdr | beyond)).all() and not (res.flagged & ~poison).any()
+    assert res.flagged.sum() == 369 and gain[~poison].max() < res.report["valley_at"]
+
+
+def test_a_state_stored_before_the_valley_rule_scores_as_it_did():
+    """A fit stored by revision 3 has no `valley_at`: loaded and scored, it flags by lfdr alone, as it did."""
+    fs, _ = _recorded("all_to_all_10pct_s1")
+    state = AnswerSpanDetector().fit(fs).to_state()
+    del state["fitted"]["valley_at"]
+    res = AnswerSpanDetector.from_state(state).score(fs)
+    assert res.report["valley_at"] is None and (res.flagged == (res.p_poison > 0.8)).all()
+    assert res.flagged.sum() == 310  # what the cell's screen flagged
 
 
 def test_an_upper_mode_holding_most_of_the_data_is_withheld():
