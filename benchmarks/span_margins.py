@@ -23,10 +23,12 @@ from poisonguard.bench.tables import LEARNED_ASR, cell_kind
 ROOT = Path(__file__).resolve().parent.parent
 # The bench cells whose fits were looked at when `max_valley` (clean_s0, inject_image 5 %) and `k_max` (dual_key
 # 5 %, then BadNet 1 %) were chosen, and the three 0.5 % cells that led to revision 2's peeling rule (the
-# deepest step behind a gap; inject_text, refusal_text, syntactic), all world seed 0 (docs/detectors.md,
-# "span"); the demo drop, not a bench cell, chose too.
+# deepest step behind a gap; inject_text, refusal_text, syntactic), and the two 10 % seed-1 cells that led to
+# revision 3 (the minority among all screened samples; two targets) and revision 4 (flagged past the valley;
+# all-to-all), all world seed 0 (docs/detectors.md, "span"); the demo drop, not a bench cell, chose too.
 CHOSE = {"clean_s0", "inject_image_r0.05_s0", "dual_key_r0.05_s0", "badnet_r0.01_s0",
-         "inject_text_r0.005_s0", "refusal_text_r0.005_s0", "syntactic_r0.005_s0"}
+         "inject_text_r0.005_s0", "refusal_text_r0.005_s0", "syntactic_r0.005_s0",
+         "multi_target_r0.1_s1", "all_to_all_r0.1_s1"}
 CHOSE_WORLD_SEED = 0
 
 

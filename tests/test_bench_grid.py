@@ -85,7 +85,7 @@ def test_the_record_keeps_cells_whose_folder_is_gone(tmp_path):
 
 
 def test_refit_decides_an_older_revision_with_the_current_code(tmp_path):
-    feats, poison = _recorded("multi_target_10pct_s1")  # withheld as screened by revision 2, 1,000 poisoned
+    feats, poison = _recorded("multi_target_10pct_s1")  # withheld by revision 2, 1,000 poisoned; it chose (*)
     bench = tmp_path / "bench"
     cell = _cell(bench, "multi_target_r0.1_s1", "multi_target", 0.1, 1, asr=0.935, f1=0.0, flagged=0,
                  revision=CURRENT - 1)
@@ -95,10 +95,10 @@ def test_refit_decides_an_older_revision_with_the_current_code(tmp_path):
         cell / "report" / "verdicts.parquet")
     (cell / "data").mkdir()
     (cell / "data" / "poison_ids.json").write_text(json.dumps({"poison_ids": ids[poison].tolist()}))
-    assert "| **0.00** / 0.94† |" in _grid("--bench", bench)
+    assert "| **0.00** / 0.94†* |" in _grid("--bench", bench)
     want = int(AnswerSpanDetector().detect(feats).flagged.sum())
     text = _grid("--bench", bench, "--refit")
-    assert "| **1.00** / 0.94‡ |" in text
+    assert "| **1.00** / 0.94‡* |" in text
     assert f"- multi_target_r0.1_s1 (bench): 0 flagged as screened → {want}, F1 1.00" in text
 
 
