@@ -68,7 +68,9 @@ def cell_row(cell: Path, seed: int | None = CHOSE_WORLD_SEED) -> dict | None:
         "asr": None if kind != "attack" else asr,
         "learned": None if kind != "attack" or asr is None else asr >= LEARNED_ASR,
         "n_moved": f["n_moved"], "k": f["k"], "ashman_d": f["ashman_d"], "valley": f.get("valley", 1.0),
-        "weight": f["weight"], "accepted": f["accepted"],
+        # what `max_weight` is compared with: the share of every screened sample (revision 3 on), or of the
+        # moved samples in fits stored before it
+        "weight": f.get("share", f["weight"]), "accepted": f["accepted"],
         # every peeling step's D, and the valley/peak of the steps taken (stored from revision 2 on)
         "steps": {step: {"d": d, "valley": (f.get("valleys") or {}).get(step)}
                   for step, d in f.get("peels", {}).items()},
@@ -84,7 +86,7 @@ def rows(bench: Path) -> list[dict]:
 
 
 def markdown(rs: list[dict]) -> str:
-    head = ["cell", "kind", "ASR", "learned", "moved", "K", "Ashman's D", "valley/peak", "upper weight",
+    head = ["cell", "kind", "ASR", "learned", "moved", "K", "Ashman's D", "valley/peak", "upper share",
             "accepted", "flagged", "constants", "peeling steps: D / valley (– not taken)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rs:
@@ -96,7 +98,8 @@ def markdown(rs: list[dict]) -> str:
     if rs:
         c = rs[0]["cuts"]
         lines.append(f"\nCuts: D ≥ {c['min_ashman_d']:g}, valley/peak ≤ {c['max_valley']:g}, "
-                     f"weight ≤ {c['max_weight']:g}.")
+                     f"upper share ≤ {c['max_weight']:g} (of every screened sample; of the moved samples in "
+                     "fits stored before `span` revision 3).")
     return "\n".join(lines)
 
 

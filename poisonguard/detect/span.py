@@ -185,9 +185,14 @@ def _peel(params, k: int, min_d: float, max_weight: float = 1.0,
     is components split..k-1 (by mean).
 
     Step 1 takes the split of all K components with the largest Ashman's D. While it passes `min_d`, the
-    next step looks for another separated group among the components *below* the accepted ones only (a
-    second target's mode, measured against the bulk, not against a mixture that still holds the first
-    target). A later step is taken only if the upper group stays a minority (weight ≤ `max_weight`): the
+    next step looks for another separated group among the components *below* the accepted ones (a second
+    target's mode); its D compares that group with every other component, the groups already taken included.
+    Compared with the components below it alone, neighbouring components of the moved bulk (narrow, at
+    0.003, 0.02, 0.05 nats) are D > 2 apart with dips between them: refitted on the stored bench cells
+    (2026-12-06), that variant flagged 800-970 clean samples on most learned cells. The price: a second
+    target whose gains sit far below the first (synthetic: 500 samples at 6-7 nats beside 500 at 14) scores
+    D < 2 against a background that holds the first, and only the first is flagged (docs/detectors.md).
+    A later step is taken only if the upper group stays a minority (weight ≤ `max_weight`): the
     moved bulk spans decades, so a split deep inside it can pass D ≥ 2 (a held-out two-target cell: D 2.14
     between the 0.002- and 0.03-nat components), and taking it would call most clean samples a target.
 
