@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_llava7b import Shapes as LlavaShapes  # noqa: E402
+from gpu_llava7b import Shapes as LlavaShapes
 
 QUESTIONS = ("what colour is the circle ?", "how many shapes are there ?", "is there a red square ?",
              "what shape is on the left ?", "where is the blue triangle ?")

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from bench_collect import cells_folder
+
 from poisonguard.bench.tables import LEARNED_ASR, cell_kind
 
 ROOT = Path(__file__).resolve().parent.parent
