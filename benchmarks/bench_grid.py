@@ -13,7 +13,8 @@ last — and prints:
    learned, ASR < `LEARNED_ASR`; `—` not measured), and whether the row meets the issue's goal (F1 ≥ 0.95 on
    every learned seed at ≥ 1 % poison, ≥ 0.8 at 0.5 %), with the distance where it does not;
 2. the controls (clean fine-tunes, no-relabel, base model): samples flagged, where the goal is 0;
-3. the defence loop where a cell ran it: ASR after retraining on the detector's cleaned set.
+3. the defence loop where a cell ran it: ASR after retraining on the detector's cleaned set, beside the
+   oracle's (exactly the poisoned samples removed) and the base model's (the attack's floor).
 
 With `--record CSV` the rows are also merged into a small committed table (one line per cell, the figures the
 grid prints), so cells measured in a folder that no longer exists stay in the grid: a row read from a folder
@@ -35,16 +36,14 @@ import sys
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from bench_collect import cells_folder
-from span_caps import cell_gains
+from span_caps import cell_gains, gain_features
 from span_margins import CHOSE, CHOSE_WORLD_SEED, world_seed
 from update_readme import replace_block
 
 from poisonguard.bench.run import ALL_ATTACKS
 from poisonguard.bench.tables import LEARNED_ASR, cell_kind
-from poisonguard.detect.features import FeatureSet
 from poisonguard.detect.registry import make_detectors
 from poisonguard.detect.span import AnswerSpanDetector
 
@@ -55,7 +54,8 @@ GOAL_F1 = {0.005: 0.8}
 GOAL_F1_DEFAULT = 0.95
 GRID_START, GRID_END = "<!-- GRID:START -->", "<!-- GRID:END -->"
 COLUMNS = ["source", "cell", "kind", "attack", "rate", "seed", "revision", "asr", "cp", "fit", "n_poison",
-           "precision", "recall", "f1", "auroc", "tpr_at_1pct_fpr", "n_flagged", "retrained_asr", "retrained_cp", "oracle_asr", "base_asr", "refit"]
+           "precision", "recall", "f1", "auroc", "tpr_at_1pct_fpr", "n_flagged",
+           "retrained_asr", "retrained_cp", "oracle_asr", "base_asr", "refit"]
 
 
 def goal_f1(rate: float) -> float:
@@ -69,9 +69,7 @@ def refit_span(cell: Path, params: dict) -> dict | None:
     if got is None:
         return None
     gain, poisoned = got  # (N,), (N,) bool
-    fs = FeatureSet(ids=np.array([f"s{i}" for i in range(gain.size)]), answer_logp=gain[:, None],
-                    answer_logp_base=np.zeros((gain.size, 1)))  # one-token answers: the max gain is the gain
-    flagged = AnswerSpanDetector(**params).detect(fs).flagged
+    flagged = AnswerSpanDetector(**params).detect(gain_features(gain)).flagged
     n, tp, pos = int(flagged.sum()), int((flagged & poisoned).sum()), int(poisoned.sum())
     return {"n_flagged": n, "precision": tp / n if n else 0.0, "recall": tp / pos if pos else 0.0,
             "f1": 2 * tp / (n + pos) if n + pos else 0.0}
@@ -135,7 +133,7 @@ def _entry(r: pd.Series | None, current: int) -> str:
     f1 = f"**{f1}**" if _learned(r) else f"({f1})"
     asr = "–" if pd.isna(r["asr"]) else f"{r['asr']:.2f}"
     changed = pd.notna(r["refit"]) and r["refit"] != r["n_flagged"]
-    marks = ("†" if r["revision"] < current else "") + ("‡" if changed else "") + ("*" if r["cell"] in CHOSE else "")
+    marks = "".join(m for m, on in (("†", r["revision"] < current), ("‡", changed), ("*", r["cell"] in CHOSE)) if on)
     return f"{f1} / {asr}{marks}"
 
 
@@ -180,8 +178,8 @@ def grid_markdown(t: pd.DataFrame, current: int) -> str:
             f"grid measured; {counts['rows learned']} (attack, rate) rows learned on at least one seed: goal met "
             f"on {counts['rows met']}, short on {counts['rows short']}. Entries: F1 / ASR; F1 in bold where "
             f"learned (ASR ≥ {LEARNED_ASR}), in brackets where not (no miss); † screened with an older revision "
-            f"of the detector than the current {current}; ‡ decided again with the current code (`--refit`), which changed "
-            f"the count flagged (listed below); * a cell that chose a constant.\n\n")
+            f"of the detector than the current {current}; ‡ decided again with the current code (`--refit`), "
+            f"which changed the count flagged (listed below); * a cell that chose a constant.\n\n")
     return head + "\n".join(lines) + "\n"
 
 
@@ -189,7 +187,8 @@ def controls_markdown(t: pd.DataFrame, current: int) -> str:
     c = t[t["kind"] != "attack"]
     if c.empty:
         return "No control cell measured.\n"
-    lines = ["| control | attack | rate | seed | flagged | of poisoned (trigger carriers) |", "|---|---|---|---|---|---|"]
+    lines = ["| control | attack | rate | seed | flagged | of poisoned (trigger carriers) |",
+             "|---|---|---|---|---|---|"]
     for _, r in c.iterrows():
         rev = "†" if r["revision"] < current else ""
         rate = "–" if r["kind"] == "clean" else f"{r['rate']:.1%}"

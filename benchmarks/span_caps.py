@@ -43,11 +43,15 @@ def cell_gains(cell: Path) -> tuple[np.ndarray, np.ndarray] | None:
     return t["score_span"].to_numpy(np.float64), t["id"].isin(poison).to_numpy()
 
 
+def gain_features(gain: np.ndarray) -> FeatureSet:
+    """Stored per-sample max gains (N,) as one-token answers, so that `span` reads each gain back as its max."""
+    return FeatureSet(ids=np.array([f"s{i}" for i in range(gain.size)]), answer_logp=gain[:, None],
+                      answer_logp_base=np.zeros((gain.size, 1)))
+
+
 def decide(gain: np.ndarray, poisoned: np.ndarray, k_max: int) -> dict:
-    """`span` fitted and scored on the gains as one-token answers (their max is the gain itself)."""
-    fs = FeatureSet(ids=np.array([f"s{i}" for i in range(gain.size)]), answer_logp=gain[:, None],
-                    answer_logp_base=np.zeros((gain.size, 1)))
-    res = AnswerSpanDetector(k_max=k_max).detect(fs)
+    """`span` fitted and scored on the stored gains."""
+    res = AnswerSpanDetector(k_max=k_max).detect(gain_features(gain))
     n, tp = int(res.flagged.sum()), int((res.flagged & poisoned).sum())
     return {"flagged": n, "tp": tp, "f1": 2 * tp / max(n + int(poisoned.sum()), 1), "k": res.report["k"],
             "ashman_d": res.report["ashman_d"], "valley": res.report["valley"]}

@@ -68,7 +68,8 @@ def test_rows_are_judged_per_rate_and_the_newest_revision_wins(tmp_path):
     assert text.startswith("5 attack cells of the 17 × 5 × 3 = 255 grid measured; 3 (attack, rate) rows learned "
                            "on at least one seed: goal met on 2, short on 1.")
     assert "2 controls; goal 0 flagged: met on 1, failed on text_prefix_r0.1_s0_norelabel." in text
-    assert "ASR ≤ 1 % after retraining on 0 of 1 cells" in text and "| sig_r0.01_s1 | 0.900 | 0.020 | 0.975 | 0.010 | 0.004 |" in text
+    assert "ASR ≤ 1 % after retraining on 0 of 1 cells" in text
+    assert "| sig_r0.01_s1 | 0.900 | 0.020 | 0.975 | 0.010 | 0.004 |" in text
 
 
 def test_the_record_keeps_cells_whose_folder_is_gone(tmp_path):
@@ -116,8 +117,10 @@ def test_the_readme_block_is_replaced_and_missing_markers_are_an_error(tmp_path)
     readme.write_text(f"intro\n{bench_grid.GRID_START}\nstale block\n{bench_grid.GRID_END}\nrest\n")
     text = _grid("--bench", bench, "--readme", readme)
     got = readme.read_text()
-    assert got.startswith(f"intro\n{bench_grid.GRID_START}\nGenerated ") and got.endswith(f"{bench_grid.GRID_END}\nrest\n")
-    assert "stale block" not in got and text in got and f"`python benchmarks/bench_grid.py --bench {bench} --readme" in got
+    assert got.startswith(f"intro\n{bench_grid.GRID_START}\nGenerated ")
+    assert got.endswith(f"{bench_grid.GRID_END}\nrest\n")
+    assert "stale block" not in got and text in got
+    assert f"`python benchmarks/bench_grid.py --bench {bench} --readme" in got
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match="no <!-- GRID:START -->"):
         _grid("--bench", bench, "--readme", readme)
