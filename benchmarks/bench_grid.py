@@ -40,6 +40,7 @@ import pandas as pd
 from bench_collect import cells_folder
 from span_caps import cell_gains, gain_features
 from span_margins import CHOSE, CHOSE_WORLD_SEED, world_seed
+from tqdm import tqdm
 from update_readme import replace_block
 
 from poisonguard.bench.run import ALL_ATTACKS
@@ -81,7 +82,8 @@ def cell_rows(bench: Path, detector: str, refit_below: int | None = None) -> lis
     rows = []
     cells_dir = cells_folder(bench)
     base = json.loads((bench / "base.json").read_text()) if (bench / "base.json").is_file() else {}
-    for d in sorted(cells_dir.iterdir()):
+    # refits take a few seconds a cell: a bar on stderr then
+    for d in tqdm(sorted(cells_dir.iterdir()), desc=bench.name, unit="cell", disable=refit_below is None):
         path = d / "result.json"
         if not path.is_file():
             continue
