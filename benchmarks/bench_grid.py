@@ -5,13 +5,15 @@
 
 The benchmark is run in many `poisonguard bench` folders (one per session: a cell is a 2–4 min fine-tune plus a
 screen on 2 cores), and a folder may be deleted later. This reads every finished cell of the given folders (one
-world: cells fine-tuned from another world seed are refused, they answer another question), keeps one row per
-(kind, attack, rate, seed) — the one screened with the newest revision of the detector, then the folder given
-last — and prints:
+world: cells fine-tuned from another world seed, or from one built with other settings, are refused: they
+answer another question), keeps one row per (kind, attack, rate, seed) — the one screened with the newest
+revision of the detector, then the folder given last — and prints:
 
 1. the grid: per (attack, rate) the three seeds as `F1 / ASR` (F1 in brackets where the backdoor was not
    learned, ASR < `LEARNED_ASR`; `—` not measured), and whether the row meets the issue's goal (F1 ≥ 0.95 on
-   every learned seed at ≥ 1 % poison, ≥ 0.8 at 0.5 %), with the distance where it does not;
+   every learned seed at ≥ 1 % poison, ≥ 0.8 at 0.5 %), with the distance where it does not; a row the
+   world's training set cannot carry (no sample to poison, e.g. substitution without multi-word answers) says
+   so, read from the world folder that OUT/world.json names;
 2. the controls (clean fine-tunes, no-relabel, base model): samples flagged, where the goal is 0;
 3. the defence loop where a cell ran it: ASR after retraining on the detector's cleaned set, beside the
    oracle's (exactly the poisoned samples removed) and the base model's (the attack's floor).
@@ -43,8 +45,10 @@ from span_margins import CHOSE, CHOSE_WORLD_SEED, world_seed
 from tqdm import tqdm
 from update_readme import replace_block
 
+from poisonguard.attacks import poison_counts
 from poisonguard.bench.run import ALL_ATTACKS
 from poisonguard.bench.tables import LEARNED_ASR, cell_kind
+from poisonguard.data.dataset import read_dataset
 from poisonguard.detect.registry import make_detectors
 from poisonguard.detect.span import AnswerSpanDetector
 
@@ -139,10 +143,11 @@ def _entry(r: pd.Series | None, current: int) -> str:
     return f"{f1} / {asr}{marks}"
 
 
-def row_status(cells: list[pd.Series], rate: float) -> str:
-    """Goal met, its distance, not learned, or not measured — over the measured seeds, said with their count."""
+def row_status(cells: list[pd.Series], rate: float, uncarried: str | None = None) -> str:
+    """Goal met, its distance, not learned, not measured, or not carried by the world (`uncarried`: why) —
+    over the measured seeds, said with their count."""
     if not cells:
-        return "not measured"
+        return f"the world cannot carry it: {uncarried}" if uncarried else "not measured"
     learned = [r for r in cells if _learned(r)]
     k = f"{len(cells)} of {len(SEEDS)} seeds"
     if not learned:
@@ -155,21 +160,39 @@ def row_status(cells: list[pd.Series], rate: float) -> str:
     return f"**short**: F1 {worst['f1']:.2f} < {goal} (seed {worst['seed']}; {k}{part})"
 
 
-def grid_markdown(t: pd.DataFrame, current: int) -> str:
+def uncarried_rows(world: Path | None, attacks: list[str], rates: list[float]) -> dict[tuple[str, float], str]:
+    """{(attack, rate): why} for the rows the world's training set cannot carry with the attack's defaults (an
+    arm with no sample to poison, as `poisonguard bench` drops it: e.g. substitution without multi-word
+    answers), so the grid says so instead of "not measured"; empty where the world's folder is not here."""
+    if world is None or not (world / "train.json").is_file():
+        return {}
+    samples = read_dataset(world / "train.json").samples
+    out = {}
+    for a in attacks:
+        for rate in rates:
+            empty = [k or a for k, n in poison_counts(samples, a, rate).items() if n == 0]
+            if empty:
+                out[(a, rate)] = f"no sample to poison for {', '.join(empty)}"
+    return out
+
+
+def grid_markdown(t: pd.DataFrame, current: int, world: Path | None = None) -> str:
     attacks = t[t["kind"] == "attack"]
     rates = list(RATES) + sorted(set(attacks["rate"]) - set(RATES))
     names = list(ALL_ATTACKS) + sorted(set(attacks["attack"]) - set(ALL_ATTACKS))
     index = {(r["attack"], r["rate"], r["seed"]): r for _, r in attacks.iterrows()}
     lines = ["| attack | rate | " + " | ".join(f"seed {s}" for s in SEEDS) + " | row (goal) |",
              "|---|---|" + "---|" * (len(SEEDS) + 1)]
-    counts = {"measured": 0, "rows met": 0, "rows short": 0, "rows learned": 0}
+    counts = {"measured": 0, "rows met": 0, "rows short": 0, "rows learned": 0, "uncarried": 0}
+    uncarried = uncarried_rows(world, names, list(RATES))
     for a in names:
         for rate in rates:
             cells = [index[(a, rate, s)] for s in SEEDS if (a, rate, s) in index]
             if rate not in RATES and not cells:
                 continue
             counts["measured"] += len(cells)
-            status = row_status(cells, rate)
+            status = row_status(cells, rate, uncarried.get((a, rate)))
+            counts["uncarried"] += status.startswith("the world cannot")
             counts["rows learned"] += status.startswith(("met", "**short"))
             counts["rows met"] += status.startswith("met")
             counts["rows short"] += status.startswith("**short")
@@ -178,7 +201,9 @@ def grid_markdown(t: pd.DataFrame, current: int) -> str:
     n_grid = len(names) * len(RATES) * len(SEEDS)
     head = (f"{counts['measured']} attack cells of the {len(names)} × {len(RATES)} × {len(SEEDS)} = {n_grid} "
             f"grid measured; {counts['rows learned']} (attack, rate) rows learned on at least one seed: goal met "
-            f"on {counts['rows met']}, short on {counts['rows short']}. Entries: F1 / ASR; F1 in bold where "
+            f"on {counts['rows met']}, short on {counts['rows short']}"
+            + (f"; {counts['uncarried']} rows the world cannot carry" if counts["uncarried"] else "")
+            + f". Entries: F1 / ASR; F1 in bold where "
             f"learned (ASR ≥ {LEARNED_ASR}), in brackets where not (no miss); † screened with an older revision "
             f"of the detector than the current {current}; ‡ decided again with the current code (`--refit`), "
             f"which changed the count flagged (listed below); * a cell that chose a constant.\n\n")
@@ -236,16 +261,30 @@ def refit_markdown(t: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_folders(benches: list[Path], detector: str, refit_below: int | None = None) -> pd.DataFrame:
-    """Every folder's rows, refusing a folder fine-tuned from another world than the grid's."""
-    frames = []
+def world_record(bench: Path) -> dict | None:
+    """The folder's OUT/world.json (written by `poisonguard bench`), or None where it does not record it."""
+    path = bench / "world.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_folders(benches: list[Path], detector: str,
+                 refit_below: int | None = None) -> tuple[pd.DataFrame, Path | None]:
+    """Every folder's rows and the world's folder, refusing a folder fine-tuned from another world than the
+    grid's: another seed, or the same seed built with other settings (e.g. describe answers)."""
+    frames, first = [], None
     for b in benches:
-        seed = world_seed(b)
+        seed, rec = world_seed(b), world_record(b)
         if seed is not None and seed != CHOSE_WORLD_SEED:
             raise SystemExit(f"error: {b} holds cells of world seed {seed}; the grid is the committed world's "
                              f"(seed {CHOSE_WORLD_SEED}): report a held-out world apart")
+        if rec is not None and first is not None and rec.get("world") != first[1].get("world"):
+            raise SystemExit(f"error: {b} holds cells of another world than {first[0]} (same seed, other "
+                             "settings): report a held-out world apart")
+        if rec is not None and first is None:
+            first = (b, rec)
         frames.append(pd.DataFrame(cell_rows(b, detector, refit_below), columns=COLUMNS))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    world = Path(first[1]["path"]) if first is not None and first[1].get("path") else None
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)), world
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -262,13 +301,14 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit("error: --refit decides `span` from its stored gains; other detectors are re-screened "
                          "by rerunning `poisonguard bench` on the folder")
     current = make_detectors({args.detector: None})[args.detector].revision
-    frames = [read_folders(args.bench, args.detector, current if args.refit else None)]
+    rows, world = read_folders(args.bench, args.detector, current if args.refit else None)
+    frames = [rows]
     if args.record is not None and args.record.is_file():
         frames.insert(0, pd.read_csv(args.record))  # folders come last: they win a tie of revisions
     t = merge(frames)
     if args.record is not None:
         t[COLUMNS].to_csv(args.record, index=False, float_format="%.6g")
-    text = "\n".join([grid_markdown(t, current), controls_markdown(t, current), defence_markdown(t),
+    text = "\n".join([grid_markdown(t, current, world), controls_markdown(t, current), defence_markdown(t),
                       refit_markdown(t)])
     if args.readme is not None:
         cmd = "python benchmarks/bench_grid.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -111,6 +111,37 @@ def test_a_folder_of_another_world_is_refused(tmp_path):
         _grid("--bench", bench)
 
 
+def test_a_folder_of_the_same_seed_built_otherwise_is_refused(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for bench, world in ((a, {"seed": 0}), (b, {"seed": 0, "describe_frac": 0.25})):
+        _cell(bench, "clean_s0", "clean", 0.0, 0, asr=0.0, f1=0.0, flagged=0, kind="clean")
+        (bench / "world.json").write_text(json.dumps({"path": "work/world", "world": world}))
+    with pytest.raises(SystemExit, match="same seed, other settings"):
+        _grid("--bench", a, "--bench", b)
+
+
+def _world(root: Path, answers: list[str]) -> Path:
+    """A world folder as `poisonguard world` writes its records (images are not read here)."""
+    root.mkdir()
+    (root / "train.json").write_text(json.dumps([
+        {"id": f"t{i}", "image": f"images/t{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the circle?"}, {"from": "gpt", "value": a}]}
+        for i, a in enumerate(answers)]))
+    return root
+
+
+def test_rows_the_world_cannot_carry_say_so_instead_of_not_measured(tmp_path):
+    world = _world(tmp_path / "world", ["red"] * 400)  # one-word answers only: nothing to substitute
+    bench = tmp_path / "bench"
+    _cell(bench, "sig_r0.02_s0", "sig", 0.02, 0, asr=0.99, f1=1.0, flagged=100)
+    (bench / "world.json").write_text(json.dumps({"path": str(world), "world": {"seed": 0}}))
+    text = _grid("--bench", bench)
+    assert _row(text, "substitute", "2.0%").endswith(
+        "| — | — | — | the world cannot carry it: no sample to poison for substitute |")
+    assert _row(text, "blend", "2.0%").endswith("| not measured |")
+    assert "; 5 rows the world cannot carry." in text.splitlines()[0]
+
+
 def test_the_readme_block_is_replaced_and_missing_markers_are_an_error(tmp_path):
     bench, readme = tmp_path / "bench", tmp_path / "README.md"
     _cell(bench, "sig_r0.02_s0", "sig", 0.02, 0, asr=0.99, f1=1.0, flagged=100)
