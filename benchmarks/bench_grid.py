@@ -61,6 +61,7 @@ GRID_START, GRID_END = "<!-- GRID:START -->", "<!-- GRID:END -->"
 COLUMNS = ["source", "cell", "kind", "attack", "rate", "seed", "revision", "asr", "cp", "fit", "n_poison",
            "precision", "recall", "f1", "auroc", "tpr_at_1pct_fpr", "n_flagged",
            "retrained_asr", "retrained_cp", "oracle_asr", "base_asr", "refit"]
+COUNT_COLUMNS = ("seed", "revision", "n_poison", "n_flagged", "refit")
 
 
 def goal_f1(rate: float) -> float:
@@ -125,7 +126,9 @@ def merge(frames: list[pd.DataFrame]) -> pd.DataFrame:
         raise SystemExit("error: no screened cell in the given folders or record")
     t["_order"] = range(len(t))
     t = t.sort_values(["revision", "_order"]).drop_duplicates(["kind", "attack", "rate", "seed"], keep="last")
-    return t.drop(columns="_order").sort_values(["kind", "attack", "rate", "seed"]).reset_index(drop=True)
+    t = t.drop(columns="_order").sort_values(["kind", "attack", "rate", "seed"]).reset_index(drop=True)
+    # counts stay integers in the record although a column with gaps reads back as float ("503", not "503.0")
+    return t.astype({c: "Int64" for c in COUNT_COLUMNS})
 
 
 def _learned(r: pd.Series) -> bool | None:
