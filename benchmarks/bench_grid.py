@@ -41,7 +41,7 @@ from pathlib import Path
 import pandas as pd
 from bench_collect import cells_folder
 from span_caps import cell_gains, gain_features
-from span_margins import CHOSE, CHOSE_WORLD_SEED, world_seed
+from span_margins import CHOSE, CHOSE_WORLD_SEED, world_record, world_seed
 from tqdm import tqdm
 from update_readme import replace_block
 
@@ -262,12 +262,6 @@ def refit_markdown(t: pd.DataFrame) -> str:
     lines += [f"- {c['cell']} ({c['source']}): {int(c['refit'])} flagged as screened → {int(c['n_flagged'])}, "
               f"F1 {c['f1']:.2f}" for _, c in changed.iterrows()]
     return "\n".join(lines) + "\n"
-
-
-def world_record(bench: Path) -> dict | None:
-    """The folder's OUT/world.json (written by `poisonguard bench`), or None where it does not record it."""
-    path = bench / "world.json"
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def read_folders(benches: list[Path], detector: str,

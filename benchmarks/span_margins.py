@@ -33,11 +33,16 @@ CHOSE = {"clean_s0", "inject_image_r0.05_s0", "dual_key_r0.05_s0", "badnet_r0.01
 CHOSE_WORLD_SEED = 0
 
 
-def world_seed(bench: Path) -> int | None:
-    """The seed of the world the bench folder's cells were fine-tuned from (OUT/world.json, written by
-    `poisonguard bench`), or None where the folder does not record it."""
+def world_record(bench: Path) -> dict | None:
+    """The bench folder's OUT/world.json (written by `poisonguard bench`: the world's folder and settings), or
+    None where the folder does not record it."""
     path = bench / "world.json"
-    world = json.loads(path.read_text()).get("world") if path.is_file() else None
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def world_seed(bench: Path) -> int | None:
+    """The seed of the world the bench folder's cells were fine-tuned from, or None where it is not recorded."""
+    world = (world_record(bench) or {}).get("world")
     return None if world is None else world.get("seed")
 
 
