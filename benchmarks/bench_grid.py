@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 from bench_collect import cells_folder
-from span_caps import cell_gains, gain_features
+from span_caps import best_cut_f1, cell_gains, gain_features
 from span_margins import CHOSE, CHOSE_WORLD_SEED, world_record, world_seed
 from tqdm import tqdm
 from update_readme import replace_block
@@ -60,7 +60,7 @@ GOAL_F1_DEFAULT = 0.95
 GRID_START, GRID_END = "<!-- GRID:START -->", "<!-- GRID:END -->"
 COLUMNS = ["source", "cell", "kind", "attack", "rate", "seed", "revision", "asr", "cp", "fit", "n_poison",
            "precision", "recall", "f1", "auroc", "tpr_at_1pct_fpr", "n_flagged",
-           "retrained_asr", "retrained_cp", "oracle_asr", "base_asr", "refit"]
+           "retrained_asr", "retrained_cp", "oracle_asr", "base_asr", "refit", "best_cut_f1"]
 COUNT_COLUMNS = ("seed", "revision", "n_poison", "n_flagged", "refit")
 
 
@@ -107,6 +107,9 @@ def cell_rows(bench: Path, detector: str, refit_below: int | None = None) -> lis
             refit = refit_span(d, params)
             if refit is not None:
                 det, revision = {**det, **refit}, refit_below
+        ceiling = None
+        if detector == "span" and (got := cell_gains(d)) is not None:
+            ceiling = best_cut_f1(*got)
         rows.append({"source": bench.name, "cell": res["cell"], "kind": cell_kind(res), "attack": res["attack"],
                      "rate": float(res["rate"]), "seed": int(res["seed"]), "revision": int(revision),
                      "asr": after.get("asr"), "cp": after.get("cp"), "fit": after.get("poisoned_fit"),
@@ -115,7 +118,8 @@ def cell_rows(bench: Path, detector: str, refit_below: int | None = None) -> lis
                                                 "n_flagged")},
                      "retrained_asr": retrain.get("asr"), "retrained_cp": retrain.get("cp"),
                      "oracle_asr": oracle.get("asr"), "base_asr": (base.get(res["attack"]) or {}).get("asr"),
-                     "refit": None if refit is None else int(res["detection"][detector]["n_flagged"])})
+                     "refit": None if refit is None else int(res["detection"][detector]["n_flagged"]),
+                     "best_cut_f1": ceiling})
     return rows
 
 
@@ -160,7 +164,10 @@ def row_status(cells: list[pd.Series], rate: float, uncarried: str | None = None
     part = "" if len(learned) == len(cells) else f", learned on {len(learned)}"
     if worst["f1"] >= goal:
         return f"met ({k}{part})"
-    return f"**short**: F1 {worst['f1']:.2f} < {goal} (seed {worst['seed']}; {k}{part})"
+    ceiling = worst.get("best_cut_f1")
+    signal = ("" if ceiling is None or pd.isna(ceiling)
+              else f"; the best cut of its gains, chosen with the labels: {ceiling:.2f}")
+    return f"**short**: F1 {worst['f1']:.2f} < {goal} (seed {worst['seed']}{signal}; {k}{part})"
 
 
 def uncarried_rows(world: Path | None, attacks: list[str], rates: list[float]) -> dict[tuple[str, float], str]:

@@ -43,6 +43,18 @@ def cell_gains(cell: Path) -> tuple[np.ndarray, np.ndarray] | None:
     return t["score_span"].to_numpy(np.float64), t["id"].isin(poison).to_numpy()
 
 
+def best_cut_f1(score: np.ndarray, poisoned: np.ndarray) -> float | None:
+    """The highest F1 any single cut on `score` (N,) reaches, chosen with the labels: a ceiling for reports only
+    (how far a row's shortfall is the signal's and how far the cut's), never an input to a detector. None
+    without a poisoned sample."""
+    if not poisoned.any():
+        return None
+    order = np.argsort(-score, kind="stable")
+    tp = np.cumsum(poisoned[order])  # (N,) true positives when the top k+1 are flagged
+    f1 = 2 * tp / (np.arange(1, score.size + 1) + int(poisoned.sum()))  # (N,)
+    return float(f1.max())
+
+
 def gain_features(gain: np.ndarray) -> FeatureSet:
     """Stored per-sample max gains (N,) as one-token answers, so that `span` reads each gain back as its max."""
     return FeatureSet(ids=np.array([f"s{i}" for i in range(gain.size)]), answer_logp=gain[:, None],

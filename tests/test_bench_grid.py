@@ -103,6 +103,22 @@ def test_refit_decides_an_older_revision_with_the_current_code(tmp_path):
     assert f"- multi_target_r0.1_s1 (bench): 0 flagged as screened → {want}, F1 1.00" in text
 
 
+def test_a_short_row_names_the_best_cut_its_gains_allow(tmp_path):
+    """A shortfall the signal causes (poisoned samples among the clean gains) reads apart from one the cut
+    causes: the grid prints the best F1 any cut on the cell's stored gains reaches, chosen with the labels."""
+    bench = tmp_path / "bench"
+    cell = _cell(bench, "all_to_all_r0.1_s0", "all_to_all", 0.1, 0, asr=0.63, f1=0.80, flagged=8)
+    gains = [5.0] * 8 + [0.1] * 2 + [3.0] * 2 + [0.0] * 88  # 10 poisoned first: 8 high, 2 among the clean
+    ids = [f"s{i}" for i in range(len(gains))]
+    (cell / "report").mkdir()
+    pd.DataFrame({"id": ids, "status": "ok", "score_span": gains}).to_parquet(cell / "report" / "verdicts.parquet")
+    (cell / "data").mkdir()
+    (cell / "data" / "poison_ids.json").write_text(json.dumps({"poison_ids": ids[:10]}))
+    # top 8 -> F1 16/18; with the two clean at 3.0, 16/20; down to the two at 0.1, 20/22 = 0.91
+    row = _row(_grid("--bench", bench), "all_to_all", "10.0%")
+    assert "**short**: F1 0.80 < 0.95 (seed 0; the best cut of its gains, chosen with the labels: 0.91; " in row
+
+
 def test_a_folder_of_another_world_is_refused(tmp_path):
     bench = tmp_path / "bench"
     _cell(bench, "clean_s0", "clean", 0.0, 0, asr=0.0, f1=0.0, flagged=0, kind="clean")

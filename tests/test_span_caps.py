@@ -44,3 +44,11 @@ def test_caps_refit_the_stored_gains(tmp_path):
     assert row["caps"][8]["tp"] == 50 and row["caps"][8]["f1"] >= 0.95
     table = span_caps.markdown([row], [6, 8])
     assert table.splitlines()[2].startswith("| badnet_r0.01_s0 | 0.399 | 50 | 0 | 0 / 0.00 /")
+
+
+def test_best_cut_f1_is_the_highest_f1_of_any_cut():
+    score = np.array([9.0, 8.0, 7.0, 1.0, 0.5, 0.0])
+    poisoned = np.array([True, False, True, True, False, False])
+    # top 1: 2/4; top 3: 4/6; top 4: 6/7 -- the best
+    assert span_caps.best_cut_f1(score, poisoned) == 6 / 7
+    assert span_caps.best_cut_f1(score, np.zeros(6, bool)) is None
