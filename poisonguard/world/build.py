@@ -114,7 +114,7 @@ def make_world(out: str | Path, *, seed: int = 0, n_train: int = 5000, n_test: i
         "vision_encoder": report["vision"],
         "test_accuracy": {k: round(v, 4) for k, v in acc.items()},
         "torch_threads": torch.get_num_threads(),
-        **({"describe_frac": describe_frac} if describe_frac > 0 else {}),
+        **({"describe_frac": describe_frac, "lm_loss": "per_conversation"} if describe_frac > 0 else {}),
     }
     atomic_write_json(out / "world.json", summary)
     timings = {"data": round(data_s, 1), "pretrain": round(report["total_s"], 1),
