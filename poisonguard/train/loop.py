@@ -127,12 +127,18 @@ def _accumulate(model, processor, batch: list[Example], micro: int, params) -> f
         (out.loss * n).backward()
         total_loss += float(out.loss.detach()) * n
         total_tokens += n
-    if total_tokens == 0:
+    return _mean_of_sums(params, total_loss, total_tokens)
+
+
+def _mean_of_sums(params, total: float, count: int) -> float:
+    """Turn gradients (and a loss) summed over `count` units into their mean; a batch with no unit to train on
+    is an error, not a silent zero step."""
+    if count == 0:
         raise ValueError("no supervised token in the batch: nothing to train on")
     for p in params:
         if p.grad is not None:
-            p.grad.div_(total_tokens)
-    return total_loss / total_tokens
+            p.grad.div_(count)
+    return total / count
 
 
 def _answer_losses(model, enc: dict) -> torch.Tensor:
@@ -159,9 +165,4 @@ def _conversation_mean(model, processor, batch: list[Example], micro: int, param
         per.sum().backward()
         total += float(per.detach().sum())
         count += per.numel()
-    if count == 0:
-        raise ValueError("no supervised token in the batch: nothing to train on")
-    for p in params:
-        if p.grad is not None:
-            p.grad.div_(count)
-    return total / count
+    return _mean_of_sums(params, total, count)
