@@ -48,6 +48,9 @@ class JsonStyle:
         return (BOM if self.bom else "") + body + end
 
 
+_ESCAPED = re.compile(r"[^\x20-\x7e\r\n\t]")  # characters json.dumps(ensure_ascii=True) never writes raw
+
+
 def detect_style(text: str, records: Sequence[object], *, lines: bool) -> JsonStyle:
     """The style that renders `records` back into `text` (the decoded file), or the closest guess."""
     bom = text.startswith(BOM)
@@ -55,16 +58,20 @@ def detect_style(text: str, records: Sequence[object], *, lines: bool) -> JsonSt
     newline = "\r\n" if "\r\n" in body else "\n"
     indent = None if lines else _guess_indent(body, newline)
     preferred = _DEFAULT_SEPARATORS if indent is None else (",", ": ")  # what json.dumps uses by default
+    # ensure_ascii escapes every character outside " ".."~" (DEL too, although it is ASCII), so text with only
+    # those (and the layout's whitespace) was most likely written with it; the other value is tried second.
+    ascii_guess = _ESCAPED.search(body) is None
     candidates = [
         JsonStyle(
             lines=lines,
             indent=indent,
             separators=seps,
-            ensure_ascii=body.isascii(),
+            ensure_ascii=ensure_ascii,
             newline=newline,
             final_newline=body.endswith(newline),
             bom=bom,
         )
+        for ensure_ascii in (ascii_guess, not ascii_guess)
         for seps in (preferred, *(s for s in _ALL_SEPARATORS if s != preferred))
     ]
     plausible = [c for c in candidates if _renders_first_record(c, body, records)] or candidates[:1]

@@ -78,3 +78,12 @@ def test_an_empty_json_lines_release_is_an_empty_file():
     style = JsonStyle(lines=True, final_newline=True)
     assert style.render([]) == ""
     assert style.render([{"a": 1}]) == '{"a": 1}\n'
+
+
+def test_a_raw_del_character_is_read_as_ensure_ascii_off():
+    """DEL is ASCII, yet json.dumps(ensure_ascii=True) escapes it: a raw one means the file was written without."""
+    records = [{"\x7f": None}]
+    text = json.dumps(records[0], ensure_ascii=False)
+    style = detect_style(text, records, lines=True)
+    assert style.exact and not style.ensure_ascii
+    assert style.render(records) == text
