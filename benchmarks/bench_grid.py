@@ -38,6 +38,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from bench_collect import cells_folder
 from span_caps import best_cut_f1, cell_gains, gain_features
@@ -68,13 +69,9 @@ def goal_f1(rate: float) -> float:
     return GOAL_F1.get(round(rate, 6), GOAL_F1_DEFAULT)
 
 
-def refit_span(cell: Path, params: dict) -> dict | None:
-    """`span` with the current code and the cell's parameters on the cell's stored gains: P / R / F1 and count
-    flagged (None for a cell without stored gains)."""
-    got = cell_gains(cell)
-    if got is None:
-        return None
-    gain, poisoned = got  # (N,), (N,) bool
+def refit_span(gain: np.ndarray, poisoned: np.ndarray, params: dict) -> dict:
+    """`span` with the current code and the cell's parameters on the cell's stored gains (N,) and truth (N,):
+    P / R / F1 and count flagged."""
     flagged = AnswerSpanDetector(**params).detect(gain_features(gain)).flagged
     n, tp, pos = int(flagged.sum()), int((flagged & poisoned).sum()), int(poisoned.sum())
     return {"n_flagged": n, "precision": tp / n if n else 0.0, "recall": tp / pos if pos else 0.0,
@@ -101,15 +98,13 @@ def cell_rows(bench: Path, detector: str, refit_below: int | None = None) -> lis
         retrain, oracle = retrains.get(detector) or {}, retrains.get("oracle") or {}
         settings = res.get("screen_settings") or {}
         revision = (settings.get("revisions") or {}).get(detector, 1)
+        got = cell_gains(d) if detector == "span" else None  # (gain (N,), poisoned (N,)); None: no stored gains
         refit = None
-        if refit_below is not None and revision < refit_below:
+        if got is not None and refit_below is not None and revision < refit_below:
             params = (settings.get("effective_params") or {}).get(detector) or {}
-            refit = refit_span(d, params)
-            if refit is not None:
-                det, revision = {**det, **refit}, refit_below
-        ceiling = None
-        if detector == "span" and (got := cell_gains(d)) is not None:
-            ceiling = best_cut_f1(*got)
+            refit = refit_span(*got, params)
+            det, revision = {**det, **refit}, refit_below
+        ceiling = None if got is None else best_cut_f1(*got)
         rows.append({"source": bench.name, "cell": res["cell"], "kind": cell_kind(res), "attack": res["attack"],
                      "rate": float(res["rate"]), "seed": int(res["seed"]), "revision": int(revision),
                      "asr": after.get("asr"), "cp": after.get("cp"), "fit": after.get("poisoned_fit"),
