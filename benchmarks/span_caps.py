@@ -8,6 +8,7 @@ per cell and cap, samples flagged / poisoned among them / F1 and the fit's Ashma
 what the cell's screen flagged and its ASR.
 
     python benchmarks/span_caps.py --bench work/bench-breadth --caps 6,8,10,12 [--markdown]
+    python benchmarks/span_caps.py --bench work/bench-s8 --where [--only all_to_all_r0.1] [--markdown]
 """
 
 from __future__ import annotations
@@ -96,12 +97,63 @@ def markdown(table: list[dict], caps: list[int]) -> str:
     return "\n".join(lines)
 
 
+def where(cell: Path) -> dict | None:
+    """Where a cell's poisoned and clean gains lie, and which poisoned samples the current `span` (default
+    parameters) leaves unflagged: the figures that tell a shortfall of the signal from one of the cut. Per
+    target too, for attacks that record one per sample. None for a cell without stored gains or poison."""
+    got = cell_gains(cell)
+    if got is None or not got[1].any():
+        return None
+    gain, poisoned = got  # (N,), (N,) bool
+    flagged = AnswerSpanDetector().detect(gain_features(gain)).flagged  # (N,)
+    clean, missed = gain[~poisoned], gain[poisoned & ~flagged]
+    p99 = float(np.quantile(clean, 0.99))
+    out = {"cell": cell.name, "poisoned": int(poisoned.sum()), "poisoned_min": float(gain[poisoned].min()),
+           "poisoned_median": float(np.median(gain[poisoned])), "clean_p99": p99, "clean_max": float(clean.max()),
+           "missed": int(missed.size), "missed_median": float(np.median(missed)) if missed.size else None,
+           "missed_below_clean_p99": float((missed < p99).mean()) if missed.size else None, "by_target": {}}
+    truth = json.loads((cell / "data" / "poison_ids.json").read_text())
+    targets = truth.get("targets") if isinstance(truth, dict) else None
+    if targets:
+        ids = pd.read_parquet(cell / "report" / "verdicts.parquet", columns=["id", "status"])
+        ids = ids[ids["status"] == "ok"]["id"].to_numpy()  # the order of cell_gains
+        tgt = np.array([targets.get(i) for i in ids], dtype=object)
+        for t in sorted({x for x in tgt[poisoned] if x is not None}):
+            g = gain[poisoned & (tgt == t)]
+            out["by_target"][t] = {"n": int(g.size), "min": float(g.min()), "median": float(np.median(g))}
+    return out
+
+
+def _f(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def where_markdown(table: list[dict]) -> str:
+    head = ("| cell | poisoned | poisoned gain min / median | clean p99 / max | unflagged poisoned: n / median / "
+            "share below clean p99 | by target: n / min / median |")
+    lines = [head, "|---|---|---|---|---|---|"]
+    for r in table:
+        tg = "; ".join(f"{t} {v['n']} / {v['min']:.2f} / {v['median']:.2f}" for t, v in r["by_target"].items())
+        lines.append(f"| {r['cell']} | {r['poisoned']} | {_f(r['poisoned_min'])} / {_f(r['poisoned_median'])} | "
+                     f"{_f(r['clean_p99'])} / {_f(r['clean_max'])} | {r['missed']} / {_f(r['missed_median'])} / "
+                     f"{_f(r['missed_below_clean_p99'])} | {tg or '–'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bench", type=Path, default=Path("work/bench-breadth"))
     ap.add_argument("--caps", default="6,8,10,12", help="comma-separated k_max values")
     ap.add_argument("--markdown", action="store_true", help="a markdown table instead of JSON lines")
+    ap.add_argument("--where", action="store_true",
+                    help="where the poisoned and clean gains lie and what the current cut leaves (no caps)")
+    ap.add_argument("--only", default="", help="with --where: only the cells whose name contains this")
     a = ap.parse_args()
+    if a.where:
+        cells = [c for c in sorted(cells_folder(a.bench).iterdir()) if c.is_dir() and a.only in c.name]
+        table = [r for c in tqdm(cells, desc="cells", unit="cell") if (r := where(c)) is not None]
+        print(where_markdown(table) if a.markdown else "\n".join(json.dumps(r) for r in table))
+        return
     caps = [int(k) for k in a.caps.split(",")]
     table = rows(a.bench, caps, progress=True)
     print(markdown(table, caps) if a.markdown else "\n".join(json.dumps(r) for r in table))

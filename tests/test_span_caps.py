@@ -52,3 +52,25 @@ def test_best_cut_f1_is_the_highest_f1_of_any_cut():
     # top 1: 2/4; top 3: 4/6; top 4: 6/7 -- the best
     assert span_caps.best_cut_f1(score, poisoned) == 6 / 7
     assert span_caps.best_cut_f1(score, np.zeros(6, bool)) is None
+
+
+def test_where_tells_the_poisoned_gains_from_the_clean_per_target(tmp_path):
+    z = np.load(GAINS)
+    gain, poison = z["badnet_1pct_gain"].astype(np.float64), z["badnet_1pct_poison"]
+    _cell(tmp_path, "badnet_r0.01_s0", gain, poison, screened=0)
+    cell = tmp_path / "cells" / "badnet_r0.01_s0"
+    truth = json.loads((cell / "data" / "poison_ids.json").read_text())
+    ids = truth["poison_ids"]
+    truth["targets"] = {i: ("banana" if k % 2 else "red") for k, i in enumerate(ids)}
+    (cell / "data" / "poison_ids.json").write_text(json.dumps(truth))
+    r = span_caps.where(cell)
+    ok, p = gain[1:], poison[1:]  # sample 0 is quarantined
+    assert r["poisoned"] == int(p.sum()) == 50
+    assert r["poisoned_min"] == ok[p].min() and r["clean_max"] == ok[~p].max()
+    assert r["clean_p99"] == float(np.quantile(ok[~p], 0.99))
+    assert r["missed"] == 0 and r["missed_median"] is None  # the default k_max 8 flags all 50 (see above)
+    assert r["poisoned_median"] == float(np.median(ok[p]))
+    assert {t: v["n"] for t, v in r["by_target"].items()} == {"banana": 25, "red": 25}
+    assert span_caps.where_markdown([r]).splitlines()[2].startswith("| badnet_r0.01_s0 | 50 | ")
+    (tmp_path / "cells" / "clean_s0").mkdir()  # no stored gains
+    assert span_caps.where(tmp_path / "cells" / "clean_s0") is None
