@@ -8,6 +8,7 @@ per cell and cap, samples flagged / poisoned among them / F1 and the fit's Ashma
 what the cell's screen flagged and its ASR.
 
     python benchmarks/span_caps.py --bench work/bench-breadth --caps 6,8,10,12 [--markdown]
+    python benchmarks/span_caps.py --bench work/bench-s7 --caps 8,8g --markdown   # the default fit, the grown
     python benchmarks/span_caps.py --bench work/bench-s8 --where [--only all_to_all_r0.1] [--markdown]
 """
 
@@ -62,15 +63,28 @@ def gain_features(gain: np.ndarray) -> FeatureSet:
                       answer_logp_base=np.zeros((gain.size, 1)))
 
 
-def decide(gain: np.ndarray, poisoned: np.ndarray, k_max: int) -> dict:
-    """`span` fitted and scored on the stored gains."""
-    res = AnswerSpanDetector(k_max=k_max).detect(gain_features(gain))
+def _cap(cap: int | str) -> tuple[int, bool]:
+    """A cap of `--caps`: k_max, or k_max with a "g" for the grown fit (SpanParams.grow): 8 → (8, False),
+    "8g" → (8, True)."""
+    text = str(cap)
+    return int(text.removesuffix("g")), text.endswith("g")
+
+
+def _cap_label(cap: int | str) -> str:
+    k, grow = _cap(cap)
+    return f"k_max {k}" + (", grown" if grow else "")
+
+
+def decide(gain: np.ndarray, poisoned: np.ndarray, cap: int | str) -> dict:
+    """`span` fitted and scored on the stored gains, with the cap's k_max (and the grown fit for "Kg")."""
+    k_max, grow = _cap(cap)
+    res = AnswerSpanDetector(k_max=k_max, grow=grow).detect(gain_features(gain))
     n, tp = int(res.flagged.sum()), int((res.flagged & poisoned).sum())
     return {"flagged": n, "tp": tp, "f1": 2 * tp / max(n + int(poisoned.sum()), 1), "k": res.report["k"],
             "ashman_d": res.report["ashman_d"], "valley": res.report["valley"]}
 
 
-def rows(bench: Path, caps: list[int], progress: bool = False) -> list[dict]:
+def rows(bench: Path, caps: list[int | str], progress: bool = False) -> list[dict]:
     """One row per screened cell (a few seconds of mixture fits per cell and cap; a bar on stderr if asked)."""
     out = []
     cells = sorted(cells_folder(bench).iterdir())
@@ -85,8 +99,8 @@ def rows(bench: Path, caps: list[int], progress: bool = False) -> list[dict]:
     return out
 
 
-def markdown(table: list[dict], caps: list[int]) -> str:
-    head = "| cell | ASR | poisoned | screened | " + " | ".join(f"k_max {k}: flagged / F1 / D / valley"
+def markdown(table: list[dict], caps: list[int | str]) -> str:
+    head = "| cell | ASR | poisoned | screened | " + " | ".join(f"{_cap_label(k)}: flagged / F1 / D / valley"
                                                                for k in caps) + " |"
     lines = [head, "|" + "---|" * (4 + len(caps))]
     for r in table:
@@ -143,7 +157,8 @@ def where_markdown(table: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bench", type=Path, default=Path("work/bench-breadth"))
-    ap.add_argument("--caps", default="6,8,10,12", help="comma-separated k_max values")
+    ap.add_argument("--caps", default="6,8,10,12",
+                    help='comma-separated k_max values; "8g": k_max 8 with the grown fit (SpanParams.grow)')
     ap.add_argument("--markdown", action="store_true", help="a markdown table instead of JSON lines")
     ap.add_argument("--where", action="store_true",
                     help="where the poisoned and clean gains lie and what the current cut leaves (no caps)")
@@ -154,7 +169,9 @@ def main() -> None:
         table = [r for c in tqdm(cells, desc="cells", unit="cell") if (r := where(c)) is not None]
         print(where_markdown(table) if a.markdown else "\n".join(json.dumps(r) for r in table))
         return
-    caps = [int(k) for k in a.caps.split(",")]
+    caps: list[int | str] = [k if k.endswith("g") else int(k) for k in a.caps.split(",")]
+    for k in caps:
+        _cap(k)  # a malformed cap fails here, before any fit
     table = rows(a.bench, caps, progress=True)
     print(markdown(table, caps) if a.markdown else "\n".join(json.dumps(r) for r in table))
 

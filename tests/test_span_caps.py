@@ -74,3 +74,15 @@ def test_where_tells_the_poisoned_gains_from_the_clean_per_target(tmp_path):
     assert span_caps.where_markdown([r]).splitlines()[2].startswith("| badnet_r0.01_s0 | 50 | ")
     (tmp_path / "cells" / "clean_s0").mkdir()  # no stored gains
     assert span_caps.where(tmp_path / "cells" / "clean_s0") is None
+
+
+def test_a_grown_cap_refits_with_split_starts(tmp_path):
+    """"8g" decides with SpanParams(grow=True): on the recorded substitution cell it flags the 64 poisoned
+    samples alone, where the default fit also takes the clean tail."""
+    z = np.load(GAINS)
+    gain, poison = z["substitute_describe_gain"].astype(np.float64), z["substitute_describe_poison"]
+    _cell(tmp_path, "substitute_r0.05_s0", gain, poison, screened=93)
+    [row] = span_caps.rows(tmp_path, [8, "8g"])
+    assert row["caps"][8]["tp"] == 64 and row["caps"][8]["flagged"] > 64
+    assert row["caps"]["8g"]["tp"] == row["caps"]["8g"]["flagged"] == 64
+    assert "k_max 8, grown: flagged" in span_caps.markdown([row], [8, "8g"]).splitlines()[0]

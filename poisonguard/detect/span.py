@@ -64,7 +64,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from poisonguard.detect.base import DetectionResult, Detector, check_float, check_int
+from poisonguard.detect.base import DetectionResult, Detector, check_bool, check_float, check_int
 from poisonguard.detect.features import FeatureSet
 from poisonguard.detect.gmm import fit_gmm_1d
 from poisonguard.detect.profile import mixture_from_state, mixture_state
@@ -84,6 +84,8 @@ class SpanParams:
     n_init: int = 8  # EM restarts: an optimiser setting (the likelihood picks the restart); 2 missed a 45-sample
     #                  mode on 2 of 3 demo-world subsamples at 1 % (a worse local optimum), 8 found it
     seed: int = 0
+    grow: bool = False  # also start each K from the K − 1 fit with a component split (fit_gmm_1d(grow=True)):
+    #                     higher likelihoods; off by default, as it moves the cut on controls (docs/detectors.md)
 
     def __post_init__(self) -> None:
         check_float("min_gain", self.min_gain, 0.0, open_lo=True)
@@ -94,6 +96,7 @@ class SpanParams:
         check_float("max_valley", self.max_valley, 0.0, 1.0)
         check_int("n_init", self.n_init, 1)
         check_int("seed", self.seed, 0)
+        check_bool("grow", self.grow)
 
 
 def answer_gain(logp: np.ndarray, logp_base: np.ndarray) -> dict[str, np.ndarray]:
@@ -129,7 +132,7 @@ class AnswerSpanDetector(Detector):
             return self
         xm = x[moved]  # (n_moved,)
         ks = tuple(range(1, min(p.k_max, xm.size) + 1))
-        fit = fit_gmm_1d(xm[:, None], ks=ks, n_init=p.n_init, seed=p.seed)
+        fit = fit_gmm_1d(xm[:, None], ks=ks, n_init=p.n_init, seed=p.seed, grow=p.grow)
         k = int(fit.k_star("bic")[0])
         params = fit.at(k)  # (1, Kmax), components sorted by mean
         split, d, peels, valleys = _peel(params, k, p.min_ashman_d, p.max_weight, p.max_valley)

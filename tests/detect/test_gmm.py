@@ -182,3 +182,28 @@ def test_cuda_without_a_gpu_is_a_clear_error(data):
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="CUDA is not available"):
         fit_gmm_1d(data, device="cuda")
+
+
+def test_grow_finds_a_small_mode_that_random_starts_merge_with_a_sparse_tail():
+    """A dense bulk over decades (the moved answer gains of a screen) takes the restarts' components; a sparse
+    tail (36 samples at 1.2-5) and a separated 64-sample mode (around 12) then share one wide component at
+    every K. Starting K from the K - 1 fit with a component split isolates the mode, with a higher likelihood."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.abs(rng.normal(0.002, 0.001, 1400)), rng.normal(0.01, 0.004, 500).clip(1e-3),
+                        rng.normal(0.3, 0.25, 500).clip(1e-3), rng.uniform(1.2, 5, 36), rng.normal(12, 1, 64)])
+    plain = fit_gmm_1d(x, range(1, 9), n_init=8)
+    grown = fit_gmm_1d(x, range(1, 9), n_init=8, grow=True)
+    assert np.all(grown.loglik[0] >= plain.loglik[0] - 1e-6)
+    for fit, isolated in ((plain, False), (grown, True)):
+        p = fit.select("bic")
+        k = int(p.k[0])
+        top = (p.means[0, k - 1], np.sqrt(p.variances[0, k - 1]), p.weights[0, k - 1] * x.size)
+        assert (abs(top[0] - 12) < 0.5 and top[1] < 1.5 and abs(top[2] - 64) < 3) == isolated, top
+
+
+def test_grow_is_a_no_op_without_the_previous_k():
+    """Only a K whose K - 1 was fitted gets split starts; alone it fits as without."""
+    x = np.concatenate([np.random.default_rng(1).normal(0, 1, 300), np.random.default_rng(2).normal(6, 1, 100)])
+    a, b = fit_gmm_1d(x, (3,), seed=4), fit_gmm_1d(x, (3,), seed=4, grow=True)
+    np.testing.assert_array_equal(a.means, b.means)
+    np.testing.assert_array_equal(a.loglik, b.loglik)

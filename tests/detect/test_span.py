@@ -130,8 +130,9 @@ GAINS = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" /
 def _recorded(name: str) -> tuple[FeatureSet, np.ndarray]:
     """Max answer gains recorded on the world's bench cells (world seed 0, 5,000 samples, 2026-12-05: Dual-Key
     5 %, Blend 5 %, the clean fine-tune, BadNet 1 %, syntactic 0.5 %, all bench seed 0; two-target 5 % + 5 % of
-    bench seed 2; 2026-12-06: two-target 10 % + 10 % and all-to-all 10 % of bench seed 1), as one-token answers so
-    that the gain is the stored max."""
+    bench seed 2; 2026-12-06: two-target 10 % + 10 % and all-to-all 10 % of bench seed 1, the image-injection
+    no-relabel control of bench seed 1, and concept substitution 5 % on world seed 0 with describe questions), as
+    one-token answers so that the gain is the stored max."""
     z = np.load(GAINS)
     gain, poison = z[f"{name}_gain"].astype(np.float64), z[f"{name}_poison"]
     ids = np.array([f"s{i}" for i in range(gain.size)])
@@ -272,3 +273,21 @@ def test_the_split_is_unchanged_where_the_deepest_step_has_a_gap():
         params, _ = mixture_from_state(f["mixture"], det.params.k_max)
         deepest = _peel(params, f["k"], 2.0, 0.5)[0]  # max_valley 1: every step counts as gapped
         assert f["split"] == deepest and f["accepted"], name
+
+
+def test_recorded_substitution_needs_the_grown_fit_and_the_grown_fit_breaks_a_control():
+    """Concept substitution on the describe world: 64 poisoned samples at 8.9-15 nats above a clean tail up to
+    4.9. The default fit keeps one wide component over both, so clean samples of the tail are flagged too; the
+    grown fit (each K started from the K - 1 fit split) isolates the mode. It is not the default because on a
+    no-relabel control whose default fit is silent it finds a small top group behind a valley just under the
+    cut (docs/detectors.md, `grow`)."""
+    fs, poison = _recorded("substitute_describe")
+    default = AnswerSpanDetector().detect(fs)
+    assert (default.flagged & poison).sum() == poison.sum() == 64
+    assert (default.flagged & ~poison).sum() >= 25  # the clean tail inside the wide component
+    grown = AnswerSpanDetector(grow=True).detect(fs)
+    assert grown.flagged.sum() == (grown.flagged & poison).sum() == 64
+    control, _ = _recorded("inject_image_norelabel_s1")
+    assert not AnswerSpanDetector().detect(control).flagged.any()
+    price = AnswerSpanDetector(grow=True).detect(control)
+    assert price.report["accepted"] and 0 < price.flagged.sum() <= 10
