@@ -320,7 +320,11 @@ def _log_lik(feats: torch.Tensor, w: torch.Tensor, mu: torch.Tensor, var: torch.
 
 
 def _exact_log_lik(
-    z: torch.Tensor, w: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, step_elements: int = _EXACT_STEP_ELEMENTS
+    z: torch.Tensor,
+    w: torch.Tensor,
+    mu: torch.Tensor,
+    var: torch.Tensor,
+    step_elements: int = _EXACT_STEP_ELEMENTS,
 ) -> torch.Tensor:
     """(C,) total log-likelihood of raw samples z (C, N), in float32 chunks of the direct form
     −(x − μ)²/(2σ²) (stable where the quadratic form [1, x, x²]·c would cancel), summed in float64."""
@@ -479,11 +483,13 @@ def _split_starts(w: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> list[
     for j in range(w.shape[1]):
         keep = torch.arange(w.shape[1]) != j
         sd = var[:, j : j + 1].sqrt()  # (C, 1)
-        starts.append((
-            torch.cat((w[:, keep], w[:, j : j + 1].expand(-1, 2) / 2), 1),  # (C, K)
-            torch.cat((mu[:, keep], mu[:, j : j + 1] - half * sd, mu[:, j : j + 1] + half * sd), 1),
-            torch.cat((var[:, keep], var[:, j : j + 1].expand(-1, 2) * (1 - half * half)), 1),
-        ))
+        starts.append(
+            (
+                torch.cat((w[:, keep], w[:, j : j + 1].expand(-1, 2) / 2), 1),  # (C, K)
+                torch.cat((mu[:, keep], mu[:, j : j + 1] - half * sd, mu[:, j : j + 1] + half * sd), 1),
+                torch.cat((var[:, keep], var[:, j : j + 1].expand(-1, 2) * (1 - half * half)), 1),
+            )
+        )
     return starts
 
 
@@ -576,8 +582,16 @@ def _fit_k(
         1, block_group // (p * k * (n_init + len(grown)))
     )  # columns per compressed-EM batch, with restarts
     fits = [
-        _fit_blocks(data, slice(s, min(m, s + group)), k, uniforms, n_init, max_iter, tol,
-                    [tuple(t[s : s + group] for t in st) for st in grown])
+        _fit_blocks(
+            data,
+            slice(s, min(m, s + group)),
+            k,
+            uniforms,
+            n_init,
+            max_iter,
+            tol,
+            [tuple(t[s : s + group] for t in st) for st in grown],
+        )
         for s in range(0, m, group)
     ]
     w, mu, var, it, conv = (torch.cat([f[i] for f in fits]) for i in range(5))
