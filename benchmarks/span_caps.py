@@ -8,7 +8,7 @@ per cell and cap, samples flagged / poisoned among them / F1 and the fit's Ashma
 what the cell's screen flagged and its ASR.
 
     python benchmarks/span_caps.py --bench work/bench-breadth --caps 6,8,10,12 [--markdown]
-    python benchmarks/span_caps.py --bench work/bench-s7 --caps 8,8g --markdown   # the default fit, the grown
+    python benchmarks/span_caps.py --bench work/bench-s7 --caps 8,8g --changed --markdown  # default vs grown fit
     python benchmarks/span_caps.py --bench work/bench-s8 --where [--only all_to_all_r0.1] [--markdown]
 """
 
@@ -99,6 +99,11 @@ def rows(bench: Path, caps: list[int | str], progress: bool = False) -> list[dic
     return out
 
 
+def changed(table: list[dict]) -> list[dict]:
+    """The rows whose caps flag different samples (a different count flagged or poisoned among them)."""
+    return [r for r in table if len({(c["flagged"], c["tp"]) for c in r["caps"].values()}) > 1]
+
+
 def markdown(table: list[dict], caps: list[int | str]) -> str:
     head = "| cell | ASR | poisoned | screened | " + " | ".join(f"{_cap_label(k)}: flagged / F1 / D / valley"
                                                                for k in caps) + " |"
@@ -163,6 +168,8 @@ def main() -> None:
     ap.add_argument("--where", action="store_true",
                     help="where the poisoned and clean gains lie and what the current cut leaves (no caps)")
     ap.add_argument("--only", default="", help="with --where: only the cells whose name contains this")
+    ap.add_argument("--changed", action="store_true",
+                    help="only the cells where the caps flag different samples (counts flagged or poisoned differ)")
     a = ap.parse_args()
     if a.where:
         cells = [c for c in sorted(cells_folder(a.bench).iterdir()) if c.is_dir() and a.only in c.name]
@@ -173,6 +180,8 @@ def main() -> None:
     for k in caps:
         _cap(k)  # a malformed cap fails here, before any fit
     table = rows(a.bench, caps, progress=True)
+    if a.changed:
+        table = changed(table)
     print(markdown(table, caps) if a.markdown else "\n".join(json.dumps(r) for r in table))
 
 

@@ -86,3 +86,5 @@ def test_a_grown_cap_refits_with_split_starts(tmp_path):
     assert row["caps"][8]["tp"] == 64 and row["caps"][8]["flagged"] > 64
     assert row["caps"]["8g"]["tp"] == row["caps"]["8g"]["flagged"] == 64
     assert "k_max 8, grown: flagged" in span_caps.markdown([row], [8, "8g"]).splitlines()[0]
+    assert span_caps.changed([row]) == [row]
+    assert span_caps.changed(span_caps.rows(tmp_path, [8, 10])) == []  # 8 and 10 decide alike here
