@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from poisonguard.detect import FeatureSet, load_detector
+from poisonguard.detect.gmm import fit_gmm_1d
 from poisonguard.detect.profile import mixture_from_state
 from poisonguard.detect.span import AnswerSpanDetector, answer_gain
 
@@ -287,6 +288,9 @@ def test_recorded_substitution_needs_the_grown_fit_and_the_grown_fit_breaks_a_co
     assert (default.flagged & ~poison).sum() >= 25  # the clean tail inside the wide component
     grown = AnswerSpanDetector(grow=True).detect(fs)
     assert grown.flagged.sum() == (grown.flagged & poison).sum() == 64
+    moved = fs.answer_logp[:, 0][fs.answer_logp[:, 0] > 1e-3][:, None]  # (2611, 1): what span fits
+    plain, up = (fit_gmm_1d(moved, range(1, 9), n_init=8, grow=g).loglik[0] for g in (False, True))
+    assert up[6] - plain[6] > 190  # K = 7: the default fit is a worse optimum (193 nats, docs/detectors.md)
     control, _ = _recorded("inject_image_norelabel_s1")
     assert not AnswerSpanDetector().detect(control).flagged.any()
     price = AnswerSpanDetector(grow=True).detect(control)
