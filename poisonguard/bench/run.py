@@ -272,20 +272,51 @@ def world_identity(world: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def base_model_sha256(world: Path) -> str | None:
+    """sha256 over the base model's weight files (sorted by name), or None without them. The world's identity
+    alone does not pin the weights: the same recipe, pins and thread count rebuilt a base model with other
+    bytes (and another clean accuracy) on another host, so the folder records the bytes its cells started from."""
+    files = sorted((Path(world) / "base_model").glob("*.safetensors"))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _host() -> dict:
+    """Where the folder's base model was first read: torch's version and the CPU kernels it picked."""
+    import torch
+
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads()}
+
+
 def _check_world(cfg: BenchConfig) -> None:
     """One output folder holds the cells of one world: cells fine-tuned from two base models would land in one
     table, and a resumed run would silently reuse the other world's cells. OUT/world.json records the world's
-    identity on the first run (folders written before it was recorded adopt the world they are resumed with)."""
+    identity and its base model's bytes on the first run (folders written before either was recorded adopt the
+    world they are resumed with)."""
     path = Path(cfg.out) / "world.json"
     want = world_identity(cfg.world)
+    sha = base_model_sha256(cfg.world)
     if path.exists():
-        have = json.loads(path.read_text())["world"]
+        rec = json.loads(path.read_text())
+        have = rec["world"]
         if have != want:
             seeds = [(w or {}).get("seed") for w in (have, want)]
+            differ = sorted(k for k in set(have or {}) | set(want or {}) if (have or {}).get(k) != (want or {}).get(k))
             raise ValueError(f"{cfg.out} holds a benchmark of another world (world seed {seeds[0]}, this one "
-                             f"{seeds[1]}: {cfg.world}); use another --out")
+                             f"{seeds[1]}: {cfg.world}; differs in {', '.join(differ)}); use another --out")
+        if rec.get("base_model_sha256") not in (None, sha):
+            raise ValueError(f"{cfg.out} holds a benchmark of another build of this world: its base model's bytes "
+                             f"differ (sha256 {rec['base_model_sha256'][:12]}, this one {str(sha)[:12]}; the "
+                             f"folder's first run: {rec.get('host')}); use another --out")
     else:
-        _write_json(path, {"path": str(cfg.world), "world": want})
+        _write_json(path, {"path": str(cfg.world), "world": want, "base_model_sha256": sha, "host": _host()})
 
 
 def _load_result(path: Path, cfg: BenchConfig, name: str) -> dict | None:

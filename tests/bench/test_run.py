@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from poisonguard.bench.run import base_model_sha256
 from poisonguard.cli import app
 
 runner = CliRunner()
@@ -152,7 +153,27 @@ def test_another_world_in_the_same_folder_is_refused(quick_run, tiny_world, tmp_
     at = args.index("--world") + 1
     r = runner.invoke(app, [*args[:at], str(other), *args[at + 1:]])
     assert r.exit_code == 2
-    assert "another world (world seed 3, this one 4" in r.output
+    assert "another world (world seed 3, this one 4" in r.output and "differs in seed" in r.output
+
+
+def test_another_build_of_the_same_world_is_refused(quick_run, tiny_world, tmp_path):
+    """Same world.json, other base-model bytes (a rebuild on another host): the folder's cells started from other
+    weights, so resuming into it is refused and the message names the recorded hash and host."""
+    import shutil
+
+    tmp, args, _, _ = quick_run
+    world, _ = tiny_world
+    rec = json.loads((tmp / "out" / "world.json").read_text())
+    assert rec["base_model_sha256"] == base_model_sha256(world) and len(rec["base_model_sha256"]) == 64
+    assert set(rec["host"]) == {"torch", "cpu_capability", "threads"}
+    other = tmp_path / "rebuilt_world"
+    shutil.copytree(world, other)
+    weights = min((other / "base_model").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes() + b" ")  # other bytes; never loaded: the check comes first
+    at = args.index("--world") + 1
+    r = runner.invoke(app, [*args[:at], str(other), *args[at + 1:]])
+    assert r.exit_code == 2
+    assert "another build of this world" in r.output and rec["base_model_sha256"][:12] in r.output
 
 
 def test_unknown_attack_is_a_readable_error(tmp_path):
