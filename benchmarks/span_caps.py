@@ -176,9 +176,10 @@ def main() -> None:
         table = [r for c in tqdm(cells, desc="cells", unit="cell") if (r := where(c)) is not None]
         print(where_markdown(table) if a.markdown else "\n".join(json.dumps(r) for r in table))
         return
-    caps: list[int | str] = [k if k.endswith("g") else int(k) if k.isdigit() else k for k in a.caps.split(",")]
-    if bad := [k for k in caps if not str(k).removesuffix("g").isdigit()]:
-        ap.error(f"--caps: {', '.join(map(str, bad))} is not a k_max (an integer, or one with a 'g': 8g)")
+    given = a.caps.split(",")
+    if bad := [k for k in given if not k.removesuffix("g").isdigit()]:
+        ap.error(f"--caps: {', '.join(bad)} is not a k_max (an integer, or one with a 'g': 8g)")
+    caps: list[int | str] = [k if k.endswith("g") else int(k) for k in given]
     table = rows(a.bench, caps, progress=True)
     if a.changed:
         table = changed(table)

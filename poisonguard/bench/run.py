@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from poisonguard.attacks.files import poison_file, read_poison_ids
 from poisonguard.atomic import atomic_write_json
+from poisonguard.attacks.files import poison_file, read_poison_ids
 from poisonguard.bench.tables import cell_kind, markdown_tables
 from poisonguard.detect.registry import make_detectors
+from poisonguard.gate.report import file_sha256
 from poisonguard.pipeline.config import PipelineConfig
 from poisonguard.pipeline.finetuning import finetune
 from poisonguard.pipeline.screen import run_screen
@@ -272,19 +273,11 @@ def world_identity(world: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def base_model_sha256(world: Path) -> str | None:
-    """sha256 over the base model's weight files (sorted by name), or None without them. The world's identity
-    alone does not pin the weights: the same recipe, pins and thread count rebuilt a base model with other
-    bytes (and another clean accuracy) on another host, so the folder records the bytes its cells started from."""
-    files = sorted((Path(world) / "base_model").glob("*.safetensors"))
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+def base_model_sha256(world: Path) -> dict[str, str]:
+    """{weight file: sha256} of the base model (empty without one). The world's identity alone does not pin the
+    weights: the same recipe, pins and thread count rebuilt a base model with other bytes (and another clean
+    accuracy) on another host, so the folder records the bytes its cells started from."""
+    return {f.name: file_sha256(f) for f in sorted((Path(world) / "base_model").glob("*.safetensors"))}
 
 
 def _host() -> dict:
@@ -311,10 +304,12 @@ def _check_world(cfg: BenchConfig) -> None:
             differ = sorted(k for k in set(have or {}) | set(want or {}) if (have or {}).get(k) != (want or {}).get(k))
             raise ValueError(f"{cfg.out} holds a benchmark of another world (world seed {seeds[0]}, this one "
                              f"{seeds[1]}: {cfg.world}; differs in {', '.join(differ)}); use another --out")
-        if rec.get("base_model_sha256") not in (None, sha):
-            raise ValueError(f"{cfg.out} holds a benchmark of another build of this world: its base model's bytes "
-                             f"differ (sha256 {rec['base_model_sha256'][:12]}, this one {str(sha)[:12]}; the "
-                             f"folder's first run: {rec.get('host')}); use another --out")
+        recorded = rec.get("base_model_sha256")
+        if recorded is not None and recorded != sha:
+            name = min(n for n in set(recorded) | set(sha) if recorded.get(n) != sha.get(n))
+            raise ValueError(f"{cfg.out} holds a benchmark of another build of this world: its base model's {name} "
+                             f"differs (sha256 {str(recorded.get(name))[:12]}, this one {str(sha.get(name))[:12]}; "
+                             f"the folder's first run: {rec.get('host')}); use another --out")
     else:
         _write_json(path, {"path": str(cfg.world), "world": want, "base_model_sha256": sha, "host": _host()})
 

@@ -5,6 +5,7 @@ nothing -- the test checks the machinery and the bookkeeping."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -14,7 +15,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from poisonguard.bench.run import base_model_sha256
 from poisonguard.cli import app
 
 runner = CliRunner()
@@ -164,16 +164,19 @@ def test_another_build_of_the_same_world_is_refused(quick_run, tiny_world, tmp_p
     tmp, args, _, _ = quick_run
     world, _ = tiny_world
     rec = json.loads((tmp / "out" / "world.json").read_text())
-    assert rec["base_model_sha256"] == base_model_sha256(world) and len(rec["base_model_sha256"]) == 64
+    weights = min((Path(world) / "base_model").glob("*.safetensors"))
+    recorded = hashlib.sha256(weights.read_bytes()).hexdigest()  # what `sha256sum` prints for the file
+    assert rec["base_model_sha256"] == {weights.name: recorded}
     assert set(rec["host"]) == {"torch", "cpu_capability", "threads"}
     other = tmp_path / "rebuilt_world"
     shutil.copytree(world, other)
-    weights = min((other / "base_model").glob("*.safetensors"))
-    weights.write_bytes(weights.read_bytes() + b" ")  # other bytes; never loaded: the check comes first
+    rebuilt = other / "base_model" / weights.name
+    rebuilt.write_bytes(rebuilt.read_bytes() + b" ")  # other bytes; never loaded: the check comes first
     at = args.index("--world") + 1
     r = runner.invoke(app, [*args[:at], str(other), *args[at + 1:]])
     assert r.exit_code == 2
-    assert "another build of this world" in r.output and rec["base_model_sha256"][:12] in r.output
+    assert f"another build of this world: its base model's {weights.name} differs" in r.output
+    assert recorded[:12] in r.output
 
 
 def test_unknown_attack_is_a_readable_error(tmp_path):
