@@ -50,9 +50,13 @@ def _runtime_options(device, dtype, max_pixels, min_pixels, pad_to_square, compi
 
 def _setup_threads(runtime=None) -> None:
     """Torch threads on the CPU: `PG_THREADS` if set, else at most 2 (the reference machines have 2 cores;
-    more threads than cores make a tiny model slower, not faster). Left alone on a GPU."""
-    from poisonguard.runtime import set_threads
+    more threads than cores make a tiny model slower, not faster), and the CPU kernels pinned to AVX2 so the
+    bytes a command writes do not depend on the host's vector unit (`PG_CPU_KERNELS=native` opts out). Left
+    alone on a GPU."""
+    from poisonguard.runtime import pin_cpu_kernels, set_threads
 
+    if runtime is None or runtime.device.type == "cpu":
+        pin_cpu_kernels()
     set_threads(runtime)
 
 

@@ -2,7 +2,8 @@
 
 Each script runs exactly one pipeline stage function (`poisonguard.pipeline.*`) with the config of its own
 params.yaml section, writing where `Layout.dvc(WORK)` says; `poisonguard screen` runs the same functions in
-one process. Nothing here imports poisonguard: a stage's DVC deps are the code its own imports reach.
+one process. Only `poisonguard.runtime` is imported here (every stage pins its CPU kernels): a stage's DVC
+deps are the code its imports reach.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ PARAMS = Path("params.yaml")
 
 import torch  # noqa: E402
 
+from poisonguard.runtime import pin_cpu_kernels  # noqa: E402
+
+pin_cpu_kernels()  # before the first tensor operation: one recipe gives the same bytes on every x86-64 host
 torch.set_num_threads(int(os.environ.get("PG_THREADS", "2")))
 
 DATA = WORK / "poisoned" / "train.json"  # the demo drop; point this at a customer's file in production

@@ -21,6 +21,11 @@ os.environ.setdefault("PG_GX_ROOT", os.path.join(tempfile.mkdtemp(prefix="pg-gx-
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from poisonguard.runtime import pin_cpu_kernels  # noqa: E402
+
+# the CPU kernels every command and stage pins, before this process runs its first tensor operation
+pin_cpu_kernels()
+
 # one thread per test worker when the suite runs on several (infra/test.sh), two otherwise
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 

@@ -1,12 +1,27 @@
-"""Runtime settings: parsing `--device` / `--dtype`, moving batches to a model, NumPy reads, thread caps."""
+"""Runtime settings: parsing `--device` / `--dtype`, moving batches to a model, NumPy reads, thread caps, and
+the CPU kernels pinned for host-independent bytes."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from poisonguard.runtime import CPU_FP32, Runtime, resolve_runtime, set_threads, to_device, to_numpy
+from poisonguard.runtime import (
+    CPU_FP32,
+    CPU_KERNEL_PINS,
+    Runtime,
+    _has_avx2,
+    cpu_kernels,
+    resolve_runtime,
+    set_threads,
+    to_device,
+    to_numpy,
+)
 
 
 def test_auto_is_cpu_fp32_without_a_gpu():
@@ -109,3 +124,51 @@ def test_compile_flag_reaches_the_runtime(command, monkeypatch):
         seen.clear()
         CliRunner().invoke(cli.app, [command, *args, *flag])
         assert seen == [want], (command, flag, seen)
+
+
+# ---------------------------------------------------------------------------------------- CPU kernel pins
+# The kernels are chosen once per process, at its first tensor operation: each case runs in a fresh one.
+_PIN_VARS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "PG_CPU_KERNELS")
+_needs_avx2 = pytest.mark.skipif(not _has_avx2(), reason="pins apply on x86-64 CPUs with AVX2 only")
+
+
+def _fresh(code: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in _PIN_VARS}
+    prog = "import torch\nfrom poisonguard.runtime import pin_cpu_kernels\n" + code
+    return subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", prog], env={**clean, **env},
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@_needs_avx2
+def test_pins_make_torch_mkl_and_onednn_run_their_avx2_code():
+    out = _fresh("print(pin_cpu_kernels()); print(torch.backends.cpu.get_cpu_capability())")
+    assert out.returncode == 0, out.stderr
+    pins, chosen = out.stdout.splitlines()
+    assert pins == str(CPU_KERNEL_PINS) and chosen == "AVX2"
+
+
+@_needs_avx2
+def test_native_opts_out_and_a_variable_the_user_set_wins():
+    out = _fresh("import os; print(pin_cpu_kernels(), os.environ.get('MKL_CBWR'))", PG_CPU_KERNELS="native")
+    assert out.stdout.split() == ["{}", "None"], out.stderr
+    out = _fresh("p = pin_cpu_kernels(); print(p['ATEN_CPU_CAPABILITY'], torch.backends.cpu.get_cpu_capability())",
+                 ATEN_CPU_CAPABILITY="default")
+    assert out.stdout.split() == ["default", "DEFAULT"], out.stderr
+    out = _fresh("pin_cpu_kernels()", PG_CPU_KERNELS="avx512")
+    assert out.returncode != 0 and "PG_CPU_KERNELS must be avx2 (the default) or native, got 'avx512'" in out.stderr
+
+
+@_needs_avx2
+def test_a_pin_after_the_first_tensor_operation_is_a_warning():
+    """Too late to take effect: the process says so instead of recording kernels it does not run."""
+    out = _fresh("torch.ones(8).sum()\npin_cpu_kernels()")
+    if "AVX2" in _fresh("torch.ones(8).sum(); print(torch.backends.cpu.get_cpu_capability())").stdout:
+        pytest.skip("this CPU's own choice is AVX2: a late pin changes nothing")
+    assert out.returncode != 0 and "before they could be pinned to avx2" in out.stderr
+
+
+def test_cpu_kernels_records_what_the_process_runs():
+    rec = cpu_kernels()
+    assert rec["torch"] == torch.__version__ and rec["threads"] == torch.get_num_threads()
+    assert rec["aten"] == torch.backends.cpu.get_cpu_capability()
+    assert rec["mkl_cbwr"] == os.environ.get("MKL_CBWR")

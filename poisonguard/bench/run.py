@@ -281,11 +281,10 @@ def base_model_sha256(world: Path) -> dict[str, str]:
 
 
 def _host() -> dict:
-    """Where the folder's base model was first read: torch's version and the CPU kernels it picked."""
-    import torch
+    """Where the folder's base model was first read: torch's version, the CPU kernels and the threads."""
+    from poisonguard.runtime import cpu_kernels
 
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads()}
+    return cpu_kernels()
 
 
 def _check_world(cfg: BenchConfig) -> None:

@@ -7,7 +7,9 @@ Layout of OUT:
     world.json              seed, sizes, model config, clean test accuracy per question type
 
 world.json holds no timings: the folder is a cached DVC output and must be byte-identical whenever the same
-seed and thread count rebuild it (the timings are in `make_world`'s return value, for a metrics file).
+seed, thread count and CPU kernels rebuild it (the timings are in `make_world`'s return value, for a metrics
+file). The kernels are pinned to AVX2 by every command and stage (`runtime.pin_cpu_kernels`), so the bytes do
+not depend on the host's vector unit; world.json records the kernels and threads that made them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from poisonguard.atomic import atomic_write_json
 from poisonguard.params import build
+from poisonguard.runtime import cpu_kernels
 from poisonguard.world.model import WorldModelConfig, build_model
 from poisonguard.world.pretrain import PretrainConfig, pretrain
 from poisonguard.world.questions import DESCRIBE, QUESTION_TYPES, ask
@@ -66,7 +69,7 @@ def world_configs(section: dict, *, seed: int) -> tuple[WorldModelConfig, Pretra
 def make_world(out: str | Path, *, seed: int = 0, n_train: int = 5000, n_test: int = 1000,
                model_cfg: WorldModelConfig = WorldModelConfig(), pretrain_cfg: PretrainConfig | None = None,
                describe_frac: float = 0.0, show_progress: bool = True, log=print) -> dict:
-    """Generate data and pretrain the base model. Same seed and thread count -> identical files.
+    """Generate data and pretrain the base model. Same seed, thread count and CPU kernels -> identical files.
 
     `describe_frac`: share of sentence-long describe questions in the data and in pretraining (0: none, and
     every file byte-identical to a world built before that type existed; world.json names it only when > 0).
@@ -114,6 +117,7 @@ def make_world(out: str | Path, *, seed: int = 0, n_train: int = 5000, n_test: i
         "vision_encoder": report["vision"],
         "test_accuracy": {k: round(v, 4) for k, v in acc.items()},
         "torch_threads": torch.get_num_threads(),
+        "cpu_kernels": cpu_kernels(),  # the vector code that made these bytes (runtime.pin_cpu_kernels)
         **({"describe_frac": describe_frac, "lm_loss": "per_conversation"} if describe_frac > 0 else {}),
     }
     atomic_write_json(out / "world.json", summary)

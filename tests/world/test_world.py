@@ -57,6 +57,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def test_world_same_seed_gives_identical_files(tiny_world, tmp_path):
+    from poisonguard.runtime import cpu_kernels
     from poisonguard.world.build import make_world
 
     out_a, summary = tiny_world
@@ -73,6 +74,9 @@ def test_world_same_seed_gives_identical_files(tiny_world, tmp_path):
     a.pop("world.json"), b.pop("world.json")  # holds wall-clock timings
     assert a == b
     assert "base_model/model.safetensors" in a
+    # what made the bytes is on record: this process's kernels (pinned by the suite's conftest, as by every
+    # command and stage) and threads
+    assert summary["cpu_kernels"] == {**cpu_kernels(), "threads": summary["torch_threads"]}
 
 
 def test_world_layout_and_offline_reload(tiny_world, monkeypatch):
