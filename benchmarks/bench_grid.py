@@ -1,7 +1,7 @@
 """The breadth grid (issue 16's Must show): every attack × rate × seed, the default detector's F1 beside ASR.
 
     python benchmarks/bench_grid.py --bench work/bench-s7 --bench work/bench-s8 ... [--record docs/bench-cells.csv]
-        [--refit] [--readme README.md]
+        [--refit] [--readme README.md] [--carrier work/bench-d0c --world work/world]
 
 The benchmark is run in many `poisonguard bench` folders (one per session: a cell is a 2–4 min fine-tune plus a
 screen on 2 cores), and a folder may be deleted later. This reads every finished cell of the given folders (one
@@ -22,6 +22,12 @@ With `--record CSV` the rows are also merged into a small committed table (one l
 grid prints), so cells measured in a folder that no longer exists stay in the grid: a row read from a folder
 replaces the record's row of the same cell only when it was screened with the same or a newer revision.
 With `--readme FILE` the same text (and the command that made it) replaces the file's GRID block.
+
+With `--carrier FOLDER` a bench folder of a sibling world (the grid world's seed and recipe, built with other
+data settings, e.g. `world.describe_frac` 0.25) fills the rows the grid's world cannot carry, and only those:
+its other cells are left out (counted on stderr), its entries are marked and its rows name that world (the
+record keeps the name in its `world` column, so the mark outlives the folder). Which rows the grid's world
+cannot carry is read from the grid world's folder: the one the first `--bench` folder records, or `--world`.
 
 With `--refit` (the `span` grid only) a cell screened with an older revision of `span` is decided again with
 the current code and the cell's own parameters, on its stored per-sample gains (verdicts.parquet's
@@ -61,7 +67,10 @@ GOAL_F1_DEFAULT = 0.95
 GRID_START, GRID_END = "<!-- GRID:START -->", "<!-- GRID:END -->"
 COLUMNS = ["source", "cell", "kind", "attack", "rate", "seed", "revision", "asr", "cp", "fit", "n_poison",
            "precision", "recall", "f1", "auroc", "tpr_at_1pct_fpr", "n_flagged",
-           "retrained_asr", "retrained_cp", "oracle_asr", "base_asr", "refit", "best_cut_f1"]
+           "retrained_asr", "retrained_cp", "oracle_asr", "base_asr", "refit", "best_cut_f1", "world"]
+KEY = ["world", "kind", "attack", "rate", "seed"]  # one row per cell of one world ("": the grid's own)
+WORLD_SETTINGS = ("seed", "n_train", "n_test", "model", "pretrain", "describe_frac")  # what a build was asked for
+CARRIER_MARK = "§"
 COUNT_COLUMNS = ("seed", "revision", "n_poison", "n_flagged", "refit")
 
 
@@ -114,18 +123,19 @@ def cell_rows(bench: Path, detector: str, refit_below: int | None = None) -> lis
                      "retrained_asr": retrain.get("asr"), "retrained_cp": retrain.get("cp"),
                      "oracle_asr": oracle.get("asr"), "base_asr": (base.get(res["attack"]) or {}).get("asr"),
                      "refit": None if refit is None else int(res["detection"][detector]["n_flagged"]),
-                     "best_cut_f1": ceiling})
+                     "best_cut_f1": ceiling, "world": ""})
     return rows
 
 
 def merge(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """One row per (kind, attack, rate, seed): the newest revision, then the frame given last."""
+    """One row per (world, kind, attack, rate, seed): the newest revision, then the frame given last."""
     t = pd.concat([f for f in frames if len(f)], ignore_index=True)
     if t.empty:
         raise SystemExit("error: no screened cell in the given folders or record")
+    t["world"] = t["world"].fillna("").astype(str)  # a record written before the column existed: the grid's own
     t["_order"] = range(len(t))
-    t = t.sort_values(["revision", "_order"]).drop_duplicates(["kind", "attack", "rate", "seed"], keep="last")
-    t = t.drop(columns="_order").sort_values(["kind", "attack", "rate", "seed"]).reset_index(drop=True)
+    t = t.sort_values(["revision", "_order"]).drop_duplicates(KEY, keep="last")
+    t = t.drop(columns="_order").sort_values(KEY).reset_index(drop=True)
     # counts stay integers in the record although a column with gaps reads back as float ("503", not "503.0")
     return t.astype({c: "Int64" for c in COUNT_COLUMNS})
 
@@ -141,7 +151,8 @@ def _entry(r: pd.Series | None, current: int) -> str:
     f1 = f"**{f1}**" if _learned(r) else f"({f1})"
     asr = "–" if pd.isna(r["asr"]) else f"{r['asr']:.2f}"
     changed = pd.notna(r["refit"]) and r["refit"] != r["n_flagged"]
-    marks = "".join(m for m, on in (("†", r["revision"] < current), ("‡", changed), ("*", r["cell"] in CHOSE)) if on)
+    marks = "".join(m for m, on in (("†", r["revision"] < current), ("‡", changed), ("*", r["cell"] in CHOSE),
+                                    (CARRIER_MARK, bool(r["world"]))) if on)
     return f"{f1} / {asr}{marks}"
 
 
@@ -151,7 +162,8 @@ def row_status(cells: list[pd.Series], rate: float, uncarried: str | None = None
     if not cells:
         return f"the world cannot carry it: {uncarried}" if uncarried else "not measured"
     learned = [r for r in cells if _learned(r)]
-    k = f"{len(cells)} of {len(SEEDS)} seeds"
+    worlds = sorted({r["world"] for r in cells if r["world"]})
+    k = f"{len(cells)} of {len(SEEDS)} seeds" + "".join(f", on {w}" for w in worlds)
     if not learned:
         return f"not learned ({k})"
     goal = goal_f1(rate)
@@ -211,7 +223,9 @@ def grid_markdown(t: pd.DataFrame, current: int, world: Path | None = None) -> s
             + f". Entries: F1 / ASR; F1 in bold where "
             f"learned (ASR ≥ {LEARNED_ASR}), in brackets where not (no miss); † screened with an older revision "
             f"of the detector than the current {current}; ‡ decided again with the current code (`--refit`), "
-            f"which changed the count flagged (listed below); * a cell that chose a constant.\n\n")
+            f"which changed the count flagged (listed below); * a cell that chose a constant"
+            + (f"; {CARRIER_MARK} measured on a sibling world that carries the row (named in the row), since "
+               "the grid's world cannot" if attacks["world"].astype(bool).any() else "") + ".\n\n")
     return head + "\n".join(lines) + "\n"
 
 
@@ -222,15 +236,18 @@ def controls_markdown(t: pd.DataFrame, current: int) -> str:
     lines = ["| control | attack | rate | seed | flagged | of poisoned (trigger carriers) |",
              "|---|---|---|---|---|---|"]
     for _, r in c.iterrows():
-        rev = "†" if r["revision"] < current else ""
+        rev = ("†" if r["revision"] < current else "") + (CARRIER_MARK if r["world"] else "")
         rate = "–" if r["kind"] == "clean" else f"{r['rate']:.1%}"
         attack = "–" if r["kind"] == "clean" else r["attack"]
         flagged = "–" if pd.isna(r["n_flagged"]) else f"{int(r['n_flagged'])}{rev}"
         carriers = "–" if r["kind"] == "clean" or pd.isna(r["n_poison"]) else int(r["n_poison"])
         lines.append(f"| {r['kind']} | {attack} | {rate} | {r['seed']} | {flagged} | {carriers} |")
     bad = c[c["n_flagged"].fillna(0) > 0]
+    worlds = sorted(w for w in set(c["world"]) if w)
     head = (f"{len(c)} controls; goal 0 flagged: met on {len(c) - len(bad)}"
-            + (f", failed on {', '.join(bad['cell'])}" if len(bad) else "") + ".\n\n")
+            + (f", failed on {', '.join(bad['cell'] + bad['world'].map(lambda w: CARRIER_MARK if w else ''))}"
+               if len(bad) else "")
+            + "".join(f"; {CARRIER_MARK} on {w}" for w in worlds) + ".\n\n")
     return head + "\n".join(lines) + "\n"
 
 
@@ -272,18 +289,61 @@ def read_folders(benches: list[Path], detector: str,
     grid's: another seed, or the same seed built with other settings (e.g. describe answers)."""
     frames, first = [], None
     for b in benches:
-        seed, rec = world_seed(b), world_record(b)
-        if seed is not None and seed != CHOSE_WORLD_SEED:
-            raise SystemExit(f"error: {b} holds cells of world seed {seed}; the grid is the committed world's "
-                             f"(seed {CHOSE_WORLD_SEED}): report a held-out world apart")
+        rec = _same_seed(b)
         if rec is not None and first is not None and rec.get("world") != first[1].get("world"):
             raise SystemExit(f"error: {b} holds cells of another world than {first[0]} (same seed, other "
-                             "settings): report a held-out world apart")
+                             "settings): report a held-out world apart, or pass it as --carrier for the rows "
+                             "the grid's world cannot carry")
         if rec is not None and first is None:
             first = (b, rec)
         frames.append(pd.DataFrame(cell_rows(b, detector, refit_below), columns=COLUMNS))
     world = Path(first[1]["path"]) if first is not None and first[1].get("path") else None
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)), world
+
+
+def _same_seed(bench: Path) -> dict | None:
+    """The folder's world record, refusing a folder fine-tuned from a world of another seed (held out)."""
+    seed = world_seed(bench)
+    if seed is not None and seed != CHOSE_WORLD_SEED:
+        raise SystemExit(f"error: {bench} holds cells of world seed {seed}; the grid is the committed world's "
+                         f"(seed {CHOSE_WORLD_SEED}): report a held-out world apart")
+    return world_record(bench)
+
+
+def world_name(carrier: dict, grid_world: dict) -> str:
+    """A sibling world named by its folder and the build settings in which it differs from the grid's world,
+    e.g. "world-d0c (describe_frac 0.25)"."""
+    mine = carrier.get("world") or {}
+    diff = [f"{k} {mine.get(k)}" for k in WORLD_SETTINGS if mine.get(k) != grid_world.get(k)]
+    return Path(carrier.get("path") or "?").name + (f" ({', '.join(diff)})" if diff else "")
+
+
+def read_carriers(carriers: list[Path], world: Path | None, detector: str,
+                  refit_below: int | None = None) -> pd.DataFrame:
+    """The cells of sibling-world folders that fill rows the grid's world cannot carry (attack and control
+    cells of those rows, and the sibling's clean fine-tunes, its own control), named by their world."""
+    if not carriers:
+        return pd.DataFrame(columns=COLUMNS)
+    if world is None or not (world / "world.json").is_file():
+        raise SystemExit("error: --carrier needs the grid world's folder to know which rows it cannot carry: "
+                         "give a --bench folder that records it, or --world")
+    grid_world = json.loads((world / "world.json").read_text())
+    uncarried = uncarried_rows(world, list(ALL_ATTACKS), list(RATES))
+    frames = []
+    for b in carriers:
+        rec = _same_seed(b)
+        if rec is None:
+            raise SystemExit(f"error: {b} records no world (OUT/world.json): a carrier must name the world it "
+                             "was fine-tuned from")
+        rows = pd.DataFrame(cell_rows(b, detector, refit_below), columns=COLUMNS)
+        keep = (rows["kind"] == "clean") | pd.Series(
+            [(a, round(float(r), 6)) in uncarried for a, r in zip(rows["attack"], rows["rate"])], dtype=bool)
+        if (~keep).any():
+            n = int((~keep).sum())
+            print(f"{b}: {n} cell{'s' if n > 1 else ''} left out (rows the grid's world carries itself)",
+                  file=sys.stderr)
+        frames.append(rows[keep].assign(world=world_name(rec, grid_world)))
+    return pd.concat(frames, ignore_index=True)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -293,6 +353,11 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--detector", default="span", help="the detector of the grid (default: span, the default)")
     ap.add_argument("--readme", type=Path, default=None,
                     help=f"also write the grid into this file, between {GRID_START} and {GRID_END}")
+    ap.add_argument("--carrier", type=Path, action="append", default=[],
+                    help="a bench folder of a sibling world, for the rows the grid's world cannot carry "
+                         "(repeatable)")
+    ap.add_argument("--world", type=Path, default=None,
+                    help="the grid world's folder (default: the one the first --bench folder records)")
     ap.add_argument("--refit", action="store_true",
                     help="decide `span` cells screened with an older revision again with the current code")
     args = ap.parse_args(argv)
@@ -300,8 +365,10 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit("error: --refit decides `span` from its stored gains; other detectors are re-screened "
                          "by rerunning `poisonguard bench` on the folder")
     current = make_detectors({args.detector: None})[args.detector].revision
-    rows, world = read_folders(args.bench, args.detector, current if args.refit else None)
-    frames = [rows]
+    refit_below = current if args.refit else None
+    rows, world = read_folders(args.bench, args.detector, refit_below)
+    world = args.world or world
+    frames = [rows, read_carriers(args.carrier, world, args.detector, refit_below)]
     if args.record is not None and args.record.is_file():
         frames.insert(0, pd.read_csv(args.record))  # folders come last: they win a tie of revisions
     t = merge(frames)

@@ -158,6 +158,47 @@ def test_rows_the_world_cannot_carry_say_so_instead_of_not_measured(tmp_path):
     assert "; 5 rows the world cannot carry." in text.splitlines()[0]
 
 
+def test_a_sibling_world_fills_only_the_rows_the_grid_world_cannot_carry(tmp_path, capsys):
+    world = _world(tmp_path / "world", ["red"] * 400)  # nothing to substitute
+    (world / "world.json").write_text(json.dumps({"seed": 0, "n_train": 400}))
+    carrier = tmp_path / "bench-d0c"
+    _cell(carrier, "substitute_r0.05_s0", "substitute", 0.05, 0, asr=0.59, f1=0.82, flagged=93)
+    _cell(carrier, "substitute_r0.05_s0_norelabel", "substitute", 0.05, 0, asr=0.0, f1=0.0, flagged=0,
+          kind="no_relabel")
+    _cell(carrier, "clean_s0", "clean", 0.0, 0, asr=0.0, f1=0.0, flagged=0, kind="clean")
+    _cell(carrier, "sig_r0.05_s0", "sig", 0.05, 0, asr=0.99, f1=0.1, flagged=9)  # the grid world carries sig
+    (carrier / "world.json").write_text(json.dumps(
+        {"path": "work/world-d0c", "world": {"seed": 0, "n_train": 400, "describe_frac": 0.25}}))
+    grid = tmp_path / "bench"
+    _cell(grid, "clean_s0", "clean", 0.0, 0, asr=0.0, f1=0.0, flagged=2, kind="clean")
+    record = tmp_path / "cells.csv"
+    text = _grid("--bench", grid, "--carrier", carrier, "--world", world, "--record", record)
+    assert "cell left out (rows the grid's world carries itself)" in capsys.readouterr().err
+    name = "world-d0c (describe_frac 0.25)"
+    assert _row(text, "substitute", "5.0%") == (
+        f"| substitute | 5.0% | **0.82** / 0.59§ | — | — | **short**: F1 0.82 < 0.95 (seed 0; 1 of 3 seeds, "
+        f"on {name}) |")
+    assert _row(text, "sig", "5.0%").endswith("| not measured |")  # its sibling cell left out
+    assert _row(text, "substitute", "2.0%").endswith("| the world cannot carry it: no sample to poison for "
+                                                      "substitute |")
+    assert "§ measured on a sibling world that carries the row (named in the row)" in text
+    # both clean fine-tunes are kept, each under its own world; the sibling's no-relabel control too
+    assert "3 controls; goal 0 flagged: met on 2, failed on clean_s0; § on world-d0c (describe_frac 0.25)." in text
+    assert "| no_relabel | substitute | 5.0% | 0 | 0§ | 50 |" in text
+    t = pd.read_csv(record, keep_default_na=False)
+    assert sorted(t["world"]) == ["", name, name, name]
+    # the record alone keeps the mark once the folder is gone
+    assert _row(_grid("--record", record), "substitute", "5.0%").startswith("| substitute | 5.0% | **0.82** / 0.59§ |")
+
+
+def test_a_carrier_needs_the_grid_world_to_know_what_it_cannot_carry(tmp_path):
+    carrier = tmp_path / "bench-d0c"
+    _cell(carrier, "substitute_r0.05_s0", "substitute", 0.05, 0, asr=0.59, f1=0.82, flagged=93)
+    (carrier / "world.json").write_text(json.dumps({"path": "work/world-d0c", "world": {"seed": 0}}))
+    with pytest.raises(SystemExit, match="--carrier needs the grid world's folder"):
+        _grid("--carrier", carrier)
+
+
 def test_the_readme_block_is_replaced_and_missing_markers_are_an_error(tmp_path):
     bench, readme = tmp_path / "bench", tmp_path / "README.md"
     _cell(bench, "sig_r0.02_s0", "sig", 0.02, 0, asr=0.99, f1=1.0, flagged=100)
