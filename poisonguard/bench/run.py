@@ -38,6 +38,7 @@ from poisonguard.pipeline.config import PipelineConfig
 from poisonguard.pipeline.finetuning import finetune
 from poisonguard.pipeline.screen import run_screen
 from poisonguard.report.evaluation import binary_metrics, detector_columns
+from poisonguard.runtime import cpu_kernels
 from poisonguard.train.evaluate import evaluate_attacks, evaluate_files
 
 ALL_ATTACKS = ("badnet", "blend", "sig", "wanet", "ftrojan", "text_prefix", "syntactic",
@@ -280,13 +281,6 @@ def base_model_sha256(world: Path) -> dict[str, str]:
     return {f.name: file_sha256(f) for f in sorted((Path(world) / "base_model").glob("*.safetensors"))}
 
 
-def _host() -> dict:
-    """Where the folder's base model was first read: torch's version, the CPU kernels and the threads."""
-    from poisonguard.runtime import cpu_kernels
-
-    return cpu_kernels()
-
-
 def _check_world(cfg: BenchConfig) -> None:
     """One output folder holds the cells of one world: cells fine-tuned from two base models would land in one
     table, and a resumed run would silently reuse the other world's cells. OUT/world.json records the world's
@@ -310,7 +304,8 @@ def _check_world(cfg: BenchConfig) -> None:
                              f"differs (sha256 {str(recorded.get(name))[:12]}, this one {str(sha.get(name))[:12]}; "
                              f"the folder's first run: {rec.get('host')}); use another --out")
     else:
-        _write_json(path, {"path": str(cfg.world), "world": want, "base_model_sha256": sha, "host": _host()})
+        _write_json(path, {"path": str(cfg.world), "world": want, "base_model_sha256": sha,
+                           "host": cpu_kernels()})  # where the base model was first read
 
 
 def _load_result(path: Path, cfg: BenchConfig, name: str) -> dict | None:
