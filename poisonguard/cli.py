@@ -55,9 +55,12 @@ def _setup_threads(runtime=None) -> None:
     alone on a GPU."""
     from poisonguard.runtime import pin_cpu_kernels, set_threads
 
-    if runtime is None or runtime.device.type == "cpu":
-        pin_cpu_kernels()
-    set_threads(runtime)
+    try:
+        if runtime is None or runtime.device.type == "cpu":
+            pin_cpu_kernels()
+        set_threads(runtime)
+    except ValueError as exc:  # PG_CPU_KERNELS or PG_THREADS set to something else than they take
+        _fail(str(exc))
 
 
 def _runtime(cfg):

@@ -172,3 +172,17 @@ def test_cpu_kernels_records_what_the_process_runs():
     assert rec["torch"] == torch.__version__ and rec["threads"] == torch.get_num_threads()
     assert rec["aten"] == torch.backends.cpu.get_cpu_capability()
     assert rec["mkl_cbwr"] == os.environ.get("MKL_CBWR")
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"PG_CPU_KERNELS": "avx512"}, "error: PG_CPU_KERNELS must be avx2 (the default) or native, got 'avx512'"),
+    ({"PG_THREADS": "0"}, "error: PG_THREADS must be a positive integer, got '0'"),
+])
+def test_a_bad_kernel_or_thread_setting_is_a_one_line_cli_error(env, message, tmp_path):
+    from typer.testing import CliRunner
+
+    from poisonguard.cli import app
+
+    res = CliRunner().invoke(app, ["world", "--out", str(tmp_path / "w")], env=env)
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "w").exists()  # refused before anything was written
