@@ -77,6 +77,7 @@ def extract_one_shard(shard: int, data: str, image_root: str | None, model_dir: 
 
     from poisonguard.extract import extract_shard
 
+    pin_worker_kernels(device)
     before = torch.get_num_threads()
     torch.set_num_threads(torch_threads)
     try:  # a thread-pool runner shares the process: give the caller its thread count back
@@ -153,6 +154,7 @@ def extract_pair_shard(shard: int, data: str, image_root: str | None, base: str,
 
     from poisonguard.extract import extract_shard
 
+    pin_worker_kernels(runtime.get("device", "auto"))
     before = torch.get_num_threads()
     torch.set_num_threads(torch_threads)
     try:
@@ -177,6 +179,7 @@ def drift_one_shard(shard: int, data: str, image_root: str | None, base: str, fi
     from poisonguard.data import read_dataset
     from poisonguard.data.loading import image_loader
 
+    pin_worker_kernels(runtime.get("device", "auto"))
     before = torch.get_num_threads()
     torch.set_num_threads(torch_threads)
     try:
@@ -364,6 +367,18 @@ def _worker_models(base: str, finetuned: str, tags: tuple = (), *, device: str =
     from poisonguard.runtime import resolve_runtime
 
     return _WorkerModels(base, finetuned, resolve_runtime(device, dtype, compile=compile))
+
+
+def pin_worker_kernels(device: str) -> None:
+    """Pin the CPU kernels in the worker that runs a shard on the CPU (`runtime.pin_cpu_kernels`), before it
+    loads a model: a worker of an existing cluster never inherits the pins of the process that submitted the
+    run, and a LocalCluster's only while that process set them, so without this the same shard could give other
+    bits on another host than in `poisonguard screen`. Once per process in effect (later calls find the pins
+    set); a GPU run's workers are left alone, as the CLI leaves a GPU run's process."""
+    from poisonguard.runtime import pin_cpu_kernels, resolve_runtime
+
+    if resolve_runtime(device).device.type == "cpu":
+        pin_cpu_kernels()
 
 
 @functools.lru_cache(maxsize=1)

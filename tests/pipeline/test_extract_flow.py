@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from poisonguard.runtime import CPU_KERNEL_PINS, _has_avx2
 from tests.pipeline.reports import make_dataset
 
 
@@ -181,6 +184,35 @@ def test_cluster_choice_follows_the_gpus_and_dask_cuda() -> None:
     assert "cluster_class" not in cpu and cpu["cluster_kwargs"]["n_workers"] == 2
     with pytest.warns(UserWarning, match="dask-cuda is not installed"):
         assert "cluster_class" not in cluster_spec(None, 2, n_gpus=2, has_dask_cuda=False)
+
+
+def _worker_kernels(pin: bool) -> str:
+    """Run in a Dask worker: the CPU code torch runs there, after the shard tasks' pin if `pin`."""
+    import torch
+
+    from flows.extract import pin_worker_kernels
+
+    if pin:
+        pin_worker_kernels("cpu")
+    return torch.backends.cpu.get_cpu_capability()
+
+
+@pytest.mark.skipif(not _has_avx2(), reason="pins apply on x86-64 CPUs with AVX2 only")
+def test_a_cpu_shard_pins_its_worker_even_when_the_cluster_was_started_unpinned(monkeypatch) -> None:
+    """A worker of a cluster started without the pins (an external one, or a LocalCluster from a process that
+    never set them) runs its host's own kernels until a shard task pins them, before its first model."""
+    from distributed import Client, LocalCluster
+
+    for name in (*CPU_KERNEL_PINS, "PG_CPU_KERNELS"):
+        monkeypatch.delenv(name, raising=False)  # the spawned workers inherit this environment
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        plain, pinned = sorted(client.scheduler_info()["workers"])
+        native = client.submit(_worker_kernels, False, workers=[plain], pure=False).result()
+        after = client.submit(_worker_kernels, True, workers=[pinned], pure=False).result()
+    own = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                         capture_output=True, text=True, check=True).stdout.strip()  # this host's own choice
+    assert native == own and after == "AVX2", (native, own, after)
 
 
 def test_worker_models_of_an_adapter_equal_the_screens_passes(tmp_path: Path) -> None:
