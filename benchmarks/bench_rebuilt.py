@@ -39,10 +39,10 @@ def pair(record: pd.DataFrame, rebuilt: pd.DataFrame) -> pd.DataFrame:
 def verdict(asr: float | None, f1: float | None, kind: str, rate: float, flagged: float | None) -> str:
     """What a cell says for the grid: a control silent or not; an attack cell learned and the goal met (or its
     distance), or not learned."""
-    if pd.isna(asr) and kind == "attack":
-        return "—"
     if kind != "attack":
-        return "silent" if flagged == 0 else f"{int(flagged)} flagged"
+        return "—" if pd.isna(flagged) else "silent" if flagged == 0 else f"{int(flagged)} flagged"
+    if pd.isna(asr):
+        return "—"
     if asr < LEARNED_ASR:
         return "not learned"
     goal = goal_f1(rate)

@@ -31,6 +31,7 @@ def test_each_cell_is_judged_on_both_builds_and_sibling_worlds_are_not_its_count
     _cell(new, "sig_r0.05_s0", "sig", 0.05, 0, asr=0.96, f1=0.90, flagged=280)
     _cell(new, "sig_r0.1_s0_norelabel", "sig", 0.1, 0, asr=0.0, f1=0.0, flagged=0, kind="no_relabel")
     _cell(new, "dual_key_r0.02_s1", "dual_key", 0.02, 1, asr=0.90, f1=1.0, flagged=100)  # not in the record
+    _cell(new, "sig_r0.1_s1_norelabel", "sig", 0.1, 1, asr=0.0, f1=0.0, flagged=2, kind="no_relabel")  # nor this
     (new / "world.json").write_text(json.dumps({"path": "work/world", "base_model_sha256": {"m": "ab"},
                                                 "host": {"aten": "AVX2"}}))
     text = bench_rebuilt.main(["--record", str(record), "--bench", str(new)])
@@ -40,7 +41,8 @@ def test_each_cell_is_judged_on_both_builds_and_sibling_worlds_are_not_its_count
     assert "| met | short -0.05 |" in text
     assert "| no_relabel | " in text and "| 3 flagged | silent |" in text
     assert "| dual_key 2 % s1 | attack | – / – / – / – | 0.900 / 1.000 / 1.00 / 100 | — | met |" in text
-    assert text.rstrip().endswith("4 rebuilt cells, 3 with a recorded counterpart; same verdict on 0; before: 1 "
+    assert "| sig 10 % s1 | no_relabel | – / – / – / – | 0.000 / 1.000 / 0.00 / 2 | — | 2 flagged |" in text
+    assert text.rstrip().endswith("5 rebuilt cells, 3 with a recorded counterpart; same verdict on 0; before: 1 "
                                   "learned, goal met on 1; rebuilt: 3 learned, goal met on 2")
     assert '"ab"' in text and "AVX2" in text
 
