@@ -9,7 +9,9 @@ says whether its conclusions (learned or not, goal met or not, controls silent) 
     python benchmarks/bench_rebuilt.py --record docs/bench-cells.csv --bench work/bench-p16
 
 The record's rows are those of the grid's own world (no sibling `world`); a folder cell the record lacks is
-listed with its figures alone. Nothing is written: `bench_grid.py` keeps the grid on one build.
+listed with its figures alone. Nothing is written. `bench_grid.py` would take such a folder as the grid's own
+world (the build settings match; the base model's bytes are not compared) and let its cells replace the
+record's, so a rebuilt world's folder is read here instead of being passed to it.
 """
 
 from __future__ import annotations
