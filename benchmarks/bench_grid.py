@@ -29,6 +29,13 @@ its other cells are left out (counted on stderr), its entries are marked and its
 record keeps the name in its `world` column, so the mark outlives the folder). Which rows the grid's world
 cannot carry is read from the grid world's folder: the one the first `--bench` folder records, or `--world`.
 
+Builds. A world rebuilt from the same recipe and seed can be another base model (other CPU kernels gave other
+bytes and another clean accuracy, docs/bench-breadth.md), so a cell also records the build it was fine-tuned
+from: the first 12 hex digits of the base model's sha256 that OUT/world.json holds (`build`; empty for folders
+written before `poisonguard bench` recorded it). The record keeps one row per build of a cell; the grid shows
+the row of the build the world's folder holds now (read from its `base_model/`) where one was measured, and
+otherwise the newest other one, marked °. A folder read again fills in the build of its own recorded rows.
+
 With `--refit` (the `span` grid only) a cell screened with an older revision of `span` is decided again with
 the current code and the cell's own parameters, on its stored per-sample gains (verdicts.parquet's
 `score_span`, the detector's input; a few seconds a cell, no model loaded): its P / R / F1 and count flagged
@@ -53,7 +60,7 @@ from tqdm import tqdm
 from update_readme import replace_block
 
 from poisonguard.attacks import poison_counts
-from poisonguard.bench.run import ALL_ATTACKS
+from poisonguard.bench.run import ALL_ATTACKS, base_model_sha256
 from poisonguard.bench.tables import LEARNED_ASR, cell_kind
 from poisonguard.data.dataset import read_dataset
 from poisonguard.detect.registry import make_detectors
@@ -67,15 +74,36 @@ GOAL_F1_DEFAULT = 0.95
 GRID_START, GRID_END = "<!-- GRID:START -->", "<!-- GRID:END -->"
 COLUMNS = ["source", "cell", "kind", "attack", "rate", "seed", "revision", "asr", "cp", "fit", "n_poison",
            "precision", "recall", "f1", "auroc", "tpr_at_1pct_fpr", "n_flagged",
-           "retrained_asr", "retrained_cp", "oracle_asr", "base_asr", "refit", "best_cut_f1", "world"]
-KEY = ["world", "kind", "attack", "rate", "seed"]  # one row per cell of one world ("": the grid's own)
+           "retrained_asr", "retrained_cp", "oracle_asr", "base_asr", "refit", "best_cut_f1", "world", "build"]
+CELL = ["world", "kind", "attack", "rate", "seed"]  # one cell of one world ("": the grid's own)
+KEY = ["world", "build", "kind", "attack", "rate", "seed"]  # one row per build of a cell in the record
 WORLD_SETTINGS = ("seed", "n_train", "n_test", "model", "pretrain", "describe_frac")  # what a build was asked for
 CARRIER_MARK = "§"
+BUILD_MARK = "°"
+TEXT_COLUMNS = {"world": str, "build": str, "source": str, "cell": str}  # "" where not recorded, never NaN
 COUNT_COLUMNS = ("seed", "revision", "n_poison", "n_flagged", "refit")
 
 
 def goal_f1(rate: float) -> float:
     return GOAL_F1.get(round(rate, 6), GOAL_F1_DEFAULT)
+
+
+def short_build(sha: dict | None) -> str:
+    """A build's name: the first 12 hex digits of its base model's sha256 ({weight file: sha256}, the first file
+    by name), or "" where none is recorded."""
+    return str(sha[min(sha)])[:12] if sha else ""
+
+
+def folder_build(bench: Path) -> str:
+    """The build a bench folder's cells were fine-tuned from, as its OUT/world.json records it ("" if not)."""
+    return short_build((world_record(bench) or {}).get("base_model_sha256"))
+
+
+def world_build(world: Path | None) -> str | None:
+    """The build a world's folder holds now (its base model's bytes), or None where the folder is not here."""
+    if world is None or not (Path(world) / "base_model").is_dir():
+        return None
+    return short_build(base_model_sha256(Path(world))) or None
 
 
 def refit_span(gain: np.ndarray, poisoned: np.ndarray, params: dict) -> dict:
@@ -93,6 +121,7 @@ def cell_rows(bench: Path, detector: str, refit_below: int | None = None) -> lis
     rows = []
     cells_dir = cells_folder(bench)
     base = json.loads((bench / "base.json").read_text()) if (bench / "base.json").is_file() else {}
+    build = folder_build(bench)
     # refits take a few seconds a cell: a bar on stderr then
     for d in tqdm(sorted(cells_dir.iterdir()), desc=bench.name, unit="cell", disable=refit_below is None):
         path = d / "result.json"
@@ -123,16 +152,38 @@ def cell_rows(bench: Path, detector: str, refit_below: int | None = None) -> lis
                      "retrained_asr": retrain.get("asr"), "retrained_cp": retrain.get("cp"),
                      "oracle_asr": oracle.get("asr"), "base_asr": (base.get(res["attack"]) or {}).get("asr"),
                      "refit": None if refit is None else int(res["detection"][detector]["n_flagged"]),
-                     "best_cut_f1": ceiling, "world": ""})
+                     "best_cut_f1": ceiling, "world": "", "build": build})
     return rows
 
 
+def read_record(path: Path) -> pd.DataFrame:
+    """The committed record, with its text columns as text ("" where a row has none: the grid's own world, or a
+    build not recorded) and columns it was written without added empty."""
+    t = pd.read_csv(path, dtype=TEXT_COLUMNS, keep_default_na=False, na_values={c: [""] for c in COLUMNS
+                                                                                 if c not in TEXT_COLUMNS})
+    t = t.reindex(columns=COLUMNS)
+    for c in TEXT_COLUMNS:  # a column the record was written without reads back as float NaN
+        t[c] = t[c].astype(object).where(t[c].notna(), "").astype(str)
+    return t
+
+
+def backfill(record: pd.DataFrame, folders: pd.DataFrame) -> pd.DataFrame:
+    """The record without its rows of no recorded build that a folder read now holds (same folder, same cell):
+    the folder's row, which names its build, stands in for them."""
+    key = ["source"] + CELL
+    held = set(map(tuple, folders[key].astype(str).values.tolist()))
+    stale = (record["build"] == "") & pd.Series([tuple(r) in held for r in record[key].astype(str).values.tolist()],
+                                                index=record.index, dtype=bool)
+    return record[~stale]
+
+
 def merge(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """One row per (world, kind, attack, rate, seed): the newest revision, then the frame given last."""
+    """One row per (world, build, kind, attack, rate, seed): the newest revision, then the frame given last."""
     t = pd.concat([f for f in frames if len(f)], ignore_index=True)
     if t.empty:
         raise SystemExit("error: no screened cell in the given folders or record")
-    t["world"] = t["world"].fillna("").astype(str)  # a record written before the column existed: the grid's own
+    for c in ("world", "build"):  # a record written before the column existed: the grid's own, no build
+        t[c] = t[c].fillna("").astype(str)
     t["_order"] = range(len(t))
     t = t.sort_values(["revision", "_order"]).drop_duplicates(KEY, keep="last")
     t = t.drop(columns="_order").sort_values(KEY).reset_index(drop=True)
@@ -140,11 +191,27 @@ def merge(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return t.astype({c: "Int64" for c in COUNT_COLUMNS})
 
 
+def choose(t: pd.DataFrame, current: dict[str, str | None]) -> pd.DataFrame:
+    """One row per cell for the tables: the row of the build its world's folder holds now (`current`: world
+    name → build; None where that folder is not here) where one was measured, else the newest revision among
+    the other builds (the later row of a tie)."""
+    t = t.assign(_now=[current.get(w) is not None and b == current.get(w) for w, b in zip(t["world"], t["build"])],
+                 _order=range(len(t)))
+    t = t.sort_values(["_now", "revision", "_order"]).drop_duplicates(CELL, keep="last")
+    return t.drop(columns=["_now", "_order"]).sort_values(CELL).reset_index(drop=True)
+
+
+def _other_build(r: pd.Series, current: dict[str, str | None]) -> bool:
+    """Whether the row was fine-tuned from another build of its world than the folder holds now."""
+    now = current.get(r["world"])
+    return now is not None and r["build"] != now
+
+
 def _learned(r: pd.Series) -> bool | None:
     return None if pd.isna(r["asr"]) else bool(r["asr"] >= LEARNED_ASR)
 
 
-def _entry(r: pd.Series | None, current: int) -> str:
+def _entry(r: pd.Series | None, current: int, builds: dict[str, str | None]) -> str:
     if r is None:
         return "—"
     f1 = "–" if pd.isna(r["f1"]) else f"{r['f1']:.2f}"
@@ -152,18 +219,23 @@ def _entry(r: pd.Series | None, current: int) -> str:
     asr = "–" if pd.isna(r["asr"]) else f"{r['asr']:.2f}"
     changed = pd.notna(r["refit"]) and r["refit"] != r["n_flagged"]
     marks = "".join(m for m, on in (("†", r["revision"] < current), ("‡", changed), ("*", r["cell"] in CHOSE),
-                                    (CARRIER_MARK, bool(r["world"]))) if on)
+                                    (CARRIER_MARK, bool(r["world"])),
+                                    (BUILD_MARK, _other_build(r, builds))) if on)
     return f"{f1} / {asr}{marks}"
 
 
-def row_status(cells: list[pd.Series], rate: float, uncarried: str | None = None) -> str:
+def row_status(cells: list[pd.Series], rate: float, uncarried: str | None = None,
+               builds: dict[str, str | None] | None = None) -> str:
     """Goal met, its distance, not learned, not measured, or not carried by the world (`uncarried`: why) —
-    over the measured seeds, said with their count."""
+    over the measured seeds, said with their count (and how many ran on another build than the world's folder
+    holds now, `builds`)."""
     if not cells:
         return f"the world cannot carry it: {uncarried}" if uncarried else "not measured"
     learned = [r for r in cells if _learned(r)]
     worlds = sorted({r["world"] for r in cells if r["world"]})
-    k = f"{len(cells)} of {len(SEEDS)} seeds" + "".join(f", on {w}" for w in worlds)
+    older = sum(_other_build(r, builds or {}) for r in cells)
+    k = (f"{len(cells)} of {len(SEEDS)} seeds" + "".join(f", on {w}" for w in worlds)
+         + (f", {older} on another build{BUILD_MARK}" if older else ""))
     if not learned:
         return f"not learned ({k})"
     goal = goal_f1(rate)
@@ -193,14 +265,17 @@ def uncarried_rows(world: Path | None, attacks: list[str], rates: list[float]) -
     return out
 
 
-def grid_markdown(t: pd.DataFrame, current: int, world: Path | None = None) -> str:
+def grid_markdown(t: pd.DataFrame, current: int, world: Path | None = None,
+                  builds: dict[str, str | None] | None = None) -> str:
+    builds = builds or {}
     attacks = t[t["kind"] == "attack"]
     rates = list(RATES) + sorted(set(attacks["rate"]) - set(RATES))
     names = list(ALL_ATTACKS) + sorted(set(attacks["attack"]) - set(ALL_ATTACKS))
     index = {(r["attack"], r["rate"], r["seed"]): r for _, r in attacks.iterrows()}
     lines = ["| attack | rate | " + " | ".join(f"seed {s}" for s in SEEDS) + " | row (goal) |",
              "|---|---|" + "---|" * (len(SEEDS) + 1)]
-    counts = {"measured": 0, "rows met": 0, "rows short": 0, "rows learned": 0, "uncarried": 0}
+    counts = {"measured": 0, "rows met": 0, "rows short": 0, "rows learned": 0, "uncarried": 0,
+              "other build": int(sum(_other_build(r, builds) for _, r in attacks.iterrows()))}
     uncarried = uncarried_rows(world, names, list(RATES))
     for a in names:
         for rate in rates:
@@ -208,16 +283,18 @@ def grid_markdown(t: pd.DataFrame, current: int, world: Path | None = None) -> s
             if rate not in RATES and not cells:
                 continue
             counts["measured"] += len(cells)
-            status = row_status(cells, rate, uncarried.get((a, rate)))
+            status = row_status(cells, rate, uncarried.get((a, rate)), builds)
             counts["uncarried"] += status.startswith("the world cannot")
             counts["rows learned"] += status.startswith(("met", "**short"))
             counts["rows met"] += status.startswith("met")
             counts["rows short"] += status.startswith("**short")
-            entries = [_entry(index.get((a, rate, s)), current) for s in SEEDS]
+            entries = [_entry(index.get((a, rate, s)), current, builds) for s in SEEDS]
             lines.append(f"| {a} | {rate:.1%} | " + " | ".join(entries) + f" | {status} |")
     n_grid = len(names) * len(RATES) * len(SEEDS)
     head = (f"{counts['measured']} attack cells of the {len(names)} × {len(RATES)} × {len(SEEDS)} = {n_grid} "
-            f"grid measured; {counts['rows learned']} (attack, rate) rows learned on at least one seed: goal met "
+            f"grid measured" + (f" ({counts['measured'] - counts['other build']} on the build the world's folder "
+                                f"holds now)" if counts["other build"] else "")
+            + f"; {counts['rows learned']} (attack, rate) rows learned on at least one seed: goal met "
             f"on {counts['rows met']}, short on {counts['rows short']}"
             + (f"; {counts['uncarried']} rows the world cannot carry" if counts["uncarried"] else "")
             + f". Entries: F1 / ASR; F1 in bold where "
@@ -225,18 +302,22 @@ def grid_markdown(t: pd.DataFrame, current: int, world: Path | None = None) -> s
             f"of the detector than the current {current}; ‡ decided again with the current code (`--refit`), "
             f"which changed the count flagged (listed below); * a cell that chose a constant"
             + (f"; {CARRIER_MARK} measured on a sibling world that carries the row (named in the row), since "
-               "the grid's world cannot" if attacks["world"].astype(bool).any() else "") + ".\n\n")
+               "the grid's world cannot" if attacks["world"].astype(bool).any() else "")
+            + (f"; {BUILD_MARK} fine-tuned from another build of its world (same recipe and seed, another base "
+               "model) than the world's folder holds now, where that build has no run of the cell"
+               if counts["other build"] else "") + ".\n\n")
     return head + "\n".join(lines) + "\n"
 
 
-def controls_markdown(t: pd.DataFrame, current: int) -> str:
+def controls_markdown(t: pd.DataFrame, current: int, builds: dict[str, str | None] | None = None) -> str:
     c = t[t["kind"] != "attack"]
     if c.empty:
         return "No control cell measured.\n"
     lines = ["| control | attack | rate | seed | flagged | of poisoned (trigger carriers) |",
              "|---|---|---|---|---|---|"]
     for _, r in c.iterrows():
-        rev = ("†" if r["revision"] < current else "") + (CARRIER_MARK if r["world"] else "")
+        rev = (("†" if r["revision"] < current else "") + (CARRIER_MARK if r["world"] else "")
+               + (BUILD_MARK if _other_build(r, builds or {}) else ""))
         rate = "–" if r["kind"] == "clean" else f"{r['rate']:.1%}"
         attack = "–" if r["kind"] == "clean" else r["attack"]
         flagged = "–" if pd.isna(r["n_flagged"]) else f"{int(r['n_flagged'])}{rev}"
@@ -251,7 +332,7 @@ def controls_markdown(t: pd.DataFrame, current: int) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def defence_markdown(t: pd.DataFrame) -> str:
+def defence_markdown(t: pd.DataFrame, builds: dict[str, str | None] | None = None) -> str:
     """ASR after retraining on the detector's cleaned set, beside the floor: the oracle's (exactly the poisoned
     samples removed) and the base model's (an attack whose target the base already gives on some triggered
     inputs cannot go below it)."""
@@ -264,7 +345,7 @@ def defence_markdown(t: pd.DataFrame) -> str:
 
     lines = ["| cell | ASR before | ASR after retraining | CP after | oracle ASR | base-model ASR |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['cell']} | {num(r['asr'])} | {num(r['retrained_asr'])} | {num(r['retrained_cp'])} | "
+    lines += [f"| {r['cell']}{BUILD_MARK if _other_build(r, builds or {}) else ''} | {num(r['asr'])} | {num(r['retrained_asr'])} | {num(r['retrained_cp'])} | "
               f"{num(r['oracle_asr'])} | {num(r['base_asr'])} |" for _, r in d.iterrows()]
     ok = int((d["retrained_asr"] <= 0.01).sum())
     return f"Defence loop: ASR ≤ 1 % after retraining on {ok} of {len(d)} cells.\n\n" + "\n".join(lines) + "\n"
@@ -286,11 +367,13 @@ def refit_markdown(t: pd.DataFrame) -> str:
 def read_folders(benches: list[Path], detector: str,
                  refit_below: int | None = None) -> tuple[pd.DataFrame, Path | None]:
     """Every folder's rows and the world's folder, refusing a folder fine-tuned from another world than the
-    grid's: another seed, or the same seed built with other settings (e.g. describe answers)."""
+    grid's: another seed, or the same seed built with other settings (e.g. describe answers). Another build of
+    the same settings is the same world (what the build measured, e.g. its clean accuracy, may differ): its
+    cells name their build."""
     frames, first = [], None
     for b in benches:
         rec = _same_seed(b)
-        if rec is not None and first is not None and rec.get("world") != first[1].get("world"):
+        if rec is not None and first is not None and settings(rec) != settings(first[1]):
             raise SystemExit(f"error: {b} holds cells of another world than {first[0]} (same seed, other "
                              "settings): report a held-out world apart, or pass it as --carrier for the rows "
                              "the grid's world cannot carry")
@@ -299,6 +382,12 @@ def read_folders(benches: list[Path], detector: str,
         frames.append(pd.DataFrame(cell_rows(b, detector, refit_below), columns=COLUMNS))
     world = Path(first[1]["path"]) if first is not None and first[1].get("path") else None
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)), world
+
+
+def settings(rec: dict) -> dict:
+    """What a world's build was asked for (`WORLD_SETTINGS`), from a folder's OUT/world.json."""
+    world = rec.get("world") or {}
+    return {k: world.get(k) for k in WORLD_SETTINGS}
 
 
 def _same_seed(bench: Path) -> dict | None:
@@ -319,17 +408,18 @@ def world_name(carrier: dict, grid_world: dict) -> str:
 
 
 def read_carriers(carriers: list[Path], world: Path | None, detector: str,
-                  refit_below: int | None = None) -> pd.DataFrame:
+                  refit_below: int | None = None) -> tuple[pd.DataFrame, dict[str, str | None]]:
     """The cells of sibling-world folders that fill rows the grid's world cannot carry (attack and control
-    cells of those rows, and the sibling's clean fine-tunes, its own control), named by their world."""
+    cells of those rows, and the sibling's clean fine-tunes, its own control), named by their world; and each
+    such world's build now (`world_build` of the folder its cells name)."""
     if not carriers:
-        return pd.DataFrame(columns=COLUMNS)
+        return pd.DataFrame(columns=COLUMNS), {}
     if world is None or not (world / "world.json").is_file():
         raise SystemExit("error: --carrier needs the grid world's folder to know which rows it cannot carry: "
                          "give a --bench folder that records it, or --world")
     grid_world = json.loads((world / "world.json").read_text())
     uncarried = uncarried_rows(world, list(ALL_ATTACKS), list(RATES))
-    frames = []
+    frames, builds = [], {}
     for b in carriers:
         rec = _same_seed(b)
         if rec is None:
@@ -342,8 +432,10 @@ def read_carriers(carriers: list[Path], world: Path | None, detector: str,
             n = int((~keep).sum())
             print(f"{b}: {n} cell{'s' if n > 1 else ''} left out (rows the grid's world carries itself)",
                   file=sys.stderr)
-        frames.append(rows[keep].assign(world=world_name(rec, grid_world)))
-    return pd.concat(frames, ignore_index=True)
+        name = world_name(rec, grid_world)
+        frames.append(rows[keep].assign(world=name))
+        builds[name] = world_build(Path(rec["path"])) if rec.get("path") else None
+    return pd.concat(frames, ignore_index=True), builds
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -368,14 +460,17 @@ def main(argv: list[str] | None = None) -> str:
     refit_below = current if args.refit else None
     rows, world = read_folders(args.bench, args.detector, refit_below)
     world = args.world or world
-    frames = [rows, read_carriers(args.carrier, world, args.detector, refit_below)]
-    if args.record is not None and args.record.is_file():
-        frames.insert(0, pd.read_csv(args.record))  # folders come last: they win a tie of revisions
+    carried, builds = read_carriers(args.carrier, world, args.detector, refit_below)
+    builds[""] = world_build(world)
+    frames = [rows, carried]
+    if args.record is not None and args.record.is_file():  # folders come last: they win a tie of revisions
+        frames.insert(0, backfill(read_record(args.record), pd.concat(frames, ignore_index=True)))
     t = merge(frames)
     if args.record is not None:
         t[COLUMNS].to_csv(args.record, index=False, float_format="%.6g")
-    text = "\n".join([grid_markdown(t, current, world), controls_markdown(t, current), defence_markdown(t),
-                      refit_markdown(t)])
+    shown = choose(t, builds)
+    text = "\n".join([grid_markdown(shown, current, world, builds), controls_markdown(shown, current, builds),
+                      defence_markdown(shown, builds), refit_markdown(shown)])
     if args.readme is not None:
         cmd = "python benchmarks/bench_grid.py " + " ".join(argv if argv is not None else sys.argv[1:])
         note = f"Generated {date.today().isoformat()} by `{cmd}`."

@@ -8,10 +8,10 @@ says whether its conclusions (learned or not, goal met or not, controls silent) 
 
     python benchmarks/bench_rebuilt.py --record docs/bench-cells.csv --bench work/bench-p16
 
-The record's rows are those of the grid's own world (no sibling `world`); a folder cell the record lacks is
-listed with its figures alone. Nothing is written. `bench_grid.py` would take such a folder as the grid's own
-world (the build settings match; the base model's bytes are not compared) and let its cells replace the
-record's, so a rebuilt world's folder is read here instead of being passed to it.
+The record's rows are those of the grid's own world (no sibling `world`) and of other builds than the folder's
+(the record keeps one row per build of a cell, `bench_grid.py`); a folder cell the record lacks is listed with
+its figures alone. Nothing is written. The grid itself takes the folder too (`bench_grid.py --bench`): it
+shows the build the world's folder holds now and marks cells measured only on another.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from bench_grid import COLUMNS, cell_rows, goal_f1
+from bench_grid import COLUMNS, cell_rows, goal_f1, read_record
 from span_margins import world_record
 
 from poisonguard.bench.tables import LEARNED_ASR
@@ -30,8 +30,11 @@ SIDES = ("before", "rebuilt")
 
 
 def pair(record: pd.DataFrame, rebuilt: pd.DataFrame) -> pd.DataFrame:
-    """One row per rebuilt cell: its figures and the record's for the same (kind, attack, rate, seed)."""
-    own = record[record["world"].fillna("").astype(str) == ""]
+    """One row per rebuilt cell: its figures and the record's for the same (kind, attack, rate, seed) on another
+    build (the newest revision of them, then the later row)."""
+    builds = set(rebuilt["build"])
+    own = record[(record["world"] == "") & ~record["build"].isin(builds)]
+    own = own.sort_values("revision").drop_duplicates(["kind", "attack", "rate", "seed"], keep="last")
     key = ["kind", "attack", "rate", "seed"]
     keep = key + ["source", "asr", "fit", "f1", "n_flagged", "n_poison"]
     out = rebuilt[keep].merge(own[keep], on=key, how="left", suffixes=("_rebuilt", "_before"))
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> str:
     rebuilt = pd.DataFrame(cell_rows(args.bench, args.detector), columns=COLUMNS)
     if rebuilt.empty:
         raise SystemExit(f"error: {args.bench} has no screened cell")
-    t = pair(pd.read_csv(args.record), rebuilt)
+    t = pair(read_record(args.record), rebuilt)
     base = json.dumps(rec.get("base_model_sha256")), json.dumps(rec.get("host"))
     text = (f"rebuilt world {rec.get('path')}: base model {base[0]}, host {base[1]}\n\n"
             f"{markdown(t)}\n\n{summary(t)}\n")

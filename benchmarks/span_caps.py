@@ -8,7 +8,7 @@ per cell and cap, samples flagged / poisoned among them / F1 and the fit's Ashma
 what the cell's screen flagged and its ASR.
 
     python benchmarks/span_caps.py --bench work/bench-breadth --caps 6,8,10,12 [--markdown]
-    python benchmarks/span_caps.py --bench work/bench-s7 --caps 8,8g --changed --markdown  # default vs grown fit
+    python benchmarks/span_caps.py --bench work/bench-s7 --caps 8s,8g,8 --changed --markdown  # each fit alone, both
     python benchmarks/span_caps.py --bench work/bench-s8 --where [--only all_to_all_r0.1] [--markdown]
 """
 
@@ -63,22 +63,23 @@ def gain_features(gain: np.ndarray) -> FeatureSet:
                       answer_logp_base=np.zeros((gain.size, 1)))
 
 
-def _cap(cap: int | str) -> tuple[int, bool]:
-    """A cap of `--caps`: k_max, or k_max with a "g" for the grown fit (SpanParams.grow): 8 → (8, False),
-    "8g" → (8, True)."""
+def _cap(cap: int | str) -> tuple[int, str]:
+    """A cap of `--caps`: k_max and which fit decides — "8": the default, flagged where both EM starts' fits
+    flag (SpanParams.confirm); "8s": the standard fit alone; "8g": the grown fit alone (SpanParams.grow)."""
     text = str(cap)
-    return int(text.removesuffix("g")), text.endswith("g")
+    fit = {"s": "standard", "g": "grown"}.get(text[-1:], "both")
+    return int(text.rstrip("sg")), fit
 
 
 def _cap_label(cap: int | str) -> str:
-    k, grow = _cap(cap)
-    return f"k_max {k}" + (", grown" if grow else "")
+    k, fit = _cap(cap)
+    return f"k_max {k}" + ("" if fit == "both" else f", {fit} fit alone")
 
 
 def decide(gain: np.ndarray, poisoned: np.ndarray, cap: int | str) -> dict:
-    """`span` fitted and scored on the stored gains, with the cap's k_max (and the grown fit for "Kg")."""
-    k_max, grow = _cap(cap)
-    res = AnswerSpanDetector(k_max=k_max, grow=grow).detect(gain_features(gain))
+    """`span` fitted and scored on the stored gains, with the cap's k_max and fit(s) (`_cap`)."""
+    k_max, fit = _cap(cap)
+    res = AnswerSpanDetector(k_max=k_max, grow=fit == "grown", confirm=fit == "both").detect(gain_features(gain))
     n, tp = int(res.flagged.sum()), int((res.flagged & poisoned).sum())
     return {"flagged": n, "tp": tp, "f1": 2 * tp / max(n + int(poisoned.sum()), 1), "k": res.report["k"],
             "ashman_d": res.report["ashman_d"], "valley": res.report["valley"]}
@@ -163,7 +164,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bench", type=Path, default=Path("work/bench-breadth"))
     ap.add_argument("--caps", default="6,8,10,12",
-                    help='comma-separated k_max values; "8g": k_max 8 with the grown fit (SpanParams.grow)')
+                    help='comma-separated k_max values: "8" the default (both fits confirm), "8s" / "8g" the '
+                         'standard / grown fit alone')
     ap.add_argument("--markdown", action="store_true", help="a markdown table instead of JSON lines")
     ap.add_argument("--where", action="store_true",
                     help="where the poisoned and clean gains lie and what the current cut leaves (no caps)")
@@ -177,9 +179,9 @@ def main() -> None:
         print(where_markdown(table) if a.markdown else "\n".join(json.dumps(r) for r in table))
         return
     given = a.caps.split(",")
-    if bad := [k for k in given if not k.removesuffix("g").isdigit()]:
-        ap.error(f"--caps: {', '.join(bad)} is not a k_max (an integer, or one with a 'g': 8g)")
-    caps: list[int | str] = [k if k.endswith("g") else int(k) for k in given]
+    if bad := [k for k in given if not k.rstrip("sg").isdigit() or len(k) - len(k.rstrip("sg")) > 1]:
+        ap.error(f"--caps: {', '.join(bad)} is not a k_max (an integer, or one with an 's' or 'g': 8s, 8g)")
+    caps: list[int | str] = [k if k[-1] in "sg" else int(k) for k in given]
     table = rows(a.bench, caps, progress=True)
     if a.changed:
         table = changed(table)

@@ -5,6 +5,7 @@ screened with an older `span` revision again with the real detector on recorded 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -167,8 +168,8 @@ def test_a_sibling_world_fills_only_the_rows_the_grid_world_cannot_carry(tmp_pat
           kind="no_relabel")
     _cell(carrier, "clean_s0", "clean", 0.0, 0, asr=0.0, f1=0.0, flagged=0, kind="clean")
     _cell(carrier, "sig_r0.05_s0", "sig", 0.05, 0, asr=0.99, f1=0.1, flagged=9)  # the grid world carries sig
-    (carrier / "world.json").write_text(json.dumps(
-        {"path": "work/world-d0c", "world": {"seed": 0, "n_train": 400, "describe_frac": 0.25}}))
+    (carrier / "world.json").write_text(json.dumps(  # a sibling world whose folder is not here: no build to compare
+        {"path": str(tmp_path / "world-d0c"), "world": {"seed": 0, "n_train": 400, "describe_frac": 0.25}}))
     grid = tmp_path / "bench"
     _cell(grid, "clean_s0", "clean", 0.0, 0, asr=0.0, f1=0.0, flagged=2, kind="clean")
     record = tmp_path / "cells.csv"
@@ -212,3 +213,47 @@ def test_the_readme_block_is_replaced_and_missing_markers_are_an_error(tmp_path)
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match="no <!-- GRID:START -->"):
         _grid("--bench", bench, "--readme", readme)
+
+
+def _built(bench: Path, world: Path, weights: bytes | None, accuracy: float) -> None:
+    """OUT/world.json of a folder fine-tuned from `world`, naming the base model's bytes (None: a folder written
+    before builds were recorded) and what the build measured."""
+    rec = {"path": str(world), "world": {"seed": 0, "n_train": 40, "test_accuracy": {"all": accuracy}}}
+    if weights is not None:
+        rec["base_model_sha256"] = {"model.safetensors": hashlib.sha256(weights).hexdigest()}
+    (bench / "world.json").write_text(json.dumps(rec))
+
+
+def test_the_grid_shows_the_build_the_world_holds_now_and_marks_the_others(tmp_path):
+    world = _world(tmp_path / "world", ["red"] * 40)
+    (world / "base_model").mkdir()
+    (world / "base_model" / "model.safetensors").write_bytes(b"rebuilt")
+    record = tmp_path / "cells.csv"
+    old = tmp_path / "bench-old"  # an earlier build: its folder did not record which
+    _cell(old, "sig_r0.02_s0", "sig", 0.02, 0, asr=0.99, f1=0.90, flagged=110)
+    _cell(old, "sig_r0.02_s1", "sig", 0.02, 1, asr=0.98, f1=1.00, flagged=100)
+    _cell(old, "clean_s0", "clean", 0.0, 0, asr=0.0, f1=0.0, flagged=3, kind="clean")
+    _built(old, world, None, 0.975)
+    _grid("--bench", old, "--record", record, "--world", world)
+    _grid("--bench", old, "--record", record, "--world", world)  # read again: no second row of a cell
+    assert len(pd.read_csv(record)) == 3
+    new = tmp_path / "bench-new"  # the build the world's folder holds now, one seed and the clean cell again
+    _cell(new, "sig_r0.02_s0", "sig", 0.02, 0, asr=0.97, f1=1.00, flagged=100)
+    _cell(new, "clean_s0", "clean", 0.0, 0, asr=0.0, f1=0.0, flagged=0, kind="clean")
+    _built(new, world, b"rebuilt", 0.988)
+    text = _grid("--bench", new, "--record", record, "--world", world)
+    assert text == _grid("--bench", old, "--bench", new, "--world", world)  # two builds of one world's settings
+    assert _row(text, "sig", "2.0%") == ("| sig | 2.0% | **1.00** / 0.97 | **1.00** / 0.98° | — | met (2 of 3 seeds, "
+                                        "1 on another build°) |")
+    assert text.startswith("2 attack cells of the 17 × 5 × 3 = 255 grid measured (1 on the build the world's "
+                           "folder holds now);")
+    assert "° fine-tuned from another build of its world" in text.splitlines()[0]
+    assert "1 controls; goal 0 flagged: met on 1." in text and "| clean | – | – | 0 | 0 | – |" in text
+    t = pd.read_csv(record, dtype={"build": str}, keep_default_na=False)
+    assert sorted(zip(t["cell"], t["build"])) == [  # the record keeps each build's row
+        ("clean_s0", ""), ("clean_s0", hashlib.sha256(b"rebuilt").hexdigest()[:12]), ("sig_r0.02_s0", ""),
+        ("sig_r0.02_s0", hashlib.sha256(b"rebuilt").hexdigest()[:12]), ("sig_r0.02_s1", "")]
+    # once the world's folder holds yet another build, every row is marked: none ran on it
+    (world / "base_model" / "model.safetensors").write_bytes(b"rebuilt again")
+    again = _grid("--record", record, "--world", world)
+    assert "| sig | 2.0% | **1.00** / 0.97° | **1.00** / 0.98° | — |" in again

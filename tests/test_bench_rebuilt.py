@@ -32,8 +32,9 @@ def test_each_cell_is_judged_on_both_builds_and_sibling_worlds_are_not_its_count
     _cell(new, "sig_r0.1_s0_norelabel", "sig", 0.1, 0, asr=0.0, f1=0.0, flagged=0, kind="no_relabel")
     _cell(new, "dual_key_r0.02_s1", "dual_key", 0.02, 1, asr=0.90, f1=1.0, flagged=100)  # not in the record
     _cell(new, "sig_r0.1_s1_norelabel", "sig", 0.1, 1, asr=0.0, f1=0.0, flagged=2, kind="no_relabel")  # nor this
-    (new / "world.json").write_text(json.dumps({"path": "work/world", "base_model_sha256": {"m": "ab"},
+    (new / "world.json").write_text(json.dumps({"path": str(tmp_path / "world"), "base_model_sha256": {"m": "ab"},
                                                 "host": {"aten": "AVX2"}}))
+    bench_grid.main(["--bench", str(new), "--record", str(record)])  # the record now holds both builds' rows
     text = bench_rebuilt.main(["--record", str(record), "--bench", str(new)])
     assert "| badnet 1 % s0 | attack | 0.400 / 1.000 / 0.90 / 45 (bench-old) | 0.920 / 1.000 / 0.97 / 51 | " \
            "not learned | met |" in text

@@ -38,10 +38,11 @@ def test_caps_refit_the_stored_gains(tmp_path):
     assert not poison[0]
     _cell(tmp_path, "badnet_r0.01_s0", gain, poison, screened=0)
     (tmp_path / "cells" / "unscreened_s0").mkdir()  # no verdict table: left out
-    [row] = span_caps.rows(tmp_path, [6, 8])
+    [row] = span_caps.rows(tmp_path, [6, "8s", 8])
     assert row["cell"] == "badnet_r0.01_s0" and row["poisoned"] == 50 and row["screened"] == 0
     assert row["caps"][6]["flagged"] == 0 and row["caps"][6]["ashman_d"] < 2  # the merged fit
-    assert row["caps"][8]["tp"] == 50 and row["caps"][8]["f1"] >= 0.95
+    assert row["caps"]["8s"]["tp"] == 50  # the standard fit alone takes every poisoned sample
+    assert row["caps"][8]["tp"] == row["caps"][8]["flagged"] == 47 and row["caps"][8]["f1"] >= 0.95  # confirmed
     table = span_caps.markdown([row], [6, 8])
     assert table.splitlines()[2].startswith("| badnet_r0.01_s0 | 0.399 | 50 | 0 | 0 / 0.00 /")
 
@@ -68,7 +69,7 @@ def test_where_tells_the_poisoned_gains_from_the_clean_per_target(tmp_path):
     assert r["poisoned"] == int(p.sum()) == 50
     assert r["poisoned_min"] == ok[p].min() and r["clean_max"] == ok[~p].max()
     assert r["clean_p99"] == float(np.quantile(ok[~p], 0.99))
-    assert r["missed"] == 0 and r["missed_median"] is None  # the default k_max 8 flags all 50 (see above)
+    assert r["missed"] == 3 and r["missed_median"] < 8  # the default leaves the three least learned (see above)
     assert r["poisoned_median"] == float(np.median(ok[p]))
     assert {t: v["n"] for t, v in r["by_target"].items()} == {"banana": 25, "red": 25}
     assert span_caps.where_markdown([r]).splitlines()[2].startswith("| badnet_r0.01_s0 | 50 | ")
@@ -77,14 +78,17 @@ def test_where_tells_the_poisoned_gains_from_the_clean_per_target(tmp_path):
 
 
 def test_a_grown_cap_refits_with_split_starts(tmp_path):
-    """"8g" decides with SpanParams(grow=True): on the recorded substitution cell it flags the 64 poisoned
-    samples alone, where the default fit also takes the clean tail."""
+    """"8g" decides with the grown fit alone (SpanParams(grow=True, confirm=False)): on the recorded substitution
+    cell it flags the 64 poisoned samples alone, where the standard fit alone ("8s") also takes the clean tail;
+    the default ("8") flags where both do."""
     z = np.load(GAINS)
     gain, poison = z["substitute_describe_gain"].astype(np.float64), z["substitute_describe_poison"]
     _cell(tmp_path, "substitute_r0.05_s0", gain, poison, screened=93)
-    [row] = span_caps.rows(tmp_path, [8, "8g"])
-    assert row["caps"][8]["tp"] == 64 and row["caps"][8]["flagged"] > 64
+    [row] = span_caps.rows(tmp_path, ["8s", "8g", 8])
+    assert row["caps"]["8s"]["tp"] == 64 and row["caps"]["8s"]["flagged"] > 64
     assert row["caps"]["8g"]["tp"] == row["caps"]["8g"]["flagged"] == 64
-    assert "k_max 8, grown: flagged" in span_caps.markdown([row], [8, "8g"]).splitlines()[0]
+    assert row["caps"][8]["tp"] == row["caps"][8]["flagged"] == 64
+    head = span_caps.markdown([row], ["8s", "8g", 8]).splitlines()[0]
+    assert "k_max 8, standard fit alone: flagged" in head and "k_max 8, grown fit alone: flagged" in head
     assert span_caps.changed([row]) == [row]
     assert span_caps.changed(span_caps.rows(tmp_path, [8, 10])) == []  # 8 and 10 decide alike here

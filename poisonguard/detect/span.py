@@ -52,7 +52,19 @@ A learned backdoor gives a separate *mode* far above it (BadNet demo: 9.2–14.1
    lower shoulder back. Revision 4: on all-to-all 10 % (seed 1) a component of mean 4.9 nats and sd 2.6
    spanned the clean tail's top (≤ 3.8) and the backdoor's lower shoulder, so 59 poisoned samples at
    5.3–7.5 nats, beyond the valley at 5.3, had lfdr > 0.2 and were not flagged. The rule adds no constant;
-   samples below the valley are judged by lfdr as before.
+   samples below the valley are judged by lfdr as before;
+5. steps 2-4 run twice, from two EM starts of the same mixtures (`confirm`, revision 5): the standard restarts,
+   and the grown fit (each K also started from the K − 1 fit with one component split in two,
+   `fit_gmm_1d(grow=True)`). A sample is flagged only where both fits flag it. Why: on the controls fine-tuned
+   from the world as it is built since its CPU kernels were pinned (2026-12-07), one fit alone flagged a few
+   samples of the clean-learning tail on a clean fine-tune (6) and on no-relabel controls (4-10; the trigger
+   with correct answers): BIC gives the tail's top handful of samples (1.7-8 nats, often the same hard clean
+   samples in every cell) components of one to eight samples, one at the variance floor, and the valley
+   before them passes. Where one fit did so the other did not, and the reverse (the grown fit once split the
+   bulk itself: 95 flagged); a separated backdoor mode is found from both starts. On the 97 stored cells the
+   rule adds no flag (an intersection) and removed every control flag; it costs the samples only one fit
+   takes: 3 of 50 least-learned poisoned samples of a half-learned BadNet 1 % (F1 0.97), and backdoors that
+   only the grown fit saw on rows the model did not learn (docs/detectors.md, `confirm`).
 Every withheld decision names its reason in the report. Provenance, and the one world that chose `min_gain`
 and `k_max`: docs/detectors.md, "span".
 """
@@ -84,8 +96,11 @@ class SpanParams:
     n_init: int = 8  # EM restarts: an optimiser setting (the likelihood picks the restart); 2 missed a 45-sample
     #                  mode on 2 of 3 demo-world subsamples at 1 % (a worse local optimum), 8 found it
     seed: int = 0
-    grow: bool = False  # also start each K from the K − 1 fit with a component split (fit_gmm_1d(grow=True)):
-    #                     higher likelihoods; off by default, as it moves the cut on controls (docs/detectors.md)
+    grow: bool = False  # the first fit also starts each K from the K − 1 fit with a component split
+    #                     (fit_gmm_1d(grow=True)); with `confirm` both starts are fitted either way
+    confirm: bool = True  # flag a sample only where the fit of the other EM start flags it too (revision 5:
+    #                       a separated mode is found from both starts; a split around a few samples of the
+    #                       clean tail depended on the start, docs/detectors.md)
 
     def __post_init__(self) -> None:
         check_float("min_gain", self.min_gain, 0.0, open_lo=True)
@@ -97,6 +112,7 @@ class SpanParams:
         check_int("n_init", self.n_init, 1)
         check_int("seed", self.seed, 0)
         check_bool("grow", self.grow)
+        check_bool("confirm", self.confirm)
 
 
 def answer_gain(logp: np.ndarray, logp_base: np.ndarray) -> dict[str, np.ndarray]:
@@ -113,52 +129,19 @@ def answer_gain(logp: np.ndarray, logp_base: np.ndarray) -> dict[str, np.ndarray
 class AnswerSpanDetector(Detector):
     name = "span"
     Params = SpanParams
-    revision = 4  # 2: the deepest peeling step behind a gap is taken, not only the deepest step (_peel);
+    revision = 5  # 2: the deepest peeling step behind a gap is taken, not only the deepest step (_peel);
     #               3: the upper mode's minority is counted among all screened samples, not the moved ones;
-    #               4: every sample at or above the valley is flagged too, not only those with lfdr < max_lfdr
+    #               4: every sample at or above the valley is flagged too, not only those with lfdr < max_lfdr;
+    #               5: a sample is flagged only where the fits of both EM starts flag it (`confirm`)
     params: SpanParams
 
     def fit(self, features: FeatureSet) -> Self:
         features.require("answer_logp", "answer_logp_base")
         x = answer_gain(features.answer_logp, features.answer_logp_base)["max"]  # (N,)
         p = self.params
-        moved = x > p.min_gain  # (N,)
-        fitted: dict[str, Any] = {"accepted": False, "mixture": None, "k": 0, "n_moved": int(moved.sum()),
-                                  "ashman_d": 0.0, "weight": 0.0, "share": 0.0, "split": 0, "valley_at": None}
-        if moved.sum() < 2:
-            fitted["reason"] = (f"nothing flagged: {int(moved.sum())} sample(s) gained more than {p.min_gain:g} "
-                                "nats on their answer (no fine-tuning gain; e.g. the base-model control)")
-            self._fitted = fitted
-            return self
-        xm = x[moved]  # (n_moved,)
-        ks = tuple(range(1, min(p.k_max, xm.size) + 1))
-        fit = fit_gmm_1d(xm[:, None], ks=ks, n_init=p.n_init, seed=p.seed, grow=p.grow)
-        k = int(fit.k_star("bic")[0])
-        params = fit.at(k)  # (1, Kmax), components sorted by mean
-        split, d, peels, valleys = _peel(params, k, p.min_ashman_d, p.max_weight, p.max_valley)
-        valley, valley_at = _valley_point(params, k, split) if split else (1.0, None)
-        fitted.update(k=k, ashman_d=d, split=split, peels=peels, valleys=valleys, valley=valley, valley_at=valley_at)
-        if split:
-            upper = _upper(params, split)
-            fitted["weight"] = float(params.weights[0][upper[0]].sum())  # of the moved samples
-            fitted["share"] = fitted["weight"] * int(moved.sum()) / x.size  # of every screened sample
-            fitted["mixture"] = mixture_state(params, upper)
-        failed = [why for ok, why in (
-            (k > 1, "one mode (BIC chose K = 1)"),
-            (d >= p.min_ashman_d, (f"no separated upper mode (Ashman's D {d:.2f} < {p.min_ashman_d:g}): a "
-                                   "continuous tail, as clean samples the fine-tune learned give")),
-            (d < p.min_ashman_d or valley <= p.max_valley,
-             (f"no gap before the upper mode (mixture density in the valley {valley:.2f} of its height at the "
-              f"upper mode > {p.max_valley:g}): a continuous tail, as clean samples the fine-tune learned give")),
-            (fitted["share"] <= p.max_weight, (f"upper mode {fitted['share']:.3f} > {p.max_weight:g} of the "
-                                               f"{x.size} screened samples (not a minority)")),
-        ) if not ok]
-        fitted["accepted"] = not failed
-        fitted["reason"] = ("nothing flagged: " + "; ".join(failed)) if failed else (
-            f"a separated mode of answer-likelihood gain (K={k}, Ashman's D {d:.2f}, valley/peak {valley:.2g}, weight {fitted['weight']:.3f}"
-            f" of {int(moved.sum())} moved samples); flagged where lfdr < {p.max_lfdr:g} or the gain is at or "
-            f"above the valley ({valley_at:.2f} nats)"
-            + _not_taken(valleys, split))
+        fitted = _cut(x, p, p.grow)
+        if p.confirm:
+            fitted["confirm"] = _cut(x, p, not p.grow)  # the other EM start; both must flag a sample (score)
         self._fitted = fitted
         return self
 
@@ -167,19 +150,93 @@ class AnswerSpanDetector(Detector):
         features.require("answer_logp", "answer_logp_base")
         gain = answer_gain(features.answer_logp, features.answer_logp_base)
         x = gain["max"]  # (N,)
-        p_poison = np.zeros(x.size) if st["mixture"] is None else _upper_posterior(x, st["mixture"])
-        moved = x > self.params.min_gain
-        lfdr = 1.0 - p_poison
-        at = st.get("valley_at")  # None: no split, or a state stored before revision 4
-        beyond = np.zeros(x.size, dtype=bool) if at is None else x >= at  # (N,)
-        flagged = bool(st["accepted"]) & moved & ((lfdr < self.params.max_lfdr) | beyond)
+        p_poison, flagged = _flags(x, st, self.params)
+        accepted, reason, confirm = bool(st["accepted"]), st["reason"], None
+        other = st.get("confirm")  # None: confirm off, or a state stored before revision 5
+        if other is not None:
+            p_other, f_other = _flags(x, other, self.params)
+            names = ("grown", "standard") if self.params.grow else ("standard", "grown")
+            confirm = {"fit": names[1], "accepted": bool(other["accepted"]), "reason": other["reason"],
+                       "k": int(other["k"]), "ashman_d": float(other["ashman_d"]),
+                       "valley": float(other.get("valley", 1.0)), "n_flagged": int(f_other.sum()),
+                       "n_flagged_alone": int(flagged.sum())}
+            reason = _confirmed(reason, accepted, other, names, int(flagged.sum()), int(f_other.sum()),
+                                int((flagged & f_other).sum()))
+            accepted = accepted and bool(other["accepted"])
+            p_poison, flagged = np.minimum(p_poison, p_other), flagged & f_other
         return self._result(features, p_poison, flagged,
                             {"score_span": x, "score_span_mean": gain["mean"], "p_span": p_poison},
-                            accepted=bool(st["accepted"]), reason=st["reason"], k=int(st["k"]),
+                            accepted=accepted, reason=reason, confirm=confirm, k=int(st["k"]),
                             ashman_d=float(st["ashman_d"]), valley=float(st.get("valley", 1.0)),
-                            weight=float(st["weight"]), share=float(st.get("share", 0.0)), valley_at=at,
+                            weight=float(st["weight"]), share=float(st.get("share", 0.0)), valley_at=st.get("valley_at"),
                             n_moved=int(st["n_moved"]), ashman_d_by_step=dict(st.get("peels", {})),
                             valley_by_step=dict(st.get("valleys", {})))
+
+
+def _flags(x: np.ndarray, st: dict[str, Any], p: SpanParams) -> tuple[np.ndarray, np.ndarray]:
+    """(p_poison (N,), flagged (N,)) of gains `x` under one fit's state: lfdr < `max_lfdr`, or at or above the
+    valley, where the fit was accepted."""
+    p_poison = np.zeros(x.size) if st["mixture"] is None else _upper_posterior(x, st["mixture"])
+    moved = x > p.min_gain  # (N,)
+    at = st.get("valley_at")  # None: no split, or a state stored before revision 4
+    beyond = np.zeros(x.size, dtype=bool) if at is None else x >= at  # (N,)
+    return p_poison, bool(st["accepted"]) & moved & ((1.0 - p_poison < p.max_lfdr) | beyond)
+
+
+def _confirmed(reason: str, accepted: bool, other: dict[str, Any], names: tuple[str, str], n_one: int,
+               n_other: int, n_both: int) -> str:
+    """The report's reason when a second EM start must confirm: why nothing is flagged (each fit's reasons),
+    or the first fit's mode and how many samples each fit flagged."""
+    if accepted and other["accepted"]:
+        return (f"{reason}; confirmed by the {names[1]} fit: flagged where both flag ({names[0]} {n_one}, "
+                f"{names[1]} {n_other}, both {n_both})")
+    parts = [f"the {name} fit: {st_reason.removeprefix('nothing flagged: ')}" if not ok
+             else f"the {name} fit found a separated mode ({n} flagged) that the other does not confirm"
+             for name, ok, st_reason, n in ((names[0], accepted, reason, n_one),
+                                             (names[1], bool(other["accepted"]), other["reason"], n_other))]
+    return "nothing flagged: " + "; ".join(parts)
+
+
+def _cut(x: np.ndarray, p: SpanParams, grow: bool) -> dict[str, Any]:
+    """The mixture cut of per-sample max gains `x` (N,) from one EM start (`grow`: each K also started from
+    the K − 1 fit split in two): a JSON-able state, accepted or with the reasons it withholds."""
+    moved = x > p.min_gain  # (N,)
+    fitted: dict[str, Any] = {"accepted": False, "mixture": None, "k": 0, "n_moved": int(moved.sum()),
+                              "ashman_d": 0.0, "weight": 0.0, "share": 0.0, "split": 0, "valley_at": None}
+    if moved.sum() < 2:
+        fitted["reason"] = (f"nothing flagged: {int(moved.sum())} sample(s) gained more than {p.min_gain:g} "
+                            "nats on their answer (no fine-tuning gain; e.g. the base-model control)")
+        return fitted
+    xm = x[moved]  # (n_moved,)
+    ks = tuple(range(1, min(p.k_max, xm.size) + 1))
+    fit = fit_gmm_1d(xm[:, None], ks=ks, n_init=p.n_init, seed=p.seed, grow=grow)
+    k = int(fit.k_star("bic")[0])
+    params = fit.at(k)  # (1, Kmax), components sorted by mean
+    split, d, peels, valleys = _peel(params, k, p.min_ashman_d, p.max_weight, p.max_valley)
+    valley, valley_at = _valley_point(params, k, split) if split else (1.0, None)
+    fitted.update(k=k, ashman_d=d, split=split, peels=peels, valleys=valleys, valley=valley, valley_at=valley_at)
+    if split:
+        upper = _upper(params, split)
+        fitted["weight"] = float(params.weights[0][upper[0]].sum())  # of the moved samples
+        fitted["share"] = fitted["weight"] * int(moved.sum()) / x.size  # of every screened sample
+        fitted["mixture"] = mixture_state(params, upper)
+    failed = [why for ok, why in (
+        (k > 1, "one mode (BIC chose K = 1)"),
+        (d >= p.min_ashman_d, (f"no separated upper mode (Ashman's D {d:.2f} < {p.min_ashman_d:g}): a "
+                               "continuous tail, as clean samples the fine-tune learned give")),
+        (d < p.min_ashman_d or valley <= p.max_valley,
+         (f"no gap before the upper mode (mixture density in the valley {valley:.2f} of its height at the "
+          f"upper mode > {p.max_valley:g}): a continuous tail, as clean samples the fine-tune learned give")),
+        (fitted["share"] <= p.max_weight, (f"upper mode {fitted['share']:.3f} > {p.max_weight:g} of the "
+                                           f"{x.size} screened samples (not a minority)")),
+    ) if not ok]
+    fitted["accepted"] = not failed
+    fitted["reason"] = ("nothing flagged: " + "; ".join(failed)) if failed else (
+        f"a separated mode of answer-likelihood gain (K={k}, Ashman's D {d:.2f}, valley/peak {valley:.2g}, weight {fitted['weight']:.3f}"
+        f" of {int(moved.sum())} moved samples); flagged where lfdr < {p.max_lfdr:g} or the gain is at or "
+        f"above the valley ({valley_at:.2f} nats)"
+        + _not_taken(valleys, split))
+    return fitted
 
 
 def _peel(params, k: int, min_d: float, max_weight: float = 1.0,

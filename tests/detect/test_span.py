@@ -132,8 +132,9 @@ def _recorded(name: str) -> tuple[FeatureSet, np.ndarray]:
     """Max answer gains recorded on the world's bench cells (world seed 0, 5,000 samples, 2026-12-05: Dual-Key
     5 %, Blend 5 %, the clean fine-tune, BadNet 1 %, syntactic 0.5 %, all bench seed 0; two-target 5 % + 5 % of
     bench seed 2; 2026-12-06: two-target 10 % + 10 % and all-to-all 10 % of bench seed 1, the image-injection
-    no-relabel control of bench seed 1, and concept substitution 5 % on world seed 0 with describe questions), as
-    one-token answers so that the gain is the stored max."""
+    no-relabel control of bench seed 1, and concept substitution 5 % on world seed 0 with describe questions;
+    2026-12-07, `pinned_*`: controls fine-tuned from the pinned-kernel build of the world), as one-token answers
+    so that the gain is the stored max."""
     z = np.load(GAINS)
     gain, poison = z[f"{name}_gain"].astype(np.float64), z[f"{name}_poison"]
     ids = np.array([f"s{i}" for i in range(gain.size)])
@@ -150,7 +151,7 @@ def test_recorded_cells_need_room_above_the_moved_bulk(name):
     assert res.report["accepted"], res.report["reason"]
     assert (res.flagged & poison).sum() == poison.sum() == 250
     assert (res.flagged & ~poison).sum() <= 0.01 * fs.n
-    merged = AnswerSpanDetector(k_max=4).detect(fs)
+    merged = AnswerSpanDetector(k_max=4, confirm=False).detect(fs)  # one fit, as when k_max was chosen
     assert (merged.flagged & ~poison).sum() > 50  # the failure the default avoids
 
 
@@ -229,12 +230,16 @@ def test_recorded_half_learned_badnet_needs_room_for_the_tail_too():
     """BadNet 1 % at the corner (50 poisoned, ASR 0.40: half learned): poisoned gains 4.4-14 nats, clean at
     most 4.1. With K ≤ 6 the moved bulk took five components and the sixth, one wide Gaussian (mean 4.1, sd
     5.0), held the clean-learning tail and the backdoor together: D 1.15, nothing flagged. The default cap
-    leaves a component for each."""
+    leaves a component for each. Confirmation's price on this cell: the grown fit puts its valley at 9.1 nats,
+    so the three poisoned samples below it (4.4, 7.2, 7.5 nats: the least learned) are not confirmed."""
     fs, poison = _recorded("badnet_1pct")
+    alone = AnswerSpanDetector(confirm=False).detect(fs)
+    assert (alone.flagged & poison).sum() == poison.sum() == 50 and (alone.flagged & ~poison).sum() <= 2
     res = AnswerSpanDetector().detect(fs)
     assert res.report["accepted"], res.report["reason"]
-    assert (res.flagged & poison).sum() == poison.sum() == 50
-    assert (res.flagged & ~poison).sum() <= 2
+    assert res.flagged.sum() == (res.flagged & poison).sum() == 47
+    assert res.report["confirm"]["n_flagged"] == 47 and res.report["confirm"]["n_flagged_alone"] == 52
+    assert "(standard 52, grown 47, both 47)" in res.report["reason"]
     merged = AnswerSpanDetector(k_max=6).detect(fs)
     assert not merged.flagged.any() and "Ashman's D 1.15" in merged.report["reason"]  # the failure avoided
 
@@ -276,22 +281,48 @@ def test_the_split_is_unchanged_where_the_deepest_step_has_a_gap():
         assert f["split"] == deepest and f["accepted"], name
 
 
-def test_recorded_substitution_needs_the_grown_fit_and_the_grown_fit_breaks_a_control():
+def test_recorded_substitution_needs_the_grown_fit_and_confirmation_keeps_its_control_silent():
     """Concept substitution on the describe world: 64 poisoned samples at 8.9-15 nats above a clean tail up to
-    4.9. The default fit keeps one wide component over both, so clean samples of the tail are flagged too; the
-    grown fit (each K started from the K - 1 fit split) isolates the mode. It is not the default because on a
-    no-relabel control whose default fit is silent it finds a small top group behind a valley just under the
-    cut (docs/detectors.md, `grow`)."""
+    4.9. The standard fit keeps one wide component over both, so clean samples of the tail are flagged too;
+    the grown fit (each K started from the K - 1 fit split) isolates the mode. Alone, the grown fit finds a
+    small top group behind a valley just under the cut on a no-relabel control whose standard fit is silent;
+    confirmed (revision 5: a sample is flagged where both fits flag it), the mode is exactly the 64 and the
+    control stays silent (docs/detectors.md, `confirm`)."""
     fs, poison = _recorded("substitute_describe")
-    default = AnswerSpanDetector().detect(fs)
-    assert (default.flagged & poison).sum() == poison.sum() == 64
-    assert (default.flagged & ~poison).sum() >= 25  # the clean tail inside the wide component
-    grown = AnswerSpanDetector(grow=True).detect(fs)
+    standard = AnswerSpanDetector(confirm=False).detect(fs)
+    assert (standard.flagged & poison).sum() == poison.sum() == 64
+    assert (standard.flagged & ~poison).sum() >= 25  # the clean tail inside the wide component
+    grown = AnswerSpanDetector(grow=True, confirm=False).detect(fs)
     assert grown.flagged.sum() == (grown.flagged & poison).sum() == 64
+    res = AnswerSpanDetector().detect(fs)
+    assert res.flagged.sum() == (res.flagged & poison).sum() == 64
     moved = fs.answer_logp[:, 0][fs.answer_logp[:, 0] > 1e-3][:, None]  # (2611, 1): what span fits
     plain, up = (fit_gmm_1d(moved, range(1, 9), n_init=8, grow=g).loglik[0] for g in (False, True))
-    assert up[6] - plain[6] > 190  # K = 7: the default fit is a worse optimum (193 nats, docs/detectors.md)
+    assert up[6] - plain[6] > 190  # K = 7: the standard fit is a worse optimum (193 nats, docs/detectors.md)
     control, _ = _recorded("inject_image_norelabel_s1")
-    assert not AnswerSpanDetector().detect(control).flagged.any()
-    price = AnswerSpanDetector(grow=True).detect(control)
+    assert not AnswerSpanDetector(confirm=False).detect(control).flagged.any()
+    price = AnswerSpanDetector(grow=True, confirm=False).detect(control)
     assert price.report["accepted"] and 0 < price.flagged.sum() <= 10
+    confirmed = AnswerSpanDetector().detect(control)
+    assert not confirmed.flagged.any() and "that the other does not confirm" in confirmed.report["reason"]
+
+
+@pytest.mark.parametrize("name, alone", [
+    ("pinned_clean_s1", {"standard": 6, "grown": 0}),
+    ("pinned_text_prefix_norelabel_10pct_s0", {"standard": 10, "grown": 0}),
+    ("pinned_syntactic_norelabel_10pct_s0", {"standard": 9, "grown": 0}),
+    ("pinned_text_prefix_norelabel_2pct_s0", {"standard": 0, "grown": 95}),
+])
+def test_recorded_controls_of_the_pinned_build_are_silent_once_confirmed(name, alone):
+    """Controls fine-tuned from the world as `dvc repro` builds it since the CPU kernels were pinned (2026-12-07,
+    `work/bench-p16`): a clean fine-tune and three no-relabel controls (the trigger with correct answers). One
+    fit alone flags a few samples of the clean-learning tail — the standard fit as components of one to eight
+    samples at its top (a variance-floor component holding one), the grown fit once as a split inside the
+    bulk — and the two fits never flag the same ones: the confirmed cut flags none."""
+    fs, _ = _recorded(name)
+    for fit, n in alone.items():
+        got = AnswerSpanDetector(grow=fit == "grown", confirm=False).detect(fs)
+        assert got.flagged.sum() == n, fit
+    res = AnswerSpanDetector().detect(fs)
+    assert not res.flagged.any(), res.report["reason"]
+    assert res.report["confirm"]["fit"] == "grown"
