@@ -335,7 +335,8 @@ def controls_markdown(t: pd.DataFrame, current: int, builds: dict[str, str | Non
 def defence_markdown(t: pd.DataFrame, builds: dict[str, str | None] | None = None) -> str:
     """ASR after retraining on the detector's cleaned set, beside the floor: the oracle's (exactly the poisoned
     samples removed) and the base model's (an attack whose target the base already gives on some triggered
-    inputs cannot go below it)."""
+    inputs cannot go below it). `t`: one row per cell that ran the loop (`choose` among the rows with one, so a
+    cell run again on another build without the loop keeps its earlier loop, marked °)."""
     d = t[(t["kind"] == "attack") & t["retrained_asr"].notna()]
     if d.empty:
         return "Defence loop: not run on any cell.\n"
@@ -470,7 +471,8 @@ def main(argv: list[str] | None = None) -> str:
         t[COLUMNS].to_csv(args.record, index=False, float_format="%.6g")
     shown = choose(t, builds)
     text = "\n".join([grid_markdown(shown, current, world, builds), controls_markdown(shown, current, builds),
-                      defence_markdown(shown, builds), refit_markdown(shown)])
+                      defence_markdown(choose(t[t["retrained_asr"].notna()], builds), builds),
+                      refit_markdown(shown)])
     if args.readme is not None:
         cmd = "python benchmarks/bench_grid.py " + " ".join(argv if argv is not None else sys.argv[1:])
         note = f"Generated {date.today().isoformat()} by `{cmd}`."

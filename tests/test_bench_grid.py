@@ -230,7 +230,7 @@ def test_the_grid_shows_the_build_the_world_holds_now_and_marks_the_others(tmp_p
     (world / "base_model" / "model.safetensors").write_bytes(b"rebuilt")
     record = tmp_path / "cells.csv"
     old = tmp_path / "bench-old"  # an earlier build: its folder did not record which
-    _cell(old, "sig_r0.02_s0", "sig", 0.02, 0, asr=0.99, f1=0.90, flagged=110)
+    _cell(old, "sig_r0.02_s0", "sig", 0.02, 0, asr=0.99, f1=0.90, flagged=110, retrained_asr=0.004)
     _cell(old, "sig_r0.02_s1", "sig", 0.02, 1, asr=0.98, f1=1.00, flagged=100)
     _cell(old, "clean_s0", "clean", 0.0, 0, asr=0.0, f1=0.0, flagged=3, kind="clean")
     _built(old, world, None, 0.975)
@@ -249,6 +249,7 @@ def test_the_grid_shows_the_build_the_world_holds_now_and_marks_the_others(tmp_p
                            "folder holds now);")
     assert "° fine-tuned from another build of its world" in text.splitlines()[0]
     assert "1 controls; goal 0 flagged: met on 1." in text and "| clean | – | – | 0 | 0 | – |" in text
+    assert "| sig_r0.02_s0° | 0.990 | 0.004 |" in text  # run again without the loop: the earlier loop stays
     t = pd.read_csv(record, dtype={"build": str}, keep_default_na=False)
     assert sorted(zip(t["cell"], t["build"])) == [  # the record keeps each build's row
         ("clean_s0", ""), ("clean_s0", hashlib.sha256(b"rebuilt").hexdigest()[:12]), ("sig_r0.02_s0", ""),

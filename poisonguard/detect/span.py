@@ -61,7 +61,7 @@ A learned backdoor gives a separate *mode* far above it (BadNet demo: 9.2–14.1
    with correct answers): BIC gives the tail's top handful of samples (1.7-8 nats, often the same hard clean
    samples in every cell) components of one to eight samples, one at the variance floor, and the valley
    before them passes. Where one fit did so the other did not, and the reverse (the grown fit once split the
-   bulk itself: 95 flagged); a separated backdoor mode is found from both starts. On the 97 stored cells the
+   bulk itself: 95 flagged); a separated backdoor mode is found from both starts. On the 105 stored cells the
    rule adds no flag (an intersection) and removed every control flag; it costs the samples only one fit
    takes: 3 of 50 least-learned poisoned samples of a half-learned BadNet 1 % (F1 0.97), and backdoors that
    only the grown fit saw on rows the model did not learn (docs/detectors.md, `confirm`).
