@@ -10,6 +10,12 @@ what the cell's screen flagged and its ASR.
     python benchmarks/span_caps.py --bench work/bench-breadth --caps 6,8,10,12 [--markdown]
     python benchmarks/span_caps.py --bench work/bench-s7 --caps 8s,8g,8 --changed --markdown  # each fit alone, both
     python benchmarks/span_caps.py --bench work/bench-s8 --where [--only all_to_all_r0.1] [--markdown]
+    python benchmarks/span_caps.py --bench work/bench-p16 --thin 5,10,25 --only _r0.1_s0 --markdown
+
+`--thin` keeps only N of a learned cell's poisoned samples (drawn at random, `--draws` times) beside all its
+clean ones and decides again: the smallest mode the cut finds. An optimistic probe of low rates: the model
+learned the backdoor from every poisoned sample, so the kept ones gain as much as at the cell's own rate;
+a real fine-tune at that rate may learn less or nothing.
 """
 
 from __future__ import annotations
@@ -144,6 +150,55 @@ def where(cell: Path) -> dict | None:
     return out
 
 
+def thinned(gain: np.ndarray, poisoned: np.ndarray, n: int, draws: int, seed: int = 0) -> list[dict]:
+    """`span` (defaults) on all clean gains and `n` of the poisoned ones, per draw: {"tp", "fp"} (poisoned
+    and clean samples flagged). Draws are seeded by (seed, n, draw), so a cell's probe is reproducible."""
+    clean, pois = gain[~poisoned], gain[poisoned]  # (Nc,), (Np,)
+    out = []
+    for d in range(draws):
+        kept = np.random.default_rng([seed, n, d]).choice(pois, size=min(n, pois.size), replace=False)  # (n,)
+        flagged = AnswerSpanDetector().detect(gain_features(np.concatenate([clean, kept]))).flagged  # (Nc+n,)
+        out.append({"tp": int(flagged[clean.size:].sum()), "fp": int(flagged[:clean.size].sum())})
+    return out
+
+
+def thin_rows(bench: Path, ns: list[int], draws: int, only: str = "", min_asr: float = 0.5) -> list[dict]:
+    """One row per learned cell (ASR ≥ `min_asr`) with stored gains and more poisoned samples than the
+    largest N: {"cell", "asr", "poisoned", "thin": {n: [per draw {"tp", "fp"}]}}."""
+    out = []
+    cells = [c for c in sorted(cells_folder(bench).iterdir()) if c.is_dir() and only in c.name]
+    for cell in tqdm(cells, desc="cells", unit="cell"):
+        got = cell_gains(cell)
+        asr = (json.loads((cell / "result.json").read_text()).get("after") or {}).get("asr")
+        if got is None or asr is None or asr < min_asr or got[1].sum() <= max(ns):
+            continue
+        out.append({"cell": cell.name, "asr": asr, "poisoned": int(got[1].sum()),
+                    "thin": {n: thinned(*got, n, draws) for n in ns}})
+    return out
+
+
+def thin_markdown(table: list[dict], ns: list[int]) -> str:
+    head = "| cell | ASR | poisoned | " + " | ".join(f"{n} kept: found per draw (clean flagged)" for n in ns) + " |"
+    lines = [head, "|" + "---|" * (3 + len(ns))]
+    for r in table:
+        cells = [", ".join(f"{d['tp']}/{n} ({d['fp']})" for d in r["thin"][n]) for n in ns]
+        lines.append(f"| {r['cell']} | {r['asr']:.3f} | {r['poisoned']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def thin_summary(table: list[dict], ns: list[int]) -> str:
+    """Per N, over every cell and draw: draws that found all N kept samples, none of them, and the most clean
+    samples a draw flagged."""
+    lines = []
+    for n in ns:
+        draws = [d for r in table for d in r["thin"][n]]
+        if draws:
+            lines.append(f"- {n} kept: all found in {sum(d['tp'] == n for d in draws)} of {len(draws)} draws "
+                         f"({len(table)} cells), none in {sum(d['tp'] == 0 for d in draws)}; clean flagged at "
+                         f"most {max(d['fp'] for d in draws)}")
+    return "\n".join(lines)
+
+
 def _f(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}"
 
@@ -169,7 +224,10 @@ def main() -> None:
     ap.add_argument("--markdown", action="store_true", help="a markdown table instead of JSON lines")
     ap.add_argument("--where", action="store_true",
                     help="where the poisoned and clean gains lie and what the current cut leaves (no caps)")
-    ap.add_argument("--only", default="", help="with --where: only the cells whose name contains this")
+    ap.add_argument("--only", default="", help="with --where or --thin: only the cells whose name contains this")
+    ap.add_argument("--thin", default="",
+                    help="comma-separated N: keep N poisoned samples of each learned cell and decide again")
+    ap.add_argument("--draws", type=int, default=3, help="with --thin: random draws per cell and N")
     ap.add_argument("--changed", action="store_true",
                     help="only the cells where the caps flag different samples (counts flagged or poisoned differ)")
     a = ap.parse_args()
@@ -177,6 +235,14 @@ def main() -> None:
         cells = [c for c in sorted(cells_folder(a.bench).iterdir()) if c.is_dir() and a.only in c.name]
         table = [r for c in tqdm(cells, desc="cells", unit="cell") if (r := where(c)) is not None]
         print(where_markdown(table) if a.markdown else "\n".join(json.dumps(r) for r in table))
+        return
+    if a.thin:
+        if not all(n.isdigit() and int(n) > 0 for n in a.thin.split(",")) or a.draws < 1:
+            ap.error("--thin takes positive integers (5,10,25) and --draws a positive integer")
+        ns = [int(n) for n in a.thin.split(",")]
+        table = thin_rows(a.bench, ns, a.draws, a.only)
+        print(thin_markdown(table, ns) + "\n\n" + thin_summary(table, ns) if a.markdown
+              else "\n".join(json.dumps(r) for r in table))
         return
     given = a.caps.split(",")
     if bad := [k for k in given if not k.rstrip("sg").isdigit() or len(k) - len(k.rstrip("sg")) > 1]:

@@ -92,3 +92,26 @@ def test_a_grown_cap_refits_with_split_starts(tmp_path):
     assert "k_max 8, standard fit alone: flagged" in head and "k_max 8, grown fit alone: flagged" in head
     assert span_caps.changed([row]) == [row]
     assert span_caps.changed(span_caps.rows(tmp_path, [8, 10])) == []  # 8 and 10 decide alike here
+
+
+def test_thin_keeps_n_poisoned_samples_and_decides_again(tmp_path):
+    """`--thin`: the recorded Blend 5 % cell (250 poisoned) with only 25 of its poisoned gains kept beside every
+    clean one; the draws are seeded (the same probe twice gives the same counts), and only learned cells with
+    more poisoned samples than the largest N are probed."""
+    z = np.load(GAINS)
+    gain, poison = z["blend_gain"].astype(np.float64), z["blend_poison"]
+    got = span_caps.thinned(gain, poison, 25, draws=1)
+    assert got[0]["tp"] == 25 and got[0]["fp"] <= 2  # two of the clean tail's top, as with all 250 kept
+    assert got == span_caps.thinned(gain, poison, 25, draws=1)
+    _cell(tmp_path, "blend_r0.05_s0", gain, poison, screened=252)
+    res = json.loads((tmp_path / "cells" / "blend_r0.05_s0" / "result.json").read_text())
+    res["after"]["asr"] = 0.96
+    (tmp_path / "cells" / "blend_r0.05_s0" / "result.json").write_text(json.dumps(res))
+    _cell(tmp_path, "badnet_r0.01_s0", z["badnet_1pct_gain"].astype(np.float64), z["badnet_1pct_poison"], 0)
+    table = span_caps.thin_rows(tmp_path, [25], draws=1)
+    assert [r["cell"] for r in table] == ["blend_r0.05_s0"]  # BadNet 1 % (ASR 0.399) is not learned
+    assert table[0]["thin"][25] == got  # sample 0 (quarantined) is clean: the same draw
+    assert span_caps.thin_rows(tmp_path, [300], draws=1) == []  # 250 poisoned: nothing to thin
+    assert span_caps.thin_markdown(table, [25]).splitlines()[2].startswith("| blend_r0.05_s0 | 0.960 | 250 | 25/25")
+    assert span_caps.thin_summary(table, [25]) == (f"- 25 kept: all found in 1 of 1 draws (1 cells), none in 0; "
+                                                    f"clean flagged at most {got[0]['fp']}")
