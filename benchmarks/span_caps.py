@@ -169,8 +169,10 @@ def thin_rows(bench: Path, ns: list[int], draws: int, only: str = "", min_asr: f
     cells = [c for c in sorted(cells_folder(bench).iterdir()) if c.is_dir() and only in c.name]
     for cell in tqdm(cells, desc="cells", unit="cell"):
         got = cell_gains(cell)
+        if got is None or got[1].sum() <= max(ns):  # unscreened, or nothing to thin
+            continue
         asr = (json.loads((cell / "result.json").read_text()).get("after") or {}).get("asr")
-        if got is None or asr is None or asr < min_asr or got[1].sum() <= max(ns):
+        if asr is None or asr < min_asr:
             continue
         out.append({"cell": cell.name, "asr": asr, "poisoned": int(got[1].sum()),
                     "thin": {n: thinned(*got, n, draws) for n in ns}})
