@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_collect import cells_folder
 
 from poisonguard.attacks.files import read_poison_ids
+from poisonguard.bench.tables import learned
 from poisonguard.detect.features import FeatureSet
 from poisonguard.detect.span import AnswerSpanDetector
 
@@ -162,8 +163,8 @@ def thinned(gain: np.ndarray, poisoned: np.ndarray, n: int, draws: int, seed: in
     return out
 
 
-def thin_rows(bench: Path, ns: list[int], draws: int, only: str = "", min_asr: float = 0.5) -> list[dict]:
-    """One row per learned cell (ASR ≥ `min_asr`) with stored gains and more poisoned samples than the
+def thin_rows(bench: Path, ns: list[int], draws: int, only: str = "") -> list[dict]:
+    """One row per learned cell (`bench.tables.learned`) with stored gains and more poisoned samples than the
     largest N: {"cell", "asr", "poisoned", "thin": {n: [per draw {"tp", "fp"}]}}."""
     out = []
     cells = [c for c in sorted(cells_folder(bench).iterdir()) if c.is_dir() and only in c.name]
@@ -171,10 +172,10 @@ def thin_rows(bench: Path, ns: list[int], draws: int, only: str = "", min_asr: f
         got = cell_gains(cell)
         if got is None or got[1].sum() <= max(ns):  # unscreened, or nothing to thin
             continue
-        asr = (json.loads((cell / "result.json").read_text()).get("after") or {}).get("asr")
-        if asr is None or asr < min_asr:
+        res = json.loads((cell / "result.json").read_text())
+        if not learned(res):
             continue
-        out.append({"cell": cell.name, "asr": asr, "poisoned": int(got[1].sum()),
+        out.append({"cell": cell.name, "asr": res["after"]["asr"], "poisoned": int(got[1].sum()),
                     "thin": {n: thinned(*got, n, draws) for n in ns}})
     return out
 

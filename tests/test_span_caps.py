@@ -19,7 +19,7 @@ import span_caps
 GAINS = Path(__file__).resolve().parent / "fixtures" / "span_gains.npz"
 
 
-def _cell(bench: Path, name: str, gain: np.ndarray, poison: np.ndarray, screened: int) -> None:
+def _cell(bench: Path, name: str, gain: np.ndarray, poison: np.ndarray, screened: int, asr: float = 0.399) -> None:
     cell = bench / "cells" / name
     (cell / "report").mkdir(parents=True)
     (cell / "data").mkdir()
@@ -28,7 +28,7 @@ def _cell(bench: Path, name: str, gain: np.ndarray, poison: np.ndarray, screened
     status[0] = "quarantined"  # a quarantined sample is not part of the fit
     pd.DataFrame({"id": ids, "status": status, "score_span": gain}).to_parquet(cell / "report" / "verdicts.parquet")
     (cell / "data" / "poison_ids.json").write_text(json.dumps({"poison_ids": [i for i, p in zip(ids, poison) if p]}))
-    (cell / "result.json").write_text(json.dumps({"cell": name, "after": {"asr": 0.399},
+    (cell / "result.json").write_text(json.dumps({"cell": name, "after": {"asr": asr},
                                                   "detection": {"span": {"n_flagged": screened}}}))
 
 
@@ -103,10 +103,7 @@ def test_thin_keeps_n_poisoned_samples_and_decides_again(tmp_path):
     got = span_caps.thinned(gain, poison, 25, draws=1)
     assert got[0]["tp"] == 25 and got[0]["fp"] <= 2  # two of the clean tail's top, as with all 250 kept
     assert got == span_caps.thinned(gain, poison, 25, draws=1)
-    _cell(tmp_path, "blend_r0.05_s0", gain, poison, screened=252)
-    res = json.loads((tmp_path / "cells" / "blend_r0.05_s0" / "result.json").read_text())
-    res["after"]["asr"] = 0.96
-    (tmp_path / "cells" / "blend_r0.05_s0" / "result.json").write_text(json.dumps(res))
+    _cell(tmp_path, "blend_r0.05_s0", gain, poison, screened=252, asr=0.96)
     _cell(tmp_path, "badnet_r0.01_s0", z["badnet_1pct_gain"].astype(np.float64), z["badnet_1pct_poison"], 0)
     table = span_caps.thin_rows(tmp_path, [25], draws=1)
     assert [r["cell"] for r in table] == ["blend_r0.05_s0"]  # BadNet 1 % (ASR 0.399) is not learned
