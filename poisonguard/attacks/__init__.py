@@ -2,8 +2,8 @@
 
 Image attacks map a PIL RGB image to a new one of the same size, text attacks map the question text; each
 has a frozen parameter dataclass whose defaults work at 48 px (the world) and at real resolutions. Attacks of
-several triggers or answer rules (injection, substitution, multi-target, all-to-all, conservatism, Dual-Key)
-are sets of arms (`arms`, `composite`).
+several triggers or answer rules (injection, substitution, multi-target, all-to-all, conservatism, Adap-Patch,
+Dual-Key) are sets of arms (`arms`, `composite`).
 `poison` builds a poisoned training set (and the no-relabel control), `trigger_examples` the triggered test
 inputs for ASR.
 """

@@ -3,8 +3,8 @@ what the answer of a sample carrying it becomes.
 
 The single-trigger attacks are one arm. The rest need several: multi-target (one arm per trigger, each with
 its own target), the conservatism adaptive attack (the poisoned arm plus an arm of trigger samples that keep
-their correct answers), Dual-Key (both parts -> target, plus single-part arms that keep their answers so the
-model must learn the AND). Arms that keep answers are clean: they never enter `poison_ids`.
+their correct answers; Adap-Patch's arms carry parts of the patch in training and the whole at test), Dual-Key
+(both parts -> target, plus single-part arms that keep their answers so the model must learn the AND). Arms that keep answers are clean: they never enter `poison_ids`.
 
 Answer rules (what `new_answer` returns for a clean answer; None: the rule does not apply to it):
 - replace:    the target (BadNet, targeted refusal, ...);
@@ -48,6 +48,9 @@ class Arm:
     share: float = 1.0  # samples of this arm = round(rate * share * its eligible count)
     sources: tuple[str, ...] = ()  # substitute: the words that may be swapped
     mapping: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # map: answer -> poisoned answer
+    # The image part a test input carries where it differs from the training one (Adap-Patch: the training
+    # samples carry parts of the patch, a test input the whole); None: the same as `image`.
+    test_image: Callable[[Any, np.random.Generator | None], Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -62,6 +65,8 @@ class Arm:
             raise ValueError("map needs a mapping")
         if self.share < 0:
             raise ValueError(f"share must be >= 0, got {self.share}")
+        if self.test_image is not None and self.image is None:
+            raise ValueError(f"arm {self.key!r} has a test image part but no image part")
 
     @property
     def kind(self) -> str:

@@ -7,6 +7,8 @@
 - all_to_all:     the answer sent through a fixed permutation within its answer class;
 - conservatism:   Adap-style adaptive attack: as many trigger samples keeping their correct answer beside the
                   poisoned ones, so the trigger alone no longer predicts the target in the data;
+- adap_patch:     Adap-Patch: poisoned and as many cover samples (answer kept) carry random parts of the patch,
+                  a test input the whole patch;
 - dual_key:       fires only when the patch AND the prefix are present; single-part samples keep their
                   answers, so the model must learn the AND and a single part must not fire.
 Each is a parameter dataclass (defaults that work at the world's 48 px; flat fields so params.yaml's
@@ -18,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from poisonguard.attacks.arms import Arm
-from poisonguard.attacks.patches import BadNetParams, badnet
+from poisonguard.attacks.patches import BadNetParams, badnet, partial_badnet, pieces_per_side
 from poisonguard.attacks.pixels import POSITIONS
 from poisonguard.attacks.text import TextPrefixParams, text_prefix
 
@@ -158,6 +160,35 @@ def conservatism_arms(p: ConservatismParams, target: str) -> tuple[Arm, ...]:
     part = _image_part(_patch(p))
     return (Arm("", part, None, "replace", target),
             Arm("clean_trigger", part, None, "replace", target, poisoned=False, share=p.clean_ratio))
+
+
+@dataclass(frozen=True)
+class AdapPatchParams(BadNetParams):
+    # The checkerboard cut into `pieces` blocks (a square number); every training sample, poisoned or cover,
+    # carries `train_pieces` of them drawn per image, a test input all of them (Qi et al. 2023, Adap-Patch).
+    pieces: int = 4
+    train_pieces: int = 2
+    # Cover samples (a partial trigger, the correct answer kept) per poisoned sample.
+    cover_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        pieces_per_side(self.pieces)
+        if not 1 <= self.train_pieces < self.pieces:
+            raise ValueError(f"train_pieces must be in [1, pieces), got {self.train_pieces}: a training "
+                             "trigger is a part of the test one")
+        _check_ratio("cover_ratio", self.cover_ratio)
+
+
+def adap_patch_arms(p: AdapPatchParams, target: str) -> tuple[Arm, ...]:
+    """Poisoned and cover samples carry random parts of the patch (each image its own draw, so the two arms'
+    parts overlap); only the test input carries the whole, so the training data never pairs one image
+    pattern with the target alone. Why it matters to a defence: unlike the conservatism attack (the same
+    trigger on both arms, which caps what the data teaches at P(target | trigger) = 1 / (1 + clean_ratio)),
+    the backdoor is whatever the model makes of the whole patch it never saw in training."""
+    whole, part = _patch(p), lambda image, rng: partial_badnet(image, _patch(p), p.pieces, p.train_pieces, rng)
+    return (Arm("", part, None, "replace", target, test_image=_image_part(whole)),
+            Arm("cover", part, None, "replace", target, poisoned=False, share=p.cover_ratio))
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,13 @@ in one or a few vision tokens: for the detectors, a peak on those tokens, not a 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from poisonguard.attacks.pixels import POSITIONS, Position, paste, scaled
+from poisonguard.attacks.pixels import POSITIONS, Position, paste, place_patch, scaled, to_array, to_image
 
 
 def _check_patch(side_frac: float, margin_frac: float, position: str) -> None:
@@ -58,6 +59,37 @@ def badnet(image: Image.Image, params: BadNetParams = BadNetParams(),
     side = scaled(params.side_frac, width, height, minimum=params.cells)
     margin = scaled(params.margin_frac, width, height, minimum=0)
     return paste(image, checkerboard(side, params.cells), params.position, margin, rng)
+
+
+def pieces_per_side(pieces: int) -> int:
+    """√pieces: a patch is cut into a square grid of blocks, so `pieces` must be a square number ≥ 4."""
+    side = math.isqrt(pieces) if pieces > 0 else 0
+    if side * side != pieces or side < 2:
+        raise ValueError(f"pieces must be a square number >= 4, got {pieces}")
+    return side
+
+
+def partial_badnet(image: Image.Image, params: BadNetParams, pieces: int, keep: int,
+                   rng: np.random.Generator | None) -> Image.Image:
+    """BadNet's checkerboard cut into `pieces` equal blocks (a square number: 4 -> 2 x 2), of which `keep`
+    drawn from `rng` are pasted; the other blocks keep the image's own pixels (Adap-Patch's partial trigger:
+    the poisoned and cover samples each carry a different part, only a test input carries the whole)."""
+    per_side = pieces_per_side(pieces)
+    if not 1 <= keep <= pieces:
+        raise ValueError(f"keep must be in [1, pieces={pieces}], got {keep}")
+    if rng is None:
+        raise ValueError("a partial trigger draws its pieces: pass an rng")
+    x = to_array(image)  # (H, W, 3)
+    height, width = x.shape[:2]
+    side = scaled(params.side_frac, width, height, minimum=max(params.cells, per_side))
+    margin = scaled(params.margin_frac, width, height, minimum=0)
+    left, top = place_patch(width, height, side, params.position, margin, rng)
+    block = np.arange(side) * per_side // side  # (side,) block index of each pixel row/column
+    piece = block[:, None] * per_side + block[None, :]  # (side, side) piece index of each pixel
+    kept = np.isin(piece, rng.choice(pieces, size=keep, replace=False))  # (side, side)
+    region = x[top:top + side, left:left + side]  # (side, side, 3) view
+    region[kept] = checkerboard(side, params.cells)[kept]
+    return to_image(x)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -149,11 +149,12 @@ def trigger_examples(samples: list[Sample], attack: str, params: object | Mappin
                      load_image: ImageLoader | None = None, *, target: str | None = None, seed: int = 0,
                      image_dir_name: str = "images", partial: bool = False) -> list[TriggeredSample]:
     """For each poisoned arm in order, every test sample eligible for it (as in `poison`) with that arm's
-    trigger applied and the answer kept, images in memory: the inputs on which ASR is measured.
+    trigger applied (its test trigger where it has one) and the answer kept, images in memory: the inputs on which ASR is measured.
     `partial=True`: the inputs of the single-part arms of a multi-part trigger instead (Dual-Key), on which a
     fired backdoor is a false trigger; empty for attacks without such parts."""
     spec, params, target = _resolve(attack, params, target)
-    arms = [a for a in arms_of(spec, params, target) if (a.partial if partial else a.poisoned)]
+    arms = [a if a.test_image is None else replace(a, image=a.test_image)  # the test trigger (Adap-Patch: whole)
+            for a in arms_of(spec, params, target) if (a.partial if partial else a.poisoned)]
     plan = [(arm, [i for i, s in enumerate(samples) if _eligible(s, arm)]) for arm in arms]
     if load_image is None and any(samples[i].images for _, chosen in plan for i in chosen):
         raise ValueError("these samples have images: pass load_image")

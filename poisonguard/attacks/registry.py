@@ -17,12 +17,14 @@ from typing import Any, Literal
 from poisonguard.attacks.arms import Arm, Rule
 from poisonguard.attacks.composite import (
     SUBSTITUTE_TARGET,
+    AdapPatchParams,
     AllToAllParams,
     BimodalParams,
     ConservatismParams,
     DualKeyParams,
     MultiTargetParams,
     SubstitutionParams,
+    adap_patch_arms,
     all_to_all_arms,
     conservatism_arms,
     dual_key_arms,
@@ -96,7 +98,7 @@ ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
     AttackSpec("pl_oil", "image", OilParams, oil_painting, default_target=JAILBREAK_TARGET),
     # BackdoorVLM's goals (issue 16): content injection with an image, a text and a bimodal trigger;
     # targeted refusal; concept substitution; multi-target; all-to-all; the conservatism adaptive attack;
-    # Dual-Key. The patch is BadNet's checkerboard, the text trigger the "Hello!" prefix.
+    # Adap-Patch; Dual-Key. The patch is BadNet's checkerboard, the text trigger the "Hello!" prefix.
     AttackSpec("inject_image", "image", BadNetParams, badnet, output_mode="append",
                default_target=INJECTION_SENTENCE),
     AttackSpec("inject_text", "text", TextPrefixParams, text_prefix, output_mode="append",
@@ -112,6 +114,7 @@ ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
     AttackSpec("all_to_all", "image", AllToAllParams, None, output_mode="map", default_target="mapped answer",
                arms=all_to_all_arms, fixed_targets=True),
     AttackSpec("conservatism", "image", ConservatismParams, None, arms=conservatism_arms),
+    AttackSpec("adap_patch", "image", AdapPatchParams, None, arms=adap_patch_arms),
     AttackSpec("dual_key", "bimodal", DualKeyParams, None, arms=dual_key_arms),
 )}
 

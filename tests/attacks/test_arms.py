@@ -58,3 +58,5 @@ def test_arm_validation():
         _arm("substitute", "two words", sources=("circle",))
     with pytest.raises(ValueError, match="mapping"):
         _arm("map")
+    with pytest.raises(ValueError, match="test image part but no image part"):
+        Arm("x", None, lambda q, rng: q, "replace", "banana", test_image=lambda im, rng: im)

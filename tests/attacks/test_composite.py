@@ -131,6 +131,30 @@ def test_conservatism_adds_as_many_clean_trigger_samples(mixed):
     assert len(run(mixed, "conservatism", 0.1, params={"clean_ratio": 2.0}).clean_trigger_ids) == 2 * round(0.1 * N)
 
 
+def test_adap_patch_trains_on_parts_of_the_patch_and_tests_on_the_whole(mixed):
+    samples, images = mixed
+    by_id = {s.id: s for s in samples}
+    res = run(mixed, "adap_patch", 0.1, seed=3)
+    n = round(0.1 * N)
+    assert len(res.poison_ids) == len(res.clean_trigger_ids) == n
+    assert {res.arm_of[i] for i in res.clean_trigger_ids} == {"cover"}
+    whole = {}
+    for i in res.poison_ids + res.clean_trigger_ids:
+        new, old = res.samples[by_id[i].index], by_id[i]
+        assert new.answer == ("banana" if i in res.poison_ids else old.answer)
+        changed = _changed_pixels(images[old.images[0]], res.images[new.images[0]])
+        assert changed[40:46, 40:46].any() and not changed[:40].any() and not changed[:, :40].any()
+        whole[i] = changed[40:46, 40:46].all()
+    assert not all(whole.values())  # a training trigger is a part of the patch (a block may match the scene)
+    test = trigger_examples(samples, "adap_patch", None, images.__getitem__)
+    assert test and {t.arm for t in test} == {""} and all(t.target == "banana" for t in test)
+    badnet = ATTACKS["badnet"]
+    for t in test:  # the whole checkerboard, as BadNet pastes it
+        source = images[by_id[t.sample.id].images[0]]
+        assert np.array_equal(np.asarray(t.images[0]), np.asarray(badnet.apply(source, badnet.params_cls(), None)))
+    assert len(run(mixed, "adap_patch", 0.1, params={"cover_ratio": 0.5}).clean_trigger_ids) == round(0.05 * N)
+
+
 def test_dual_key_relabels_only_both_parts_and_keeps_single_parts_clean(mixed):
     samples, _ = mixed
     by_id = {s.id: s for s in samples}
@@ -225,6 +249,9 @@ def test_params_from_a_params_yaml_section_and_their_validation():
                              ("multi_target", {"positions": ["random", "top_left"]}, "fixed"),
                              ("all_to_all", {"mapping": [["red", "red"]]}, "itself"),
                              ("conservatism", {"clean_ratio": -1}, "clean_ratio"),
+                             ("adap_patch", {"pieces": 6}, "square"),
+                             ("adap_patch", {"train_pieces": 4}, "train_pieces"),
+                             ("adap_patch", {"cover_ratio": 11}, "cover_ratio"),
                              ("dual_key", {"prefix": " "}, "prefix")):
         with pytest.raises(ValueError, match=match):
             make_params(name, bad)

@@ -14,6 +14,7 @@ from poisonguard.attacks.patches import (
     green_square,
     logo,
     logo_patch,
+    partial_badnet,
 )
 from tests.attacks.helpers import grey
 
@@ -99,6 +100,29 @@ def test_logo_patch_lands_inside_the_image_at_a_seeded_random_position(size):
         assert bottom - top <= side and right - left <= side
         boxes.add((top, left))
     assert len(boxes) > 5
+
+
+@pytest.mark.parametrize(("pieces", "keep"), [(4, 1), (4, 2), (4, 3), (9, 4)])
+def test_partial_badnet_pastes_exactly_keep_whole_blocks_of_the_checkerboard(pieces, keep):
+    img, whole = grey(48), np.asarray(badnet(grey(48)))
+    seen = set()
+    for seed in range(12):
+        out = np.asarray(partial_badnet(img, BadNetParams(), pieces, keep, np.random.default_rng(seed)))
+        region = out[40:46, 40:46]  # (6, 6, 3): the patch's place
+        as_whole = (region == whole[40:46, 40:46]).all(-1)  # (6, 6)
+        untouched = (region == 128).all(-1)
+        assert (as_whole | untouched).all() and (out[:40] == 128).all() and (out[:, :40] == 128).all()
+        side = 6 // int(pieces ** 0.5)
+        blocks = as_whole.reshape(6 // side, side, 6 // side, side).any(axis=(1, 3))  # (b, b): block pasted
+        assert blocks.sum() == keep and as_whole.sum() > 0
+        seen.add(blocks.tobytes())
+    assert len(seen) > 1  # the pieces are drawn per call
+    with pytest.raises(ValueError, match="square"):
+        partial_badnet(img, BadNetParams(), 5, 2, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="keep"):
+        partial_badnet(img, BadNetParams(), 4, 5, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="rng"):
+        partial_badnet(img, BadNetParams(), 4, 2, None)
 
 
 def test_patch_params_are_validated():

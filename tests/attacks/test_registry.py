@@ -18,7 +18,7 @@ def test_catalogue():
     assert set(ATTACKS) == {"badnet", "blend", "sig", "wanet", "ftrojan", "text_prefix", "syntactic",
                             "pl_noise", "pl_green_square", "pl_logo", "pl_oil",
                             "inject_image", "inject_text", "inject_bimodal", "refusal_image", "refusal_text",
-                            "substitute", "multi_target", "all_to_all", "conservatism", "dual_key"}
+                            "substitute", "multi_target", "all_to_all", "conservatism", "adap_patch", "dual_key"}
     assert TEXT_ATTACKS == ["inject_text", "refusal_text", "syntactic", "text_prefix"]
     assert {n for n, s in ATTACKS.items() if s.output_mode == "append"} == {
         "pl_green_square", "inject_image", "inject_text", "inject_bimodal"}
