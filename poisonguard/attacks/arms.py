@@ -3,8 +3,9 @@ what the answer of a sample carrying it becomes.
 
 The single-trigger attacks are one arm. The rest need several: multi-target (one arm per trigger, each with
 its own target), the conservatism adaptive attack (the poisoned arm plus an arm of trigger samples that keep
-their correct answers; Adap-Patch's arms carry parts of the patch in training and the whole at test), Dual-Key
-(both parts -> target, plus single-part arms that keep their answers so the model must learn the AND). Arms that keep answers are clean: they never enter `poison_ids`.
+their correct answers), Adap-Patch (the same two arms, carrying parts of the patch; a test input carries the
+whole: `test_image`), Dual-Key (both parts -> target, plus single-part arms that keep their answers so the
+model must learn the AND). Arms that keep answers are clean: they never enter `poison_ids`.
 
 Answer rules (what `new_answer` returns for a clean answer; None: the rule does not apply to it):
 - replace:    the target (BadNet, targeted refusal, ...);

@@ -181,9 +181,9 @@ class AdapPatchParams(BadNetParams):
 
 
 def adap_patch_arms(p: AdapPatchParams, target: str) -> tuple[Arm, ...]:
-    """Poisoned and cover samples carry random parts of the patch (each image its own draw, so the two arms'
-    parts overlap); only the test input carries the whole, so the training data never pairs one image
-    pattern with the target alone. Why it matters to a defence: unlike the conservatism attack (the same
+    """Poisoned and cover samples carry random parts of the patch (each image draws its own blocks, so both
+    arms carry the same kinds of part); only a test input carries the whole, so no training image pattern
+    goes with the target alone. Why it matters to a defence: unlike the conservatism attack (the same
     trigger on both arms, which caps what the data teaches at P(target | trigger) = 1 / (1 + clean_ratio)),
     the backdoor is whatever the model makes of the whole patch it never saw in training."""
     whole, part = _patch(p), lambda image, rng: partial_badnet(image, _patch(p), p.pieces, p.train_pieces, rng)
