@@ -52,12 +52,16 @@ def checkerboard(side: int, cells: int) -> np.ndarray:
     return np.repeat(np.where(white, 255.0, 0.0)[..., None], 3, axis=-1)
 
 
+def _badnet_size(params: BadNetParams, width: int, height: int) -> tuple[int, int]:
+    """(side, margin) in pixels of BadNet's checkerboard on a width x height image."""
+    return (scaled(params.side_frac, width, height, minimum=params.cells),
+            scaled(params.margin_frac, width, height, minimum=0))
+
+
 def badnet(image: Image.Image, params: BadNetParams = BadNetParams(),
            rng: np.random.Generator | None = None) -> Image.Image:
     """BadNet: paste a black-and-white checkerboard (BYE's high-frequency "texture patch")."""
-    width, height = image.size
-    side = scaled(params.side_frac, width, height, minimum=params.cells)
-    margin = scaled(params.margin_frac, width, height, minimum=0)
+    side, margin = _badnet_size(params, *image.size)
     return paste(image, checkerboard(side, params.cells), params.position, margin, rng)
 
 
@@ -81,8 +85,9 @@ def partial_badnet(image: Image.Image, params: BadNetParams, pieces: int, keep: 
         raise ValueError("a partial trigger draws its pieces: pass an rng")
     x = to_array(image)  # (H, W, 3)
     height, width = x.shape[:2]
-    side = scaled(params.side_frac, width, height, minimum=max(params.cells, per_side))
-    margin = scaled(params.margin_frac, width, height, minimum=0)
+    side, margin = _badnet_size(params, width, height)  # the whole patch's, so a part lies where it would
+    if side < per_side:
+        raise ValueError(f"a {side} px patch cannot be cut into {per_side} x {per_side} blocks")
     left, top = place_patch(width, height, side, params.position, margin, rng)
     block = np.arange(side) * per_side // side  # (side,) block index of each pixel row/column
     piece = block[:, None] * per_side + block[None, :]  # (side, side) piece index of each pixel

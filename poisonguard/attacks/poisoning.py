@@ -149,7 +149,8 @@ def trigger_examples(samples: list[Sample], attack: str, params: object | Mappin
                      load_image: ImageLoader | None = None, *, target: str | None = None, seed: int = 0,
                      image_dir_name: str = "images", partial: bool = False) -> list[TriggeredSample]:
     """For each poisoned arm in order, every test sample eligible for it (as in `poison`) with that arm's
-    trigger applied (its test trigger where it has one) and the answer kept, images in memory: the inputs on which ASR is measured.
+    trigger applied (its test trigger where it has one) and the answer kept, images in memory: the inputs on
+    which ASR is measured.
     `partial=True`: the inputs of the single-part arms of a multi-part trigger instead (Dual-Key), on which a
     fired backdoor is a false trigger; empty for attacks without such parts."""
     spec, params, target = _resolve(attack, params, target)

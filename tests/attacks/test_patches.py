@@ -123,6 +123,8 @@ def test_partial_badnet_pastes_exactly_keep_whole_blocks_of_the_checkerboard(pie
         partial_badnet(img, BadNetParams(), 4, 5, np.random.default_rng(0))
     with pytest.raises(ValueError, match="rng"):
         partial_badnet(img, BadNetParams(), 4, 2, None)
+    with pytest.raises(ValueError, match="cannot be cut into 3 x 3"):  # a 2 px patch (2 cells, tiny side)
+        partial_badnet(img, BadNetParams(side_frac=0.01, cells=2), 9, 2, np.random.default_rng(0))
 
 
 def test_patch_params_are_validated():
