@@ -13,7 +13,8 @@ revision of the detector, then the folder given last — and prints:
    learned, ASR < `LEARNED_ASR`; `—` not measured), and whether the row meets the issue's goal (F1 ≥ 0.95 on
    every learned seed at ≥ 1 % poison, ≥ 0.8 at 0.5 %), with the distance where it does not; a row the
    world's training set cannot carry (no sample to poison, e.g. substitution without multi-word answers) says
-   so, read from the world folder that OUT/world.json names;
+   so, read from the world folder that OUT/world.json names; rows at rates beyond the issue's five (e.g.
+   20 %) follow each attack's grid rows and are counted apart from the grid's cells;
 2. the controls (clean fine-tunes, no-relabel, base model): samples flagged, where the goal is 0;
 3. the defence loop where a cell ran it: ASR after retraining on the detector's cleaned set, beside the
    oracle's (exactly the poisoned samples removed) and the base model's (the attack's floor).
@@ -274,20 +275,23 @@ def grid_markdown(t: pd.DataFrame, current: int, world: Path | None = None,
     index = {(r["attack"], r["rate"], r["seed"]): r for _, r in attacks.iterrows()}
     lines = ["| attack | rate | " + " | ".join(f"seed {s}" for s in SEEDS) + " | row (goal) |",
              "|---|---|" + "---|" * (len(SEEDS) + 1)]
+    in_grid = attacks["rate"].isin(RATES)
     counts = {"measured": 0, "rows met": 0, "rows short": 0, "rows learned": 0, "uncarried": 0,
-              "other build": int(sum(_other_build(r, builds) for _, r in attacks.iterrows()))}
+              "other build": int(sum(_other_build(r, builds) for _, r in attacks[in_grid].iterrows()))}
+    extra = {"measured": 0, "rows met": 0, "rows short": 0, "rows learned": 0}  # rates beyond the issue's
     uncarried = uncarried_rows(world, names, list(RATES))
     for a in names:
         for rate in rates:
             cells = [index[(a, rate, s)] for s in SEEDS if (a, rate, s) in index]
             if rate not in RATES and not cells:
                 continue
-            counts["measured"] += len(cells)
             status = row_status(cells, rate, uncarried.get((a, rate)), builds)
+            c = counts if rate in RATES else extra
+            c["measured"] += len(cells)
             counts["uncarried"] += status.startswith("the world cannot")
-            counts["rows learned"] += status.startswith(("met", "**short"))
-            counts["rows met"] += status.startswith("met")
-            counts["rows short"] += status.startswith("**short")
+            c["rows learned"] += status.startswith(("met", "**short"))
+            c["rows met"] += status.startswith("met")
+            c["rows short"] += status.startswith("**short")
             entries = [_entry(index.get((a, rate, s)), current, builds) for s in SEEDS]
             lines.append(f"| {a} | {rate:.1%} | " + " | ".join(entries) + f" | {status} |")
     n_grid = len(names) * len(RATES) * len(SEEDS)
@@ -297,6 +301,8 @@ def grid_markdown(t: pd.DataFrame, current: int, world: Path | None = None,
             + f"; {counts['rows learned']} (attack, rate) rows learned on at least one seed: goal met "
             f"on {counts['rows met']}, short on {counts['rows short']}"
             + (f"; {counts['uncarried']} rows the world cannot carry" if counts["uncarried"] else "")
+            + (f"; beyond the grid's rates, {extra['measured']} cells, {extra['rows learned']} rows learned: "
+               f"goal met on {extra['rows met']}, short on {extra['rows short']}" if extra["measured"] else "")
             + f". Entries: F1 / ASR; F1 in bold where "
             f"learned (ASR ≥ {LEARNED_ASR}), in brackets where not (no miss); † screened with an older revision "
             f"of the detector than the current {current}; ‡ decided again with the current code (`--refit`), "

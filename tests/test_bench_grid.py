@@ -73,6 +73,19 @@ def test_rows_are_judged_per_rate_and_the_newest_revision_wins(tmp_path):
     assert "| sig_r0.01_s1 | 0.900 | 0.020 | 0.975 | 0.010 | 0.004 |" in text
 
 
+def test_cells_at_rates_beyond_the_grid_are_counted_apart_from_it(tmp_path):
+    bench = tmp_path / "b"
+    _cell(bench, "badnet_r0.05_s0", "badnet", 0.05, 0, asr=0.9, f1=1.0, flagged=250)
+    _cell(bench, "badnet_r0.2_s1", "badnet", 0.2, 1, asr=0.99, f1=1.0, flagged=1000)
+    _cell(bench, "sig_r0.2_s1", "sig", 0.2, 1, asr=1.0, f1=0.5, flagged=1000)
+    text = _grid("--bench", bench)
+    assert text.startswith("1 attack cells of the 17 × 5 × 3 = 255 grid measured; 1 (attack, rate) rows learned "
+                           "on at least one seed: goal met on 1, short on 0; beyond the grid's rates, 2 cells, "
+                           "2 rows learned: goal met on 1, short on 1.")
+    assert _row(text, "badnet", "20.0%") == "| badnet | 20.0% | — | **1.00** / 0.99 | — | met (1 of 3 seeds) |"
+    assert _row(text, "sig", "20.0%").startswith("| sig | 20.0% | — | **0.50** / 1.00 | — | **short**")
+
+
 def test_the_record_keeps_cells_whose_folder_is_gone(tmp_path):
     bench, record = tmp_path / "bench-a", tmp_path / "cells.csv"
     _cell(bench, "sig_r0.02_s1", "sig", 0.02, 1, asr=0.99, f1=1.0, flagged=100)
