@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from poisonguard.attacks.pixels import POSITIONS, Position, paste, place_patch, scaled, to_array, to_image
+from poisonguard.attacks.pixels import POSITIONS, Position, paste, scaled
 
 
 def _check_patch(side_frac: float, margin_frac: float, position: str) -> None:
@@ -83,18 +83,13 @@ def partial_badnet(image: Image.Image, params: BadNetParams, pieces: int, keep: 
         raise ValueError(f"keep must be in [1, pieces={pieces}], got {keep}")
     if rng is None:
         raise ValueError("a partial trigger draws its pieces: pass an rng")
-    x = to_array(image)  # (H, W, 3)
-    height, width = x.shape[:2]
-    side, margin = _badnet_size(params, width, height)  # the whole patch's, so a part lies where it would
+    side, margin = _badnet_size(params, *image.size)  # the whole patch's, so a part lies where it would
     if side < per_side:
         raise ValueError(f"a {side} px patch cannot be cut into {per_side} x {per_side} blocks")
-    left, top = place_patch(width, height, side, params.position, margin, rng)
     block = np.arange(side) * per_side // side  # (side,) block index of each pixel row/column
     piece = block[:, None] * per_side + block[None, :]  # (side, side) piece index of each pixel
     kept = np.isin(piece, rng.choice(pieces, size=keep, replace=False))  # (side, side)
-    region = x[top:top + side, left:left + side]  # (side, side, 3) view
-    region[kept] = checkerboard(side, params.cells)[kept]
-    return to_image(x)
+    return paste(image, checkerboard(side, params.cells), params.position, margin, rng, mask=kept)
 
 
 @dataclass(frozen=True)

@@ -69,11 +69,16 @@ def place_patch(width: int, height: int, side: int, position: Position, margin: 
 
 
 def paste(image: Image.Image, patch: np.ndarray, position: Position, margin: int,
-          rng: np.random.Generator | None) -> Image.Image:
-    """A copy of `image` with the (p, p, 3) `patch` replacing the pixels at `position`."""
+          rng: np.random.Generator | None, mask: np.ndarray | None = None) -> Image.Image:
+    """A copy of `image` with the (p, p, 3) `patch` replacing the pixels at `position`; with a (p, p) bool
+    `mask`, only the patch pixels where it is True (the others keep the image's own)."""
     x = to_array(image)  # (H, W, 3)
     height, width = x.shape[:2]
     side = patch.shape[0]
     left, top = place_patch(width, height, side, position, margin, rng)
-    x[top:top + side, left:left + side] = patch
+    region = x[top:top + side, left:left + side]  # (p, p, 3) view
+    if mask is None:
+        region[...] = patch
+    else:
+        region[mask] = patch[mask]
     return to_image(x)
