@@ -9,6 +9,7 @@ what the cell's screen flagged and its ASR.
 
     python benchmarks/span_caps.py --bench work/bench-breadth --caps 6,8,10,12 [--markdown]
     python benchmarks/span_caps.py --bench work/bench-s7 --caps 8s,8g,8 --changed --markdown  # each fit alone, both
+    python benchmarks/span_caps.py --bench work/bench-p16 --caps 8i,8 --changed --markdown  # revision 5's rule vs 6
     python benchmarks/span_caps.py --bench work/bench-s8 --where [--only all_to_all_r0.1] [--markdown]
     python benchmarks/span_caps.py --bench work/bench-p16 --thin 5,10,25 --only _r0.1_s0 --markdown
 
@@ -71,23 +72,30 @@ def gain_features(gain: np.ndarray) -> FeatureSet:
 
 
 def _cap(cap: int | str) -> tuple[int, str]:
-    """A cap of `--caps`: k_max and which fit decides — "8": the default, flagged where both EM starts' fits
-    flag (SpanParams.confirm); "8s": the standard fit alone; "8g": the grown fit alone (SpanParams.grow)."""
+    """A cap of `--caps`: k_max and which fit decides — "8": the default (SpanParams.confirm: both EM starts'
+    fits must find a mode, the lower-BIC one's samples are flagged); "8s": the standard fit alone; "8g": the
+    grown fit alone (SpanParams.grow); "8i": flagged where both fits flag (revision 5's rule)."""
     text = str(cap)
-    fit = {"s": "standard", "g": "grown"}.get(text[-1:], "both")
-    return int(text.rstrip("sg")), fit
+    fit = {"s": "standard", "g": "grown", "i": "intersection"}.get(text[-1:], "both")
+    return int(text.rstrip("sgi")), fit
 
 
 def _cap_label(cap: int | str) -> str:
     k, fit = _cap(cap)
-    return f"k_max {k}" + ("" if fit == "both" else f", {fit} fit alone")
+    return f"k_max {k}" + {"both": "", "intersection": ", where both fits flag"}.get(fit, f", {fit} fit alone")
 
 
 def decide(gain: np.ndarray, poisoned: np.ndarray, cap: int | str) -> dict:
     """`span` fitted and scored on the stored gains, with the cap's k_max and fit(s) (`_cap`)."""
     k_max, fit = _cap(cap)
-    res = AnswerSpanDetector(k_max=k_max, grow=fit == "grown", confirm=fit == "both").detect(gain_features(gain))
-    n, tp = int(res.flagged.sum()), int((res.flagged & poisoned).sum())
+    fs = gain_features(gain)
+    if fit == "intersection":  # revision 5: each fit alone, flagged where both flag
+        res, grown = (AnswerSpanDetector(k_max=k_max, grow=g, confirm=False).detect(fs) for g in (False, True))
+        flagged = res.flagged & grown.flagged  # (N,)
+    else:
+        res = AnswerSpanDetector(k_max=k_max, grow=fit == "grown", confirm=fit == "both").detect(fs)
+        flagged = res.flagged  # (N,)
+    n, tp = int(flagged.sum()), int((flagged & poisoned).sum())
     return {"flagged": n, "tp": tp, "f1": 2 * tp / max(n + int(poisoned.sum()), 1), "k": res.report["k"],
             "ashman_d": res.report["ashman_d"], "valley": res.report["valley"]}
 
@@ -222,8 +230,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bench", type=Path, default=Path("work/bench-breadth"))
     ap.add_argument("--caps", default="6,8,10,12",
-                    help='comma-separated k_max values: "8" the default (both fits confirm), "8s" / "8g" the '
-                         'standard / grown fit alone')
+                    help='comma-separated k_max values: "8" the default (both fits find the mode, the lower-BIC '
+                         'one draws it), "8s" / "8g" the standard / grown fit alone, "8i" where both fits flag')
     ap.add_argument("--markdown", action="store_true", help="a markdown table instead of JSON lines")
     ap.add_argument("--where", action="store_true",
                     help="where the poisoned and clean gains lie and what the current cut leaves (no caps)")
@@ -248,9 +256,9 @@ def main() -> None:
               else "\n".join(json.dumps(r) for r in table))
         return
     given = a.caps.split(",")
-    if bad := [k for k in given if not k.rstrip("sg").isdigit() or len(k) - len(k.rstrip("sg")) > 1]:
-        ap.error(f"--caps: {', '.join(bad)} is not a k_max (an integer, or one with an 's' or 'g': 8s, 8g)")
-    caps: list[int | str] = [k if k[-1] in "sg" else int(k) for k in given]
+    if bad := [k for k in given if not k.rstrip("sgi").isdigit() or len(k) - len(k.rstrip("sgi")) > 1]:
+        ap.error(f"--caps: {', '.join(bad)} is not a k_max (an integer, or one with an 's', 'g' or 'i': 8s, 8g, 8i)")
+    caps: list[int | str] = [k if k[-1] in "sgi" else int(k) for k in given]
     table = rows(a.bench, caps, progress=True)
     if a.changed:
         table = changed(table)

@@ -80,7 +80,7 @@ def test_where_tells_the_poisoned_gains_from_the_clean_per_target(tmp_path):
 def test_a_grown_cap_refits_with_split_starts(tmp_path):
     """"8g" decides with the grown fit alone (SpanParams(grow=True, confirm=False)): on the recorded substitution
     cell it flags the 64 poisoned samples alone, where the standard fit alone ("8s") also takes the clean tail;
-    the default ("8") flags where both do."""
+    the default ("8": both fits find the mode, the grown one has the lower BIC) flags the 64."""
     z = np.load(GAINS)
     gain, poison = z["substitute_describe_gain"].astype(np.float64), z["substitute_describe_poison"]
     _cell(tmp_path, "substitute_r0.05_s0", gain, poison, screened=93)
@@ -92,6 +92,20 @@ def test_a_grown_cap_refits_with_split_starts(tmp_path):
     assert "k_max 8, standard fit alone: flagged" in head and "k_max 8, grown fit alone: flagged" in head
     assert span_caps.changed([row]) == [row]
     assert span_caps.changed(span_caps.rows(tmp_path, [8, 10])) == []  # 8 and 10 decide alike here
+
+
+def test_an_intersection_cap_decides_as_revision_5_did(tmp_path):
+    """"8i" flags where both fits flag (revision 5); the default ("8") takes the lower-BIC fit's mode: on the
+    recorded all-to-all 5 % cell of the pinned build, 154 against the grown fit's 238 (231 poisoned)."""
+    z = np.load(GAINS)
+    gain = z["pinned_all_to_all_5pct_s0_gain"].astype(np.float64)
+    poison = z["pinned_all_to_all_5pct_s0_poison"]
+    _cell(tmp_path, "all_to_all_r0.05_s0", gain, poison, screened=154, asr=0.519)
+    [row] = span_caps.rows(tmp_path, ["8i", "8g", 8])
+    both, grown = row["caps"]["8i"], row["caps"]["8g"]
+    assert both["flagged"] == both["tp"] == 154 and round(both["f1"], 2) == 0.79
+    assert (row["caps"][8]["flagged"], row["caps"][8]["tp"]) == (grown["flagged"], grown["tp"]) == (238, 231)
+    assert "k_max 8, where both fits flag: flagged" in span_caps.markdown([row], ["8i", 8]).splitlines()[0]
 
 
 def test_thin_keeps_n_poisoned_samples_and_decides_again(tmp_path):

@@ -64,7 +64,18 @@ A learned backdoor gives a separate *mode* far above it (BadNet demo: 9.2–14.1
    bulk itself: 95 flagged); a separated backdoor mode is found from both starts. On the 105 stored cells the
    rule adds no flag (an intersection) and removed every control flag; it costs the samples only one fit
    takes: 3 of 50 least-learned poisoned samples of a half-learned BadNet 1 % (F1 0.97), and backdoors that
-   only the grown fit saw on rows the model did not learn (docs/detectors.md, `confirm`).
+   only the grown fit saw on rows the model did not learn (docs/detectors.md, `confirm`);
+6. where both fits flag a mode, the samples in it are those the fit of the lower BIC flags (revision 6): the
+   two starts fit the same data with the same K range, so BIC (the likelihood, with K* of each) says which
+   of two local optima describes the data better — the rule that already picks among the restarts of one
+   start. Revision 5's intersection kept the *narrower* of the two modes whatever the fits' quality: on
+   all-to-all 5 % (pinned build, seed 0: learned, ASR 0.52) the standard fit put its valley above 83 poisoned
+   samples at 2-5 nats, the grown fit, 7 BIC units better, took them (F1 0.79 confirmed, 0.97 by BIC).
+   Existence still needs both starts (every control one fit alone flagged stays silent); no constant added.
+   Refitted on the 265 stored cells, 10 change: six learned cells gain 0-77 poisoned and 0-7 clean samples
+   (F1 ≥ 0.97 on all six; the one that only loses, all-to-all 10 % s1, 0.986 → 0.984), three 0.5 % cells
+   of rows not learned gain 1-7 clean samples (F1 0.98, 0.94, 0.88), and a held-out no-relabel control that
+   already failed flags 30 instead of 12 (docs/detectors.md, `confirm`).
 Every withheld decision names its reason in the report. Provenance, and the one world that chose `min_gain`
 and `k_max`: docs/detectors.md, "span".
 """
@@ -98,9 +109,9 @@ class SpanParams:
     seed: int = 0
     grow: bool = False  # the first fit also starts each K from the K − 1 fit with a component split
     #                     (fit_gmm_1d(grow=True)); with `confirm` both starts are fitted either way
-    confirm: bool = True  # flag a sample only where the fit of the other EM start flags it too (revision 5:
-    #                       a separated mode is found from both starts; a split around a few samples of the
-    #                       clean tail depended on the start, docs/detectors.md)
+    confirm: bool = True  # flag only where the fit of the other EM start finds a mode too (revision 5: a
+    #                       separated mode is found from both starts; a split around a few samples of the
+    #                       clean tail depended on the start), with the lower-BIC fit's samples (revision 6)
 
     def __post_init__(self) -> None:
         check_float("min_gain", self.min_gain, 0.0, open_lo=True)
@@ -129,10 +140,11 @@ def answer_gain(logp: np.ndarray, logp_base: np.ndarray) -> dict[str, np.ndarray
 class AnswerSpanDetector(Detector):
     name = "span"
     Params = SpanParams
-    revision = 5  # 2: the deepest peeling step behind a gap is taken, not only the deepest step (_peel);
+    revision = 6  # 2: the deepest peeling step behind a gap is taken, not only the deepest step (_peel);
     #               3: the upper mode's minority is counted among all screened samples, not the moved ones;
     #               4: every sample at or above the valley is flagged too, not only those with lfdr < max_lfdr;
-    #               5: a sample is flagged only where the fits of both EM starts flag it (`confirm`)
+    #               5: a sample is flagged only where the fits of both EM starts flag it (`confirm`);
+    #               6: both EM starts must find a mode; the one of the lower BIC says which samples are in it
     params: SpanParams
 
     def fit(self, features: FeatureSet) -> Self:
@@ -160,10 +172,19 @@ class AnswerSpanDetector(Detector):
                        "k": int(other["k"]), "ashman_d": float(other["ashman_d"]),
                        "valley": float(other.get("valley", 1.0)), "n_flagged": int(f_other.sum()),
                        "n_flagged_alone": int(flagged.sum())}
+            # revision 6: where both fits found a mode, the one of the lower BIC (same data, same K range: the
+            # likelier of two local optima) says which samples are in it; a state stored before revision 6 has
+            # no BIC and is flagged where both flag, as it was
+            decides = None if st.get("bic") is None or other.get("bic") is None else int(other["bic"] < st["bic"])
+            confirm["decides"] = None if decides is None else names[decides]
+            confirm["bic"] = {names[0]: st.get("bic"), names[1]: other.get("bic")}
             reason = _confirmed(reason, accepted, other, names, int(flagged.sum()), int(f_other.sum()),
-                                int((flagged & f_other).sum()))
+                                int((flagged & f_other).sum()), decides)
             accepted = accepted and bool(other["accepted"])
-            p_poison, flagged = np.minimum(p_poison, p_other), flagged & f_other
+            if accepted and decides is not None:
+                p_poison, flagged = ((p_poison, flagged), (p_other, f_other))[decides]
+            else:  # nothing flagged unless both accepted (an unaccepted fit flags nothing)
+                p_poison, flagged = np.minimum(p_poison, p_other), flagged & f_other
         return self._result(features, p_poison, flagged,
                             {"score_span": x, "score_span_mean": gain["mean"], "p_span": p_poison},
                             accepted=accepted, reason=reason, confirm=confirm, k=int(st["k"]),
@@ -184,12 +205,17 @@ def _flags(x: np.ndarray, st: dict[str, Any], p: SpanParams) -> tuple[np.ndarray
 
 
 def _confirmed(reason: str, accepted: bool, other: dict[str, Any], names: tuple[str, str], n_one: int,
-               n_other: int, n_both: int) -> str:
+               n_other: int, n_both: int, decides: int | None) -> str:
     """The report's reason when a second EM start must confirm: why nothing is flagged (each fit's reasons),
-    or the first fit's mode and how many samples each fit flagged."""
+    or the first fit's mode, how many samples each fit flagged and which fit's flags are kept (`decides`:
+    index into `names` of the lower-BIC fit; None for a state stored before revision 6, flagged where both
+    flag)."""
     if accepted and other["accepted"]:
-        return (f"{reason}; confirmed by the {names[1]} fit: flagged where both flag ({names[0]} {n_one}, "
-                f"{names[1]} {n_other}, both {n_both})")
+        counts = f"{names[0]} {n_one}, {names[1]} {n_other}, both {n_both}"
+        if decides is None:
+            return f"{reason}; confirmed by the {names[1]} fit: flagged where both flag ({counts})"
+        return (f"{reason}; confirmed by the {names[1]} fit; the {names[decides]} fit, of the lower BIC, "
+                f"draws the mode ({counts})")
     parts = [f"the {name} fit: {st_reason.removeprefix('nothing flagged: ')}" if not ok
              else f"the {name} fit found a separated mode ({n} flagged) that the other does not confirm"
              for name, ok, st_reason, n in ((names[0], accepted, reason, n_one),
@@ -202,7 +228,8 @@ def _cut(x: np.ndarray, p: SpanParams, grow: bool) -> dict[str, Any]:
     the K − 1 fit split in two): a JSON-able state, accepted or with the reasons it withholds."""
     moved = x > p.min_gain  # (N,)
     fitted: dict[str, Any] = {"accepted": False, "mixture": None, "k": 0, "n_moved": int(moved.sum()),
-                              "ashman_d": 0.0, "weight": 0.0, "share": 0.0, "split": 0, "valley_at": None}
+                              "ashman_d": 0.0, "weight": 0.0, "share": 0.0, "split": 0, "valley_at": None,
+                              "bic": None}
     if moved.sum() < 2:
         fitted["reason"] = (f"nothing flagged: {int(moved.sum())} sample(s) gained more than {p.min_gain:g} "
                             "nats on their answer (no fine-tuning gain; e.g. the base-model control)")
@@ -212,6 +239,7 @@ def _cut(x: np.ndarray, p: SpanParams, grow: bool) -> dict[str, Any]:
     fit = fit_gmm_1d(xm[:, None], ks=ks, n_init=p.n_init, seed=p.seed, grow=grow)
     k = int(fit.k_star("bic")[0])
     params = fit.at(k)  # (1, Kmax), components sorted by mean
+    fitted["bic"] = float(fit.bic[0, ks.index(k)])  # the K* fit's BIC: which of two EM starts fits better
     split, d, peels, valleys = _peel(params, k, p.min_ashman_d, p.max_weight, p.max_valley)
     valley, valley_at = _valley_point(params, k, split) if split else (1.0, None)
     fitted.update(k=k, ashman_d=d, split=split, peels=peels, valleys=valleys, valley=valley, valley_at=valley_at)

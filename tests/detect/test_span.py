@@ -133,7 +133,7 @@ def _recorded(name: str) -> tuple[FeatureSet, np.ndarray]:
     5 %, Blend 5 %, the clean fine-tune, BadNet 1 %, syntactic 0.5 %, all bench seed 0; two-target 5 % + 5 % of
     bench seed 2; 2026-12-06: two-target 10 % + 10 % and all-to-all 10 % of bench seed 1, the image-injection
     no-relabel control of bench seed 1, and concept substitution 5 % on world seed 0 with describe questions;
-    2026-12-07, `pinned_*`: controls fine-tuned from the pinned-kernel build of the world), as one-token answers
+    2026-12-07, `pinned_*`: controls and all-to-all 5 % fine-tuned from the pinned-kernel build of the world), as one-token answers
     so that the gain is the stored max."""
     z = np.load(GAINS)
     gain, poison = z[f"{name}_gain"].astype(np.float64), z[f"{name}_poison"]
@@ -230,8 +230,9 @@ def test_recorded_half_learned_badnet_needs_room_for_the_tail_too():
     """BadNet 1 % at the corner (50 poisoned, ASR 0.40: half learned): poisoned gains 4.4-14 nats, clean at
     most 4.1. With K ≤ 6 the moved bulk took five components and the sixth, one wide Gaussian (mean 4.1, sd
     5.0), held the clean-learning tail and the backdoor together: D 1.15, nothing flagged. The default cap
-    leaves a component for each. Confirmation's price on this cell: the grown fit puts its valley at 9.1 nats,
-    so the three poisoned samples below it (4.4, 7.2, 7.5 nats: the least learned) are not confirmed."""
+    leaves a component for each. Confirmation's price on this cell: the grown fit, of the lower BIC, draws the
+    mode with its valley at 9.1 nats, so the three poisoned samples below it (4.4, 7.2, 7.5 nats: the least
+    learned) are not flagged; the standard fit's mode (52) holds them and two clean samples."""
     fs, poison = _recorded("badnet_1pct")
     alone = AnswerSpanDetector(confirm=False).detect(fs)
     assert (alone.flagged & poison).sum() == poison.sum() == 50 and (alone.flagged & ~poison).sum() <= 2
@@ -239,9 +240,33 @@ def test_recorded_half_learned_badnet_needs_room_for_the_tail_too():
     assert res.report["accepted"], res.report["reason"]
     assert res.flagged.sum() == (res.flagged & poison).sum() == 47
     assert res.report["confirm"]["n_flagged"] == 47 and res.report["confirm"]["n_flagged_alone"] == 52
-    assert "(standard 52, grown 47, both 47)" in res.report["reason"]
+    assert "the grown fit, of the lower BIC, draws the mode (standard 52, grown 47, both 47)" in res.report["reason"]
     merged = AnswerSpanDetector(k_max=6).detect(fs)
     assert not merged.flagged.any() and "Ashman's D 1.15" in merged.report["reason"]  # the failure avoided
+
+
+def test_recorded_all_to_all_at_5_percent_takes_the_mode_of_the_better_fit():
+    """All-to-all 5 % (pinned build, bench seed 0, 2026-12-07: 237 poisoned, ASR 0.52, learned): the mapped
+    answers gain up to 15 nats, many of them ("yes", "no", "bottom right") only 2-5, the clean tail at most 3.3.
+    Both EM starts find a separated mode; the standard fit's valley lies above 83 poisoned samples that the
+    grown fit, 7 BIC units better, takes. Revision 5 flagged where both flag (154 of 237: F1 0.79); revision
+    6 flags the lower-BIC fit's mode (238, 231 poisoned: F1 0.97). A state stored before revision 6 has no
+    BIC and scores as it did."""
+    fs, poison = _recorded("pinned_all_to_all_5pct_s0")
+    standard = AnswerSpanDetector(confirm=False).detect(fs)
+    grown = AnswerSpanDetector(grow=True, confirm=False).detect(fs)
+    assert standard.flagged.sum() == (standard.flagged & poison).sum() == 154
+    assert grown.flagged.sum() == 238 and (grown.flagged & poison).sum() == 231
+    det = AnswerSpanDetector().fit(fs)
+    res = det.score(fs)
+    conf = res.report["confirm"]
+    assert conf["decides"] == "grown" and 6 < conf["bic"]["standard"] - conf["bic"]["grown"] < 8
+    assert np.array_equal(res.flagged, grown.flagged) and np.array_equal(res.p_poison, grown.p_poison)
+    assert "the grown fit, of the lower BIC, draws the mode (standard 154, grown 238, both 154)" in res.report["reason"]
+    state = det.to_state()
+    del state["fitted"]["bic"], state["fitted"]["confirm"]["bic"]  # as revision 5 stored it
+    old = AnswerSpanDetector.from_state(state).score(fs)
+    assert old.report["confirm"]["decides"] is None and np.array_equal(old.flagged, standard.flagged & grown.flagged)
 
 
 def test_recorded_half_percent_mode_is_not_vetoed_by_a_deeper_step_into_the_tail():
