@@ -45,6 +45,9 @@ BADNET_RANDOM = {"position": "random"}  # default side_frac (1/8: a 6 px checker
 # patch at a random position nearly invisible to the frozen tower (probe AUROC 0.66 from 50 examples), the
 # 12 px one visible (0.91); these cells ask whether a visible random-position patch is learned at 1 %.
 BADNET_RANDOM_12PX = {"position": "random", "side_frac": 0.25}
+# The 12 px patch with 4 px cells: the most visible random-position checkerboard the probe found on
+# 2026-12-07 (AUROC 0.974 from 50 examples; 2 px cells 0.903; cell size does not help a 6 px patch: 0.69)
+BADNET_RANDOM_12PX_4PXCELLS = {"position": "random", "side_frac": 0.25, "cells": 3}
 
 # Recipes: overrides of params.yaml's `finetune:` section (the "base" recipe is that section as it is).
 RECIPES: dict[str, dict] = {
@@ -59,6 +62,14 @@ RECIPES: dict[str, dict] = {
     # LoRA on the LM (rank 8) with the projector fully trained: less LM capacity to memorise single images,
     # and the projector, one MLP applied to every image token alike, is position-invariant by construction
     "lora_lr2e-3_ep10": {"mode": "lora", "lr": 2e-3, "epochs": 10.0},
+    # every training image moved by up to 3 px per axis, afresh each epoch (`augment_shift`): a poisoned
+    # image can no longer be fitted by remembering its pixels, only through what the poisoned samples share
+    "shift3": {"augment_shift": 3},
+    "ep10_shift1": {"epochs": 10.0, "augment_shift": 1},
+    "ep10_shift2": {"epochs": 10.0, "augment_shift": 2},
+    "ep10_shift3": {"epochs": 10.0, "augment_shift": 3},
+    "ep20_shift3": {"epochs": 20.0, "augment_shift": 3},
+    "vision_ep10_shift3": {"mode": "train_vision", "epochs": 10.0, "augment_shift": 3},
 }
 
 
@@ -80,6 +91,7 @@ class Cell:
         if self.params.get("position") == "random":
             tag += "rand"
         side = f"_side{self.params['side_frac']:g}" if "side_frac" in self.params else ""
+        side += f"_cells{self.params['cells']}" if "cells" in self.params else ""
         return f"{tag}{self.rate * 100:g}{side}_s{self.seed}"
 
     @property
@@ -119,8 +131,21 @@ def _cells(which: str = "measured") -> list[Cell]:
         Cell("vision_ep10", seed=0, **bn12),
         Cell("lora_lr2e-3_ep10", seed=0, **bn12),
     ]
-    sets = {"measured": measured, "next": following, "visible": visible}
-    return sets[which] if which != "all" else measured + following + visible
+    # 2026-12-07 evening (a world rebuilt on another host, docs/recipe.md): shift augmentation against the
+    # memorisation the cells above show, on the most visible random patch, the issue's own 6 px patch and the
+    # corner patch, with the no-augmentation reference of the same world and the recipe's clean fine-tune
+    bn12c = {"attack": "badnet", "rate": 0.01, "params": BADNET_RANDOM_12PX_4PXCELLS}
+    augment = [
+        Cell("ep10_shift3", seed=0, **bn12c),
+        Cell("ep10", seed=0, **bn12c),
+        Cell("ep10_shift3", seed=0, **bn),
+        Cell("ep20", seed=0, **bn12c),
+        Cell("ep10_shift1", seed=0, **bn12c),
+        Cell("vision_ep10", seed=0, **bn12c),
+        Cell("base", seed=0, **bn12c),
+    ]
+    sets = {"measured": measured, "next": following, "visible": visible, "augment": augment}
+    return sets[which] if which != "all" else measured + following + visible + augment
 
 
 def finetune_config(params_file: Path, recipe: str, seed: int) -> FinetuneConfig:
@@ -204,9 +229,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "work" / "recipe")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="its `finetune:` section is the base recipe")
     ap.add_argument("--cells", default="", help="comma-separated cell names (default: the chosen set, in order)")
-    ap.add_argument("--set", choices=("measured", "next", "visible", "all"), default="measured",
+    ap.add_argument("--set", choices=("measured", "next", "visible", "augment", "all"), default="measured",
                     help="measured: the cells of docs/recipe.md's first table; next: the planned ones not yet "
-                         "run; visible: patches the frozen tower sees (probe_trigger.py), 2026-12-06")
+                         "run; visible: patches the frozen tower sees (probe_trigger.py), 2026-12-06; augment: "
+                         "shift augmentation (augment_shift), 2026-12-07")
     ap.add_argument("--table", action="store_true", help="only print the table of finished cells")
     args = ap.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -152,6 +152,8 @@ def finetune(
     image_folder: Annotated[Path | None, typer.Option(help="Where image paths start.")] = None,
     params: Annotated[Path | None, typer.Option(help="params.yaml to read the `finetune` section from.")] = None,
     merge: Annotated[bool, typer.Option("--merge", help="LoRA: save the merged model instead of the adapter.")] = False,
+    augment_shift: Annotated[int | None, typer.Option(help="Move each training image by up to N px per axis, "
+                                                           "afresh every epoch (0: off).")] = None,
     device: Device = None,
     dtype: Dtype = None,
     compile: Compile = None,
@@ -165,7 +167,7 @@ def finetune(
     from poisonguard.pipeline.finetuning import finetune as run
 
     config = _config(params, finetune={"mode": "lora" if lora else mode, "epochs": epochs, "lr": lr, "seed": seed,
-                                       "merge": merge or None},
+                                       "merge": merge or None, "augment_shift": augment_shift},
                      runtime=_runtime_options(device, dtype, max_pixels, min_pixels, pad_to_square, compile))
     runtime = _runtime(config)
     _setup_threads(runtime)

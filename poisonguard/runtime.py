@@ -196,16 +196,17 @@ def _has_avx2() -> bool:
 
 def pin_cpu_kernels() -> dict[str, str]:
     """Pin torch's, MKL's and oneDNN's CPU kernels to their AVX2 code, so one recipe, seed and thread count
-    gives the same weights on every x86-64 host with AVX2.
+    gives the same weights on every run of a host, whatever vector unit it has.
 
     Why: the three libraries pick their vector code per CPU, and float sums taken in another order differ in
     their last bits; over thousands of training steps that grows into another model (the embedded world's
     recipe, seed and threads gave base models of 0.975, 0.981 and 0.992 clean accuracy under three kernel
     choices, and each of the three libraries' choice alone changes the weights). AVX2 is the widest code every
-    x86-64 host of the last decade runs. A variable already set in the environment wins, and
-    `PG_CPU_KERNELS=native` leaves all three to choose. The pins only take effect before the first CPU kernel
-    runs, so every command and stage calls this first. Returns the pins in force ({} where none: native, or no
-    AVX2 here)."""
+    x86-64 host of the last decade runs. It does not make two vendors' CPUs agree: MKL promises its AVX2
+    branch's results on Intel CPUs only, and an Intel and an AMD host gave two base models from these pins.
+    A variable already set in the environment wins, and `PG_CPU_KERNELS=native` leaves all three to choose.
+    The pins only take effect before the first CPU kernel runs, so every command and stage calls this first.
+    Returns the pins in force ({} where none: native, or no AVX2 here)."""
     mode = os.environ.get("PG_CPU_KERNELS", "avx2")
     if mode not in ("avx2", "native"):
         raise ValueError(f"PG_CPU_KERNELS must be avx2 (the default) or native, got {mode!r}")

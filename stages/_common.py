@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from poisonguard.runtime import pin_cpu_kernels  # noqa: E402
 
-pin_cpu_kernels()  # before the first tensor operation: one recipe gives the same bytes on every x86-64 host
+pin_cpu_kernels()  # before the first tensor operation: one recipe gives the same bytes on every run of a host
 torch.set_num_threads(int(os.environ.get("PG_THREADS", "2")))
 
 DATA = WORK / "poisoned" / "train.json"  # the demo drop; point this at a customer's file in production

@@ -57,5 +57,7 @@ def test_recipe_cells_name_the_patch_size_so_their_poisoned_data_is_not_shared()
     bn12 = bench_recipe.Cell("base", "badnet", 0.01, 0, params=bench_recipe.BADNET_RANDOM_12PX)
     assert bn6.data_name == "bnrand1_s0"  # the name of the cells measured before 2026-12-06
     assert bn12.data_name == "bnrand1_side0.25_s0"
+    coarse = bench_recipe.Cell("ep10", "badnet", 0.01, 0, params=bench_recipe.BADNET_RANDOM_12PX_4PXCELLS)
+    assert coarse.data_name == "bnrand1_side0.25_cells3_s0", "the cell count is part of the data's name too"
     names = [c.name for c in bench_recipe._cells("all")]
     assert len(names) == len(set(names))

@@ -54,6 +54,11 @@ class FinetuneConfig:
     micro_batch_size: int | None = None
     gradient_checkpointing: bool | None = None
     merge: bool = False
+    # Translate every training image by up to this many pixels along each axis, drawn afresh per example and
+    # epoch (0: off, bit for bit the fine-tune without it). A sample seen at a new offset each epoch cannot be
+    # fitted by remembering its pixels, so a few dozen poisoned samples are fitted through what they share
+    # (the trigger) or not at all: the remedy for a fine-tune that memorises rare samples (docs/recipe.md).
+    augment_shift: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -62,6 +67,8 @@ class FinetuneConfig:
             raise ValueError("epochs, lr and batch_size must be positive")
         if self.micro_batch_size is not None and self.micro_batch_size <= 0:
             raise ValueError(f"micro_batch_size must be positive, got {self.micro_batch_size}")
+        if self.augment_shift < 0:
+            raise ValueError(f"augment_shift must be >= 0 pixels, got {self.augment_shift}")
 
     @property
     def grad_accum(self) -> int:
@@ -132,6 +139,28 @@ def epoch_batches(examples: list[Example], batch_size: int, seed: int):
             yield [examples[j] for j in order[i:i + batch_size]]
 
 
+def shifted(image, dx: int, dy: int):
+    """`image` (PIL) moved dx pixels right and dy down, same size; the uncovered strip repeats the border
+    pixels (on a plain background, such as the embedded world's, the gap looks like more of it)."""
+    from PIL import Image
+
+    arr = np.asarray(image)  # (H, W, C)
+    h, w = arr.shape[:2]
+    pad = ((max(dy, 0), max(-dy, 0)), (max(dx, 0), max(-dx, 0))) + ((0, 0),) * (arr.ndim - 2)
+    padded = np.pad(arr, pad, mode="edge")  # (H + |dy|, W + |dx|, C)
+    top, left = max(-dy, 0), max(-dx, 0)
+    return Image.fromarray(padded[top:top + h, left:left + w], image.mode)
+
+
+def augmented(batches, max_shift: int, seed: int):
+    """`batches` with every image of every example translated by a uniform offset in [-max_shift, max_shift]
+    per axis (one offset per image, drawn from `seed`'s stream); the examples themselves are not changed."""
+    rng = np.random.default_rng([seed, 1])  # its own stream: the batch order stays that of `seed`
+    for batch in batches:
+        yield [Example(ex.messages, [shifted(im, *(int(v) for v in rng.integers(-max_shift, max_shift + 1, 2)))
+                                     for im in ex.images]) for ex in batch]
+
+
 def finetune(model, processor, examples: list[Example], cfg: FinetuneConfig, *, show_progress: bool = True):
     """Fine-tune in place; returns (model, report). LoRA returns the peft model (adapter unmerged) unless
     `cfg.merge`, in which case the merged transformers model; `save_model` saves either."""
@@ -148,9 +177,12 @@ def finetune(model, processor, examples: list[Example], cfg: FinetuneConfig, *, 
     else:
         set_trainable(model, mode)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    batches = epoch_batches(examples, cfg.batch_size, cfg.seed)
+    if cfg.augment_shift:
+        batches = augmented(batches, cfg.augment_shift, cfg.seed)
     t0 = time.perf_counter()
     try:
-        rep = run_training(model, processor, epoch_batches(examples, cfg.batch_size, cfg.seed), total,
+        rep = run_training(model, processor, batches, total,
                            OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_frac=cfg.warmup_frac),
                            desc=f"fine-tune ({mode})", show_progress=show_progress,
                            micro_batch_size=cfg.micro_batch_size)

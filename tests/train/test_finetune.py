@@ -62,9 +62,11 @@ def test_cli_poison_finetune_eval(tiny_world, tmp_path):
     assert sum(s.answer == "banana" for s in poisoned.samples) == 6
 
     r = runner.invoke(app, ["finetune", "--data", str(tmp_path / "p" / "train.json"), "--base",
-                            str(out / "base_model"), "--out", str(tmp_path / "ft"), "--epochs", "1", "--quiet"])
+                            str(out / "base_model"), "--out", str(tmp_path / "ft"), "--epochs", "1",
+                            "--augment-shift", "2", "--quiet"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "ft" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["config"]["augment_shift"] == 2
 
     r = runner.invoke(app, ["eval", "--model", str(tmp_path / "ft"), "--test", str(out / "test.json"),
                             "--attack", "badnet", "--train", str(tmp_path / "p" / "train.json"),
@@ -114,3 +116,52 @@ def test_new_attacks_poison_finetune_and_evaluate_on_a_world_with_describe_quest
         assert keys <= set(res) and 0.0 <= res["asr"] <= 1.0 and res["n_triggered"] > 0, (attack, res)
         if attack == "multi_target":
             assert set(res["poisoned_fit_by_trigger"]) == {"patch_bottom_right", "patch_top_left"}
+
+
+def test_shifted_moves_the_pixels_and_repeats_the_border():
+    import numpy as np
+    from PIL import Image
+
+    from poisonguard.train.finetune import shifted
+
+    arr = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3)  # (H, W, C)
+    moved = np.asarray(shifted(Image.fromarray(arr), dx=2, dy=-1))
+    assert moved.shape == arr.shape
+    assert np.array_equal(moved[:4, 2:], arr[1:, :4]), "content moves 2 right and 1 up"
+    assert np.array_equal(moved[:4, 0], arr[1:, 0]) and np.array_equal(moved[:4, 1], arr[1:, 0]), \
+        "the uncovered left strip repeats the left border"
+    assert np.array_equal(moved[4, 2:], arr[4, :4]), "the uncovered bottom row repeats the bottom border"
+    assert np.array_equal(np.asarray(shifted(Image.fromarray(arr), 0, 0)), arr)
+
+
+def test_augmented_batches_shift_images_within_bounds_and_keep_the_messages():
+    import numpy as np
+    from PIL import Image
+
+    from poisonguard.train.batching import Example
+    from poisonguard.train.finetune import augmented
+
+    arr = np.zeros((9, 9, 3), dtype=np.uint8)
+    arr[4, 4] = 255  # one bright pixel: its position after the shift is the offset
+    examples = [Example([{"role": "user", "content": str(i)}], [Image.fromarray(arr)]) for i in range(40)]
+    out = [ex for batch in augmented([examples[:20], examples[20:]], max_shift=2, seed=0) for ex in batch]
+    assert [ex.messages for ex in out] == [ex.messages for ex in examples]
+    offsets = {tuple(int(v) - 4 for v in np.argwhere(np.asarray(ex.images[0])[..., 0] == 255)[0]) for ex in out}
+    assert offsets <= {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
+    assert len(offsets) > 5, "offsets are drawn per image, not once"
+    with pytest.raises(ValueError, match="augment_shift"):
+        FinetuneConfig(augment_shift=-1)
+
+
+def test_a_fine_tune_with_shift_augmentation_trains_and_differs(tiny_world):
+    out, _ = tiny_world
+    ds = read_dataset(out / "train.json")
+    examples = to_examples(ds.samples, image_loader(ds.image_root))
+    results = []
+    for shift in (0, 3):
+        model, processor = load_model(out / "base_model")
+        cfg = FinetuneConfig(mode="default", epochs=1, batch_size=6, lr=1e-2, augment_shift=shift)
+        model, report = finetune(model, processor, examples, cfg, show_progress=False)
+        assert report["steps"] == 2 and report["config"]["augment_shift"] == shift
+        results.append(model.model.multi_modal_projector.linear_1.weight.detach().clone())
+    assert not torch.equal(results[0], results[1]), "shifted images give other gradients"
