@@ -62,14 +62,10 @@ RECIPES: dict[str, dict] = {
     # LoRA on the LM (rank 8) with the projector fully trained: less LM capacity to memorise single images,
     # and the projector, one MLP applied to every image token alike, is position-invariant by construction
     "lora_lr2e-3_ep10": {"mode": "lora", "lr": 2e-3, "epochs": 10.0},
-    # every training image moved by up to 3 px per axis, afresh each epoch (`augment_shift`): a poisoned
+    # every training image moved by up to N px per axis, afresh each epoch (`augment_shift`): a poisoned
     # image can no longer be fitted by remembering its pixels, only through what the poisoned samples share
-    "shift3": {"augment_shift": 3},
     "ep10_shift1": {"epochs": 10.0, "augment_shift": 1},
-    "ep10_shift2": {"epochs": 10.0, "augment_shift": 2},
     "ep10_shift3": {"epochs": 10.0, "augment_shift": 3},
-    "ep20_shift3": {"epochs": 20.0, "augment_shift": 3},
-    "vision_ep10_shift3": {"mode": "train_vision", "epochs": 10.0, "augment_shift": 3},
 }
 
 
@@ -131,9 +127,9 @@ def _cells(which: str = "measured") -> list[Cell]:
         Cell("vision_ep10", seed=0, **bn12),
         Cell("lora_lr2e-3_ep10", seed=0, **bn12),
     ]
-    # 2026-12-07 evening (a world rebuilt on another host, docs/recipe.md): shift augmentation against the
-    # memorisation the cells above show, on the most visible random patch, the issue's own 6 px patch and the
-    # corner patch, with the no-augmentation reference of the same world and the recipe's clean fine-tune
+    # 2026-12-07 evening (a world rebuilt on another host, docs/recipe.md), in the order run: shift augmentation
+    # against the memorisation the cells above show, on the most visible random patch (and the issue's own
+    # 6 px one), beside the same patch under 5, 10 and 20 epochs and with the tower training
     bn12c = {"attack": "badnet", "rate": 0.01, "params": BADNET_RANDOM_12PX_4PXCELLS}
     augment = [
         Cell("ep10_shift3", seed=0, **bn12c),

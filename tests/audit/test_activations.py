@@ -246,4 +246,4 @@ def test_a_token_budget_only_regroups_the_drift_pass():
     for name in ("per_token_max", "per_token_mean", "max_rel", "mean_rel", "projector_only_mean"):
         np.testing.assert_allclose(getattr(budget, name), getattr(plain, name), rtol=1e-5, atol=1e-6)
     # float32 round-off of other batch sizes (exact on some CPUs, not on others): relative to the matrix's scale
-    np.testing.assert_allclose(budget.gram, plain.gram, rtol=1e-5, atol=1e-6 * np.abs(plain.gram).max())
+    np.testing.assert_allclose(budget.gram, plain.gram, rtol=1e-6, atol=1e-7 * np.abs(plain.gram).max())
