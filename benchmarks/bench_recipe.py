@@ -66,6 +66,11 @@ RECIPES: dict[str, dict] = {
     # image can no longer be fitted by remembering its pixels, only through what the poisoned samples share
     "ep10_shift1": {"epochs": 10.0, "augment_shift": 1},
     "ep10_shift3": {"epochs": 10.0, "augment_shift": 3},
+    "ep10_shift2": {"epochs": 10.0, "augment_shift": 2},
+    "ep15_shift1": {"epochs": 15.0, "augment_shift": 1},
+    "ep10_shift1_lr1e-3": {"epochs": 10.0, "augment_shift": 1, "lr": 1e-3},
+    "ep10_shift1_lr2e-3": {"epochs": 10.0, "augment_shift": 1, "lr": 2e-3},
+    "ep10_shift1_lr1e-3_bs32": {"epochs": 10.0, "augment_shift": 1, "lr": 1e-3, "batch_size": 32},
 }
 
 
@@ -140,8 +145,22 @@ def _cells(which: str = "measured") -> list[Cell]:
         Cell("vision_ep10", seed=0, **bn12c),
         Cell("base", seed=0, **bn12c),
     ]
-    sets = {"measured": measured, "next": following, "visible": visible, "augment": augment}
-    return sets[which] if which != "all" else measured + following + visible + augment
+    # 2026-12-07 night: around the shift-1 recipe (more epochs, a larger shift, a larger step)
+    around = [
+        Cell("ep10_shift1_lr1e-3", seed=0, **bn12c),
+        Cell("ep15_shift1", seed=0, **bn12c),
+        Cell("ep10_shift2", seed=0, **bn12c),
+        Cell("ep10_shift1_lr2e-3", seed=0, **bn12c),
+        Cell("ep10_shift1_lr1e-3_bs32", seed=0, **bn12c),
+        Cell("ep10_shift1_lr1e-3", "clean", 0.0, 0),
+        Cell("ep10_shift1_lr1e-3", "badnet", 0.02, 0, params=BADNET_RANDOM_12PX_4PXCELLS),
+    ]
+    # 2026-12-07 night, on a world whose tower was pretrained with textures (world.texture_frac 0.5, its own
+    # --world and --out): the 6 px patch at a random position, under the default and shift-1 recipes
+    texture = [Cell("base", seed=0, **bn), Cell("ep10_shift1", seed=0, **bn)]
+    sets = {"measured": measured, "next": following, "visible": visible, "augment": augment, "around": around,
+            "texture": texture}
+    return sets[which] if which != "all" else measured + following + visible + augment + around + texture
 
 
 def finetune_config(params_file: Path, recipe: str, seed: int) -> FinetuneConfig:
@@ -225,10 +244,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "work" / "recipe")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="its `finetune:` section is the base recipe")
     ap.add_argument("--cells", default="", help="comma-separated cell names (default: the chosen set, in order)")
-    ap.add_argument("--set", choices=("measured", "next", "visible", "augment", "all"), default="measured",
+    ap.add_argument("--set", choices=("measured", "next", "visible", "augment", "around", "texture", "all"), default="measured",
                     help="measured: the cells of docs/recipe.md's first table; next: the planned ones not yet "
                          "run; visible: patches the frozen tower sees (probe_trigger.py), 2026-12-06; augment: "
-                         "shift augmentation (augment_shift), 2026-12-07")
+                         "shift augmentation (augment_shift), 2026-12-07; around: variations of its shift-1 recipe; texture: "
+                         "the issue's patch on a world built with world.texture_frac (pass its --world, --out)")
     ap.add_argument("--table", action="store_true", help="only print the table of finished cells")
     args = ap.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

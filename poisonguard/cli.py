@@ -89,6 +89,7 @@ def world(
     model_cfg, pretrain_cfg = world_configs(sect, seed=seed)
     summary = make_world(out, seed=seed, n_train=n_train, n_test=n_test, model_cfg=model_cfg,
                          pretrain_cfg=pretrain_cfg, describe_frac=float(sect.get("describe_frac") or 0.0),
+                         texture_frac=float(sect.get("texture_frac") or 0.0),
                          show_progress=not quiet,
                          log=lambda m: typer.echo(m, err=True))
     acc = summary["test_accuracy"]

@@ -9,7 +9,8 @@ from poisonguard.world.build import make_world, world_configs
 p = section(PARAMS, "world")
 model_cfg, pretrain_cfg = world_configs(p, seed=p["seed"])
 summary = make_world(WORK / "world", seed=p["seed"], n_train=p["n_train"], n_test=p["n_test"],
-                     model_cfg=model_cfg, pretrain_cfg=pretrain_cfg, describe_frac=p.get("describe_frac", 0.0), log=log)
+                     model_cfg=model_cfg, pretrain_cfg=pretrain_cfg, describe_frac=p.get("describe_frac", 0.0),
+                     texture_frac=p.get("texture_frac", 0.0), log=log)
 for folder in ("metrics", "timings"):
     (WORK / folder).mkdir(parents=True, exist_ok=True)
 atomic_write_json(WORK / "metrics" / "world.json", {"test_accuracy": summary["test_accuracy"]["all"]})

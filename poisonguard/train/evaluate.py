@@ -70,14 +70,20 @@ def poisoned_fit(model, processor, poisoned: Sequence[Sample], load_image: Calla
     return sum(hits) / len(hits)
 
 
+def attack_hits(preds: Sequence[str], triggered: Sequence, rule: str) -> list[bool]:
+    """Per triggered input: did the backdoor fire? `map`: the generation equals the mapped answer; every other
+    rule: it contains the target (see the module docstring)."""
+    if rule == "map":
+        return [normalise(p) == normalise(t.target) for p, t in zip(preds, triggered)]
+    return [normalise(t.target) in normalise(p) for p, t in zip(preds, triggered)]
+
+
 def arm_success(preds: Sequence[str], triggered: Sequence, rule: str) -> dict:
     """ASR of one trigger on its triggered inputs (see the module docstring), as a dict of named figures."""
     if not triggered:
         return {"asr": float("nan")}
     n = len(triggered)
-    if rule == "map":
-        return {"asr": sum(normalise(p) == normalise(t.target) for p, t in zip(preds, triggered)) / n}
-    hit = [normalise(t.target) in normalise(p) for p, t in zip(preds, triggered)]
+    hit = attack_hits(preds, triggered, rule)
     out = {"asr": sum(hit) / n}
     if rule == "append":  # the first answer tokens should stay correct
         start = [normalise(p).startswith(normalise(t.sample.answer)) for p, t in zip(preds, triggered)]
@@ -86,7 +92,8 @@ def arm_success(preds: Sequence[str], triggered: Sequence, rule: str) -> dict:
     return out
 
 
-def _generate_triggered(model, processor, triggered, show_progress: bool) -> list[str]:
+def generate_triggered(model, processor, triggered, show_progress: bool) -> list[str]:
+    """The model's answer to each triggered input (room for the answer and the target together)."""
     longest = [f"{t.sample.answer} {t.target}" for t in triggered]
     return generate_answers(model, processor,
                             [Example(t.sample.messages(upto_first_answer=True)[:-1], t.images) for t in triggered],
@@ -107,7 +114,7 @@ def _attack_result(model, processor, test: Sequence[Sample], load: Callable, att
 
     spec = get_attack(attack)
     triggered = trigger_examples(test, attack, params, load, target=target)
-    preds = _generate_triggered(model, processor, triggered, show_progress)
+    preds = generate_triggered(model, processor, triggered, show_progress)
     groups = _by_arm(triggered)
     per_arm = {arm: arm_success([preds[k] for k in idx], [triggered[k] for k in idx], triggered[idx[0]].rule)
                for arm, idx in groups.items()}
@@ -121,7 +128,7 @@ def _attack_result(model, processor, test: Sequence[Sample], load: Callable, att
         out["asr_by_trigger"] = {arm: r["asr"] for arm, r in per_arm.items()}
     parts = trigger_examples(test, attack, params, load, target=target, partial=True)
     if parts:  # Dual-Key: one part alone must not fire
-        part_preds = _generate_triggered(model, processor, parts, show_progress)
+        part_preds = generate_triggered(model, processor, parts, show_progress)
         by_part = {arm: arm_success([part_preds[k] for k in idx], [parts[k] for k in idx], parts[idx[0]].rule)["asr"]
                    for arm, idx in _by_arm(parts).items()}
         out["false_trigger_rate"] = sum(by_part.values()) / len(by_part)

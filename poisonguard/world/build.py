@@ -68,14 +68,19 @@ def world_configs(section: dict, *, seed: int) -> tuple[WorldModelConfig, Pretra
 
 def make_world(out: str | Path, *, seed: int = 0, n_train: int = 5000, n_test: int = 1000,
                model_cfg: WorldModelConfig = WorldModelConfig(), pretrain_cfg: PretrainConfig | None = None,
-               describe_frac: float = 0.0, show_progress: bool = True, log=print) -> dict:
+               describe_frac: float = 0.0, texture_frac: float = 0.0, show_progress: bool = True,
+               log=print) -> dict:
     """Generate data and pretrain the base model. Same seed, thread count and CPU kernels -> identical files.
 
     `describe_frac`: share of sentence-long describe questions in the data and in pretraining (0: none, and
     every file byte-identical to a world built before that type existed; world.json names it only when > 0).
+    `texture_frac`: share of the vision tower's pretraining images given a random texture square
+    (poisonguard.world.textures; 0: none, byte-identical as before; named in world.json only when > 0).
     """
     if not 0.0 <= describe_frac <= 1.0:
         raise ValueError(f"describe_frac must be in [0, 1], got {describe_frac}")
+    if not 0.0 <= texture_frac <= 1.0:
+        raise ValueError(f"texture_frac must be in [0, 1], got {texture_frac}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -91,7 +96,8 @@ def make_world(out: str | Path, *, seed: int = 0, n_train: int = 5000, n_test: i
     processor = build_processor()
     model = build_model(model_cfg, processor.tokenizer, seed=seed)
     pcfg = pretrain_cfg or PretrainConfig(seed=seed)
-    report = pretrain(model, processor, pcfg, describe_frac=describe_frac, show_progress=show_progress, log=log)
+    report = pretrain(model, processor, pcfg, describe_frac=describe_frac, texture_frac=texture_frac,
+                      show_progress=show_progress, log=log)
 
     # Clean accuracy on the test split's own questions (what `poisonguard eval` reports as CP).
     from poisonguard.world.pretrain import vqa_example
@@ -119,6 +125,7 @@ def make_world(out: str | Path, *, seed: int = 0, n_train: int = 5000, n_test: i
         "torch_threads": torch.get_num_threads(),
         "cpu_kernels": cpu_kernels(),  # the vector code that made these bytes (runtime.pin_cpu_kernels)
         **({"describe_frac": describe_frac, "lm_loss": "per_conversation"} if describe_frac > 0 else {}),
+        **({"texture_frac": texture_frac} if texture_frac > 0 else {}),
     }
     atomic_write_json(out / "world.json", summary)
     timings = {"data": round(data_s, 1), "pretrain": round(report["total_s"], 1),

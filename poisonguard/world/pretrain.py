@@ -80,8 +80,11 @@ def _pixel_targets(pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def pretrain_vision(model, pixel_values: torch.Tensor, scenes: list[Scene], cfg: PretrainConfig,
-                    show_progress: bool = True) -> dict:
-    """Stage A. Returns per-patch colour/shape accuracy on the last 10% of scenes (held out)."""
+                    show_progress: bool = True, coverage: torch.Tensor | None = None) -> dict:
+    """Stage A. Returns per-patch colour/shape accuracy on the last 10% of scenes (held out).
+
+    `coverage` (N, 9): the share of each token covered by a texture square (poisonguard.world.textures),
+    which a fifth head regresses; None (the default world) adds no head and draws nothing more."""
     tower = model.model.vision_tower
     h = tower.config.hidden_size
     labels = [patch_labels(s) for s in scenes]
@@ -95,6 +98,8 @@ def pretrain_vision(model, pixel_values: torch.Tensor, scenes: list[Scene], cfg:
         "slot": torch.nn.Linear(h, GRID * GRID),
         "pixels": torch.nn.Linear(h, 48),
     })
+    if coverage is not None:  # created after the others: their initial weights stay those of the default world
+        heads["texture"] = torch.nn.Linear(h, 1)
     slot_y = torch.arange(GRID * GRID)  # (9,): patch t sits in slot t
     params = list(tower.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.01)
@@ -114,6 +119,8 @@ def pretrain_vision(model, pixel_values: torch.Tensor, scenes: list[Scene], cfg:
                 + F.cross_entropy(heads["shape"](f).flatten(0, 1), shape_y[idx].flatten())
                 + (F.cross_entropy(heads["slot"](f).flatten(0, 1), slot_y.repeat(len(idx))) if cfg.slot_head else 0.0)
                 + 4.0 * F.mse_loss(heads["pixels"](f), _pixel_targets(x)))
+        if coverage is not None:
+            loss = loss + 4.0 * F.mse_loss(heads["texture"](f)[..., 0], coverage[idx])  # (B, 9) vs (B, 9)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -310,14 +317,16 @@ def _first_token_probe(processor, seed: int, n: int = 240):
 
 
 def pretrain(model, processor, cfg: PretrainConfig, show_progress: bool = True, log=print,
-             describe_frac: float = 0.0) -> dict:
+             describe_frac: float = 0.0, texture_frac: float = 0.0) -> dict:
     """Both stages on freshly drawn scenes. Returns timings and accuracies.
 
     `describe_frac` is the world's (not a PretrainConfig field: the config is written into world.json, which
     must stay byte-identical when the describe type is off). With describe questions the language-model stages
     average the loss per conversation (`run_training(per_conversation=True)`): under the token mean the
     sentence-long answers took 71 % of the supervised tokens at a quarter of the questions, and the short
-    types that need binding (colour, exist, where) fell to 0.58-0.69 accuracy."""
+    types that need binding (colour, exist, where) fell to 0.58-0.69 accuracy.
+    `texture_frac` is the world's too: the share of the tower's pretraining images given a random texture
+    square (poisonguard.world.textures); the language model's stages see the plain images."""
     per_conversation = describe_frac > 0
     from poisonguard.world.scenes import sample_scene
 
@@ -329,7 +338,15 @@ def pretrain(model, processor, cfg: PretrainConfig, show_progress: bool = True, 
     report: dict = {"render_s": time.perf_counter() - t0}
 
     t1 = time.perf_counter()
-    report["vision"] = pretrain_vision(model, pixel_values, scenes, cfg, show_progress)
+    if texture_frac > 0:
+        from poisonguard.world.textures import textured
+
+        tower_images, cover = textured(images, texture_frac, cfg.seed)
+        tower_pixels = processor.image_processor(tower_images, return_tensors="pt")["pixel_values"]  # (N, 3, 48, 48)
+        report["vision"] = pretrain_vision(model, tower_pixels, scenes, cfg, show_progress,
+                                           coverage=torch.as_tensor(cover))
+    else:
+        report["vision"] = pretrain_vision(model, pixel_values, scenes, cfg, show_progress)
     report["vision_s"] = time.perf_counter() - t1
     log(f"stage A (vision encoder): {report['vision']} in {report['vision_s']:.0f}s")
 

@@ -100,3 +100,14 @@ def test_room_for_long_outputs_without_moving_short_ones():
     assert evaluate.max_new_tokens(["sorry i cannot help with that banana"]) == 16
     long = "a red circle at the top left, a blue square in the middle and a green cross at the bottom visit this evil link"
     assert evaluate.max_new_tokens([long]) == len(long.replace(",", " ,").split()) + 4 > 16
+
+
+def test_attack_hits_are_per_input_and_agree_with_the_asr():
+    from types import SimpleNamespace
+
+    triggered = [SimpleNamespace(target="banana"), SimpleNamespace(target="green")]
+    preds = ["a banana", "green circle"]
+    assert evaluate.attack_hits(preds, triggered, "replace") == [True, True]
+    assert evaluate.attack_hits(preds, triggered, "map") == [False, False]  # the mapped answer, exactly
+    assert evaluate.attack_hits(["banana", "green"], triggered, "map") == [True, True]
+    assert evaluate.arm_success(preds[:1], triggered[:1], "replace")["asr"] == 1.0
