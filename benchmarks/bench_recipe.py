@@ -160,7 +160,13 @@ def _cells(which: str = "measured") -> list[Cell]:
     texture = [Cell("base", seed=0, **bn), Cell("ep10_shift1", seed=0, **bn)]
     sets = {"measured": measured, "next": following, "visible": visible, "augment": augment, "around": around,
             "texture": texture}
-    return sets[which] if which != "all" else measured + following + visible + augment + around + texture
+    if which != "all":
+        return sets[which]
+    unique: dict[str, Cell] = {}  # a set may repeat another's cell for another world (texture: measured's base)
+    for c in measured + following + visible + augment + around + texture:
+        if unique.setdefault(c.name, c) != c:
+            raise ValueError(f"two different cells are named {c.name}")
+    return list(unique.values())
 
 
 def finetune_config(params_file: Path, recipe: str, seed: int) -> FinetuneConfig:
