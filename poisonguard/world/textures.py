@@ -11,6 +11,10 @@ high-frequency detail becomes something its features carry.
 The textures are random binary noise (cells of 1-3 px) and stripes (period 2-4 px); never a checkerboard, so
 the tower is not shown any trigger it will later be tested on. Only the tower's stage sees them; the
 language model is pretrained on the plain scenes.
+
+Measured with 0.5 (docs/recipe.md, last section): the probe sees the 6 px patch a little better (0.74 from 50
+examples), a fine-tune still does not learn it at 1 %, and a larger patch that the committed world learns is
+learned worse. An experiment kept for repeating, not a better world.
 """
 
 from __future__ import annotations
