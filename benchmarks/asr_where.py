@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +77,7 @@ def per_sample(model_dir: Path, test_path: Path, attack: str, params: dict | Non
     the model's generation and whether the backdoor fired."""
     from poisonguard.attacks import trigger_examples
     from poisonguard.data.loading import load_checked
-    from poisonguard.train.evaluate import generate_triggered
+    from poisonguard.train.evaluate import attack_hits, generate_triggered
     from poisonguard.train.finetune import load_model
 
     model, processor = load_model(model_dir)
@@ -89,7 +89,8 @@ def per_sample(model_dir: Path, test_path: Path, attack: str, params: dict | Non
     types = question_types(test_path)
     originals = {s.id: s for s in test.ok}  # a triggered sample's image refs name the triggered copies
     rows = []
-    for t, pred, hit in zip(triggered, preds, hits(preds, triggered)):
+    for t, pred in zip(triggered, preds):
+        hit = attack_hits([pred], [t], t.rule)[0]  # each input under its own arm's rule
         box = None
         source = originals[t.sample.id]
         if t.images and source.images:
@@ -102,28 +103,16 @@ def per_sample(model_dir: Path, test_path: Path, attack: str, params: dict | Non
     return rows
 
 
-def hits(preds: list[str], triggered: list) -> list[bool]:
-    """Per triggered input, whether the backdoor fired under its arm's answer rule (arms may differ)."""
-    from poisonguard.train.evaluate import attack_hits
-
-    out = [False] * len(triggered)
-    for rule in dict.fromkeys(t.rule for t in triggered):
-        idx = [k for k, t in enumerate(triggered) if t.rule == rule]
-        for k, h in zip(idx, attack_hits([preds[k] for k in idx], [triggered[k] for k in idx], rule)):
-            out[k] = h
-    return out
-
-
 def tables(rows: list[dict]) -> str:
     lines = [f"ASR {sum(r['hit'] for r in rows) / max(len(rows), 1):.3f} on {len(rows)} triggered inputs"]
     for key in ("question_type", "region", "token_crossings"):
         parts = breakdown(rows, key)
         if parts:
             lines += ["", f"| {key} | ASR | n |", "|---|---|---|"] + [f"| {k} | {a:.3f} | {n} |" for k, a, n in parts]
-    missed = breakdown([{"prediction": r["prediction"], "hit": True} for r in rows if not r["hit"]], "prediction")
+    missed = Counter(r["prediction"] for r in rows if not r["hit"])
     if missed:
         lines += ["", "missed inputs, most frequent generations: "
-                  + ", ".join(f"{k!r} {n}" for k, _, n in missed[:8])]
+                  + ", ".join(f"{k!r} {n}" for k, n in missed.most_common(8))]
     return "\n".join(lines)
 
 
